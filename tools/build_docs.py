@@ -94,17 +94,32 @@ def render_body(nb: nbformat.NotebookNode) -> tuple[str, str]:
     exp = HTMLExporter(template_name='basic')
     exp.embed_images = True
     body, _ = exp.from_notebook_node(nb)
-    head = ('<style>.jp-InputPrompt,.jp-OutputPrompt{display:none} pre{background:#f8f8f8;padding:.6em;'
+    head = ('<style>.jp-InputPrompt,.jp-OutputPrompt,.prompt{display:none} pre{background:#f8f8f8;padding:.6em;'
             'overflow-x:auto} table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:.2em .5em}</style>')
     return body, head
 
 
+FRONTMATTER_ITEM = re.compile(r'^-\s+(\S.*:.*\S)\s*$', re.M)  # nbdev's `- key: value` lines of the title cell
+
+
+def frontmatter(nb: nbformat.NotebookNode) -> dict:
+    "nbdev front matter of the title cell (`- key: value` lines, e.g. `- skip_exec: true`)."
+    import yaml
+    for cell in nb.cells:
+        if cell.cell_type == 'markdown' and re.search(r'^#\s+', cell.source, re.M):
+            items = FRONTMATTER_ITEM.findall(cell.source)
+            try: return (yaml.safe_load('\n'.join(items)) or {}) if items else {}
+            except yaml.YAMLError: return {}
+    return {}
+
+
 def drop_title(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    "Remove the `# Title` / `> subtitle` lines (they go into the page heading)."
+    "Remove the `# Title` / `> subtitle` lines (they go into the page heading) and the front-matter items."
     for cell in nb.cells:
         if cell.cell_type == 'markdown' and re.search(r'^#\s+', cell.source, re.M):
             cell.source = re.sub(r'^#\s+.*$\n?', '', cell.source, count=1, flags=re.M)
             cell.source = re.sub(r'^>\s*.*$\n?', '', cell.source, count=1, flags=re.M)
+            cell.source = FRONTMATTER_ITEM.sub('', cell.source).strip()
             break
     return nb
 
@@ -120,7 +135,7 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False) -> l
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for p, nb in nbs.items():
-        if run: nb = execute(nb)
+        if run and not frontmatter(nb).get('skip_exec'): nb = execute(nb)  # skip_exec: as nbdev_test and nbdev_docs
         body, head = render_body(drop_title(process(nb)))
         nav = ''.join(f'<a href="{page[q]}"{" class=current" if q == p else ""}>{html.escape(titles[q][0])}</a>'
                       for q in paths if q.stem != 'index')
