@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,7 +48,7 @@ def test_notebook_layout(name):
     code = '\n'.join(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'code')
     assert '#| export' not in code and '#| default_exp' not in code
     imports = {l.split()[1].split('.')[0] for l in code.splitlines() if l.startswith(('import ', 'from '))}
-    assert imports <= {'perturbdiff', 'pathlib', 'numpy', 'pandas', 'IPython'}, imports
+    assert imports <= {'perturbdiff', 'pathlib', 'numpy', 'pandas', 'matplotlib', 'IPython'}, imports
 
 
 def test_nbdev_test_skips_experiments(monkeypatch):
@@ -103,3 +104,119 @@ def test_sciplex3_synthetic(tmp_path):
     pngs = {p.name for p in tmp_path.glob('*.png')}
     assert {'metrics_unseen_context.png', 'metrics_ood_drug.png', 'violins.png', 'pca.png'} <= pngs
     assert images_shown(out_nb) >= 6
+
+
+# The trained-model experiments (23-25) run with tiny networks and step counts on a tiny simulated screen (60 genes,
+# 8 singles, 4 pairs, one cell type): they check the plumbing, not the science.
+TINY_STEPS = dict(steps=3, mask_steps=2, sample_steps=5, prior='coexpression')
+TINY_NETS = {'unlasting': dict(hidden=32, time_dim=16, decoder=[32], grn_dim=8, mask_hidden=16, n_control=20),
+             'doloris': dict(hidden=32, time_dim=16, decoder=[32], grn_dim=8, pca_dim=4, mask_hidden=16, n_control=20),
+             'departures': dict(dim=8, time_dim=16)}
+
+
+@pytest.fixture(scope='module')
+def tiny_screen(tmp_path_factory):
+    "A tiny simulated CRISPRi screen written as an h5ad (with its ground truth in uns['simulation'])."
+    import warnings
+    from perturbdiff.datasets import simulate
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        sim = simulate(n_genes=60, n_regulators=6, n_cell_types=1, n_single=8, n_combo=4, cells_per_group=20,
+                       n_control=80, seed=0)
+    path = tmp_path_factory.mktemp('screen') / 'tiny_screen.h5ad'
+    sim.write_h5ad(path)
+    return path
+
+
+def test_ablations(tmp_path, tiny_screen):
+    "Training-time variants are fitted anew; prediction-time ones reuse the full model's fit."
+    out_nb = execute('23_ablations', tmp_path, data_path=str(tiny_screen), models='unlasting,departures',
+                     variants='full,mask_bernoulli,no_ot', n_cells=10, overrides=TINY_NETS, **TINY_STEPS)
+    res = pd.read_csv(tmp_path / 'results.csv')
+    assert list(res.drop_duplicates(['model', 'variant'])[['model', 'variant']].itertuples(index=False, name=None)) == [
+        ('unlasting', 'full'), ('unlasting', 'mask_bernoulli'), ('departures', 'full'), ('departures', 'no_ot')]
+    assert (res.groupby(['model', 'variant']).group.nunique() == 4).all() and (res.n_pred == 10).all()
+    timing = pd.read_csv(tmp_path / 'timing.csv').set_index(['model', 'variant'])
+    assert timing.loc[('unlasting', 'mask_bernoulli'), 'fit'] == 'full'
+    assert timing.loc[('departures', 'no_ot'), 'fit'] == 'no_ot'
+    summary = pd.read_csv(tmp_path / 'summary.csv', index_col=[0, 1])
+    assert len(summary) == 4 and {'label', 'edist_de20', 'emd_de40', 'n_groups'} <= set(summary.columns)
+    pngs = {p.name for p in tmp_path.glob('*.png')}
+    assert pngs == {f'ablation_{m}_{k}.png' for m in ('unlasting', 'departures') for k in ('edist_de20', 'emd_de20')}
+    assert images_shown(out_nb) == len(pngs)
+
+
+def test_ablation_reuse_is_exact(tiny_screen):
+    """23_ablations predicts the mask variants with the full model's fit, changing config fields at prediction only;
+    that must equal fitting the variant: the same denoiser and the same masks."""
+    import warnings
+    import anndata as ad
+    import numpy as np
+    import torch
+    from perturbdiff import cli
+    from perturbdiff.ddib import build_graph
+    from perturbdiff.priors import coexpression
+    data = cli.load_data(ad.read_h5ad(tiny_screen), cell_type_key='cell_type', mode_key='perturbation_type')
+    split = cli.make_split(data, 'unseen_combo', test_frac=1.0)
+    graph = build_graph(split.train, [coexpression(0.3)])
+    opts = dict(graph=graph, steps=3, mask_steps=2, sampling_steps=5, **TINY_NETS['doloris'])
+    def fit(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return cli.make_model('doloris', 'quick', 0, 'cpu', {'doloris': {**opts, **kw}}, progress=False).fit(split.train)
+    def predict_with(model, **kw):  # as in the notebook
+        old = {k: getattr(model.config, k) for k in kw}
+        for k, v in kw.items(): setattr(model.config, k, v)
+        try: return model.predict(split.test, n_cells=10, seed=0).X
+        finally:
+            for k, v in old.items(): setattr(model.config, k, v)
+    full, bern, no_mask = fit(), fit(mask_strategy='bernoulli'), fit(use_mask=False)
+    assert full.config.mask_strategy == 'coherent'
+    for a, b in zip(full.net_.state_dict().values(), no_mask.net_.state_dict().values()): assert torch.equal(a, b)
+    assert np.array_equal(predict_with(full, mask_strategy='bernoulli'), predict_with(bern))
+    assert np.array_equal(predict_with(bern, mask_strategy='coherent'), predict_with(full))
+    assert np.array_equal(predict_with(full, use_mask=False), predict_with(no_mask))
+    assert not np.array_equal(predict_with(full, use_mask=False), predict_with(full))
+
+
+def test_nfe(tmp_path, tiny_screen):
+    out_nb = execute('24_nfe', tmp_path, data_path=str(tiny_screen), models='doloris,departures', nfe_steps='2,5',
+                     n_cells=10, reconstruction_cells=20, overrides=TINY_NETS, **TINY_STEPS)
+    res = pd.read_csv(tmp_path / 'results.csv')
+    per = res.groupby(['model', 'steps']).agg(nfe=('nfe', 'first'), groups=('group', 'nunique'), cells=('n_pred', 'sum'))
+    assert list(per.index) == [('departures', 2), ('departures', 5), ('doloris', 2), ('doloris', 5)]
+    assert (per.groups == 4).all() and (per.cells == 40).all()
+    assert list(per.loc['departures', 'nfe']) == [2, 5]  # one bridge evaluation per step
+    assert list(per.loc['doloris', 'nfe']) == [4, 10]  # 2(S - e): inversion + decoding; both presets enter at e = 0
+    assert (res.seconds_per_cell > 0).all()
+    recon = pd.read_csv(tmp_path / 'reconstruction.csv')
+    assert list(recon.model) == ['doloris'] * 2 and list(recon.steps) == [2, 5] and np.isfinite(recon.chain_mae).all()
+    pngs = {p.name for p in tmp_path.glob('*.png')}
+    assert {'nfe_edist_de20.png', 'nfe_emd_de20.png', 'time_edist_de20.png', 'reconstruction_chain_mae.png'} <= pngs
+    assert images_shown(out_nb) == len(pngs) == 6
+
+
+def test_heterogeneity(tmp_path, tiny_screen):
+    out_nb = execute('25_heterogeneity', tmp_path, data_path=str(tiny_screen), models='doloris,additive',
+                     overrides=TINY_NETS, **{**TINY_STEPS, 'prior': 'simulator'})
+    div = pd.read_csv(tmp_path / 'diversity_summary.csv', index_col=0)
+    assert list(div.index) == ['doloris', 'additive'] and (div > 0).all().all()
+    assert 0.8 < div.loc['additive', 'ratio_all'] < 1.25  # shifted control cells keep the controls' spread
+    snr_tab = pd.read_csv(tmp_path / 'snr.csv')
+    assert list(pd.unique(snr_tab.source)) == ['true', 'doloris', 'additive'] and set(snr_tab.k) == {5, 10, 20, 40, 60}
+    bim = pd.read_csv(tmp_path / 'bimodality_summary.csv', index_col=[0, 1])
+    assert set(bim.index) == {(s, b) for s in ('control cells', 'doloris', 'additive') for b in (True, False)}
+    assert (bim.loc[(slice(None), True), 'pairs'] == 4 * 20).all()  # 4 test pairs x 20 bimodal genes
+    pngs = {p.name for p in tmp_path.glob('*.png')}
+    assert pngs == {'diversity.png', 'diversity_de20.png', 'snr.png', 'snr_relative.png', 'bimodal_fraction.png',
+                    'bimodal_violins.png', 'activation.png'}
+    assert images_shown(out_nb) == len(pngs)
+
+
+def test_heterogeneity_real_data(tmp_path, shared):
+    "On real data (the Norman part) there is no bimodality ground truth: the section is skipped, the rest runs."
+    out_nb = execute('25_heterogeneity', tmp_path, data_path=str(shared / 'perturbench_devel.h5ad'), models='control,additive')
+    assert not (tmp_path / 'bimodality.csv').exists()
+    assert list(pd.unique(pd.read_csv(tmp_path / 'snr.csv').source)) == ['true', 'control', 'additive']
+    assert {'diversity.png', 'snr.png', 'activation.png'} <= {p.name for p in tmp_path.glob('*.png')}
+    assert images_shown(out_nb) == 5

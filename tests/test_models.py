@@ -1,0 +1,133 @@
+"""The three models end to end: known effects on the simulator, exact resume, save/load, bad input."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from perturbdiff.baselines import ControlBaseline
+from perturbdiff.data import PerturbData
+from perturbdiff.datasets import simulate, true_shift
+from perturbdiff.metrics import evaluate
+from perturbdiff.models import Departures, Doloris, Unlasting
+from perturbdiff.priors import coexpression, edge_list
+
+warnings.filterwarnings('ignore', message='.*no path to a measured gene.*')
+
+
+@pytest.fixture(scope='module')
+def screen():
+    "A simulated CRISPRi screen with strong effects; 3 held-out single knockdowns, the true graph as prior."
+    sim = simulate(seed=0, n_genes=100, n_regulators=10, n_single=10, n_combo=4, cells_per_group=40, n_control=200,
+                   n_cell_types=1)
+    data = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type')
+    split = data.split('unseen_perturbation', test_frac=0.25, seed=0)
+    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
+    return sim, split, prior
+
+
+def known_effect_report(sim, split, pred):
+    """Direction of the predicted change of each unseen knockdown's own target gene (truth: down), and E-distance on
+    the top-20 DE genes, ours vs the control baseline.
+
+    The direct effect on the target is the known effect a model can infer for a perturbation it never saw: the
+    simulator's downstream effects go through regulatory edges of random sign, and the prior gives the models the
+    edges but not their signs (GAT attention weights are positive), so their direction is not identifiable."""
+    genes = list(split.train.genes)
+    ctrl = split.train.dense(split.train.obs.control.to_numpy()).mean(0)
+    moves = []
+    for cond in split.test.conditions:
+        truth = true_shift(sim, cond, 'type0').reindex(genes)
+        shift = pred.X[(pred.obs.condition == cond).to_numpy()].mean(0) - ctrl
+        for g in (g for g in cond.split('+') if g in genes):
+            assert truth[g] < -1  # a knockdown: the target goes down
+            moves.append(float(shift[genes.index(g)]))
+    base = ControlBaseline().fit(split.train).predict(split.test)
+    ours, ref = evaluate(pred, split.test, split.train), evaluate(base, split.test, split.train)
+    return moves, float(ours.edist_de20.mean()), float(ref.edist_de20.mean())
+
+
+@pytest.fixture(scope='module')
+def known_effects(screen):
+    "Each model fitted once (quick preset) and its report on the held-out knockdowns."
+    sim, split, prior = screen
+    out = {}
+    for cls in (Unlasting, Doloris, Departures):
+        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=prior)
+        out[cls.__name__] = known_effect_report(sim, split, model.fit(split.train).predict(split.test, seed=0))
+        moves, ed, ed_ctrl = out[cls.__name__]
+        print(f'{cls.__name__}: target shifts {np.round(moves, 3)}, E-distance DE20 {ed:.3f} vs control baseline {ed_ctrl:.3f}')
+    return out
+
+
+@pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
+def test_unseen_knockdown_lowers_its_target(known_effects, name):
+    "Unseen knockdowns of measured genes: every target gene goes down (without DirectEffect they went up)."
+    moves, _, _ = known_effects[name]
+    assert len(moves) >= 2 and all(m < 0 for m in moves), moves
+
+
+@pytest.mark.xfail(strict=True, reason='Measured (quick preset, this simulator): E-distance DE20 over the 4 held-out '
+                   'knockdowns is worse than the control baseline for all three models (Unlasting 5.2, Doloris 2.0, '
+                   'Departures 2.1 vs 1.77): two of them target unmeasured regulators whose downstream signs the unsigned '
+                   'prior cannot give. Strict: the day a model beats the baseline here, this marker must go.')
+@pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
+def test_unseen_knockdowns_beat_control_on_edistance(known_effects, name):
+    _, ed, ed_ctrl = known_effects[name]
+    assert ed < ed_ctrl
+
+
+TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, mask_steps=6, mask_hidden=8,
+                           n_control=10, sampling_steps=5),
+            Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6, mask_hidden=8,
+                         n_control=10, sampling_steps=5),
+            Departures=dict(steps=12, dim=4, time_dim=8, n_steps=5))
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures], ids=lambda c: c.__name__)
+def test_interrupted_then_resumed_equals_uninterrupted(screen, cls, tmp_path):
+    _, split, prior = screen
+    kw = dict(seed=0, device='cpu', progress=False, graph=prior, **TINY[cls.__name__])
+    whole = cls.from_preset('quick', **kw).fit(split.train)
+    cls.from_preset('quick', **kw).fit(split.train, out_dir=str(tmp_path), stop_after=7)
+    resumed = cls.from_preset('quick', **kw).fit(split.train, out_dir=str(tmp_path), resume=True)
+    for a, b in zip(whole.net_.state_dict().values(), resumed.net_.state_dict().values()):
+        assert torch.equal(a, b)
+    assert np.array_equal(whole.predict(split.test, seed=2).X, resumed.predict(split.test, seed=2).X)
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures], ids=lambda c: c.__name__)
+def test_save_load_same_predictions(screen, cls, tmp_path):
+    _, split, prior = screen
+    m = cls.from_preset('quick', seed=1, device='cpu', progress=False, graph=prior, **TINY[cls.__name__]).fit(split.train)
+    m.save(tmp_path / 'm')
+    again = cls.load(tmp_path / 'm', device='cpu')
+    assert np.array_equal(m.predict(split.test, seed=5).X, again.predict(split.test, seed=5).X)
+
+
+def test_same_seed_same_model(screen):
+    _, split, prior = screen
+    a, b = (Doloris.from_preset('quick', seed=3, device='cpu', progress=False, graph=prior, **TINY['Doloris']).fit(split.train)
+            for _ in range(2))
+    assert all(torch.equal(x, y) for x, y in zip(a.net_.state_dict().values(), b.net_.state_dict().values()))
+
+
+def test_bad_input(screen):
+    _, split, prior = screen
+    with pytest.raises(TypeError, match='Unknown options'):
+        Unlasting.from_preset('quick', stepz=3)
+    with pytest.raises(TypeError, match='Unknown options'):
+        Departures.from_preset('quick', sigmaa=0.1)
+    m = Departures.from_preset('quick', device='cpu', progress=False, graph=prior, **TINY['Departures'])
+    with pytest.raises(RuntimeError, match='not fitted'):
+        m.predict(split.test)
+    m.fit(split.train)
+    with pytest.raises(ValueError, match='No training control cells'):
+        m.predict([('G0001', 'nowhere')])
+    nosc = split.train.subset()
+    nosc.x_max = None
+    with pytest.raises(ValueError, match='no fitted scale'):
+        Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, **TINY['Doloris']).fit(nosc)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match='CUDA is not available'):
+            Doloris.from_preset('quick', device='cuda', progress=False, graph=prior, **TINY['Doloris']).fit(split.train)
