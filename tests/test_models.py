@@ -15,15 +15,19 @@ from perturbdiff.priors import coexpression, edge_list
 warnings.filterwarnings('ignore', message='.*no path to a measured gene.*')
 
 
+def simulated_screen(n_single: int, n_combo: int, split_kind: str, test_frac: float):
+    "A one-cell-type simulated CRISPRi screen with strong effects, its split, and the true graph as prior."
+    sim = simulate(seed=0, n_genes=100, n_regulators=10, n_single=n_single, n_combo=n_combo, cells_per_group=40,
+                   n_control=200, n_cell_types=1)
+    data = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type')
+    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
+    return sim, data.split(split_kind, test_frac=test_frac, seed=0), prior
+
+
 @pytest.fixture(scope='module')
 def screen():
-    "A simulated CRISPRi screen with strong effects; 3 held-out single knockdowns, the true graph as prior."
-    sim = simulate(seed=0, n_genes=100, n_regulators=10, n_single=10, n_combo=4, cells_per_group=40, n_control=200,
-                   n_cell_types=1)
-    data = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type')
-    split = data.split('unseen_perturbation', test_frac=0.25, seed=0)
-    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
-    return sim, split, prior
+    "10 singles and 4 pairs; 4 single knockdowns held out (`unseen_perturbation`)."
+    return simulated_screen(10, 4, 'unseen_perturbation', 0.25)
 
 
 def known_effect_report(sim, split, pred):
@@ -68,13 +72,64 @@ def test_unseen_knockdown_lowers_its_target(known_effects, name):
 
 
 @pytest.mark.xfail(strict=True, reason='Measured (quick preset, this simulator): E-distance DE20 over the 4 held-out '
-                   'knockdowns is worse than the control baseline for all three models (Unlasting 5.2, Doloris 2.0, '
-                   'Departures 2.1 vs 1.77): two of them target unmeasured regulators whose downstream signs the unsigned '
+                   'knockdowns is worse than the control baseline for all three models (Unlasting 4.97, Doloris 1.87, '
+                   'Departures 2.05 vs 1.77): two of them target unmeasured regulators whose downstream signs the unsigned '
                    'prior cannot give. Strict: the day a model beats the baseline here, this marker must go.')
 @pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
 def test_unseen_knockdowns_beat_control_on_edistance(known_effects, name):
     _, ed, ed_ctrl = known_effects[name]
     assert ed < ed_ctrl
+
+
+@pytest.fixture(scope='module')
+def pair_screen():
+    """12 single knockdowns and 12 pairs; half of the pairs held out (`unseen_combo`), their singles trained on: the
+    effect of a held-out pair is known from its parts (the simulator sums direct effects along the graph, clips, and
+    adds an interaction term to about a third of the pairs)."""
+    return simulated_screen(12, 12, 'unseen_combo', 0.5)
+
+
+def pair_report(split, pred):
+    """Per held-out pair: correlation of the predicted and the observed mean shift on the pair's top-20 DE genes
+    (observed vs the training controls), and E-distance DE20 (mean over pairs), ours and the control baseline's."""
+    ctrl = split.train.dense(split.train.obs.control.to_numpy()).mean(0)
+    corrs = []
+    for cond in split.test.conditions:
+        obs = split.test.dense((split.test.obs.condition == cond).to_numpy()).mean(0) - ctrl
+        shift = pred.X[(pred.obs.condition == cond).to_numpy()].mean(0) - ctrl
+        top = np.argsort(-np.abs(obs))[:20]
+        corrs.append(float(np.corrcoef(shift[top], obs[top])[0, 1]))
+    base = ControlBaseline().fit(split.train).predict(split.test)
+    return corrs, float(evaluate(pred, split.test, split.train).edist_de20.mean()), \
+        float(evaluate(base, split.test, split.train).edist_de20.mean())
+
+
+@pytest.fixture(scope='module')
+def pair_effects(pair_screen):
+    _, split, prior = pair_screen
+    out = {}
+    for cls in (Unlasting, Doloris, Departures):
+        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=prior)
+        out[cls.__name__] = pair_report(split, model.fit(split.train).predict(split.test, seed=0))
+        corrs, ed, ed_ctrl = out[cls.__name__]
+        print(f'{cls.__name__}: DE20 shift correlations {np.round(corrs, 2)}, E-distance DE20 {ed:.3f} vs control {ed_ctrl:.3f}')
+    return out
+
+
+@pytest.mark.parametrize('name', ['Doloris', 'Departures'])
+def test_unseen_pairs_direction_and_beat_control(pair_effects, name):
+    "Held-out pairs of trained singles: the DE genes move the observed way, and E-distance DE20 beats the control baseline."
+    corrs, ed, ed_ctrl = pair_effects[name]
+    assert len(corrs) == 6 and all(c > 0 for c in corrs), corrs
+    assert ed < ed_ctrl, (ed, ed_ctrl)
+
+
+@pytest.mark.xfail(strict=True, reason='Measured (quick preset, this simulator): Unlasting\'s E-distance DE20 over the 6 '
+                   'held-out pairs is 4.33 against the control baseline\'s 2.53 (Doloris 2.20, Departures 1.88); its '
+                   'threshold masks are nearly the same in every cell (see 08). Strict: the day it passes, this marker must go.')
+def test_unlasting_unseen_pairs_beat_control(pair_effects):
+    corrs, ed, ed_ctrl = pair_effects['Unlasting']
+    assert all(c > 0 for c in corrs) and ed < ed_ctrl
 
 
 TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, mask_steps=6, mask_hidden=8,
