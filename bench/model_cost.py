@@ -60,7 +60,7 @@ def worker(a) -> dict:
     say('data ready:', sim.shape)
     warm, timed = 2, a.steps
     opts = dict(steps=warm + timed, progress=False, graph=prior)
-    if a.worker != 'departures': opts.update(mask_steps=a.mask_steps)
+    if a.worker != 'departures': opts.update(mask_steps=a.mask_steps, **({'n_control': a.n_control} if a.n_control else {}))
     model = cls.from_preset('paper', seed=0, device=a.device, **opts)
     base = rss_mb()
     t0 = time.perf_counter(); model.fit(split.train, log_every=1); fit_s = time.perf_counter() - t0
@@ -100,6 +100,8 @@ def main():
     p.add_argument('--pred-cells', type=int, default=100, help='predicted cells per condition')
     p.add_argument('--cells-per-group', type=int, default=50)
     p.add_argument('--controls', type=int, default=500)
+    p.add_argument('--n-control', type=int, default=None,
+                   help='DDIB models: control cells inverted per cell type with latent reuse (preset: 100)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--no-predict', default='', help='models whose prediction is not timed (too slow at this size)')
     p.add_argument('--out', default=None)

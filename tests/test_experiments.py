@@ -82,6 +82,9 @@ def test_norman_same_table_as_cli(tmp_path, shared):
     assert list(pd.unique(res.model)) == BASELINES and res.group.nunique() == 15
     assert set(res.subgroup) == {'seen0', 'seen1', 'seen2'}
     assert (tmp_path / 'nb' / 'summary_by_subgroup.csv').exists() and (tmp_path / 'nb' / 'diversity.csv').exists()
+    shifts = pd.read_csv(tmp_path / 'nb' / 'shifts.csv')
+    assert list(pd.unique(shifts.model)) == BASELINES and {'pcc_delta_de20', 'delta_ratio_de40'} <= set(shifts.columns)
+    assert (shifts[shifts.model == 'additive'].delta_ratio_de20 > 0).all()
     assert FIGURES <= {p.name for p in (tmp_path / 'nb').glob('*.png')} and images_shown(out_nb) == len(FIGURES)
     assert main(['benchmark', '--data', data, '--subset', 'dataset=norman19', '--cell-type-key', 'cell_type', '--mode',
                  'CRISPRa', '--split', 'unseen_combo', '--test-frac', '1', '--models', ','.join(BASELINES),
