@@ -24,6 +24,12 @@ def simulated_screen(n_single: int, n_combo: int, split_kind: str, test_frac: fl
     return sim, data.split(split_kind, test_frac=test_frac, seed=0), prior
 
 
+def fit_quick(split, prior) -> dict:
+    "Each model fitted once on the training split: quick preset, seed 0, the given graph prior."
+    return {cls.__name__: cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=prior).fit(split.train)
+            for cls in (Unlasting, Doloris, Departures)}
+
+
 @pytest.fixture(scope='module')
 def screen():
     "10 singles and 4 pairs; 4 single knockdowns held out (`unseen_perturbation`)."
@@ -56,11 +62,9 @@ def known_effects(screen):
     "Each model fitted once (quick preset) and its report on the held-out knockdowns."
     sim, split, prior = screen
     out = {}
-    for cls in (Unlasting, Doloris, Departures):
-        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=prior)
-        out[cls.__name__] = known_effect_report(sim, split, model.fit(split.train).predict(split.test, seed=0))
-        moves, ed, ed_ctrl = out[cls.__name__]
-        print(f'{cls.__name__}: target shifts {np.round(moves, 3)}, E-distance DE20 {ed:.3f} vs control baseline {ed_ctrl:.3f}')
+    for name, model in fit_quick(split, prior).items():
+        out[name] = moves, ed, ed_ctrl = known_effect_report(sim, split, model.predict(split.test, seed=0))
+        print(f'{name}: target shifts {np.round(moves, 3)}, E-distance DE20 {ed:.3f} vs control baseline {ed_ctrl:.3f}')
     return out
 
 
@@ -117,15 +121,15 @@ def pair_effects(pair_screen):
     the paper's threshold masks and Doloris' with the paper's coherent masks (marginals not matched), both prediction-only
     changes of the config."""
     _, split, prior = pair_screen
+    variants = dict(Unlasting=('threshold masks', 'mask_strategy', 'threshold'),
+                    Doloris=('unmatched coherent masks', 'mask_match_marginals', False))
     out = {}
-    for cls in (Unlasting, Doloris, Departures):
-        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=prior).fit(split.train)
-        out[cls.__name__] = pair_report(split, model.predict(split.test, seed=0))
-        variant = dict(Unlasting=('threshold masks', dict(mask_strategy='threshold')),
-                       Doloris=('unmatched coherent masks', dict(mask_match_marginals=False))).get(cls.__name__)
-        if variant:
-            for k, v in variant[1].items(): setattr(model.config, k, v)
-            out[f'{cls.__name__}, {variant[0]}'] = pair_report(split, model.predict(split.test, seed=0))
+    for name, model in fit_quick(split, prior).items():
+        out[name] = pair_report(split, model.predict(split.test, seed=0))
+        if name in variants:  # the same fit, one prediction-time option changed
+            label, key, value = variants[name]
+            setattr(model.config, key, value)
+            out[f'{name}, {label}'] = pair_report(split, model.predict(split.test, seed=0))
     for name, (corrs, ed, ed_ctrl) in out.items():
         print(f'{name}: DE20 shift correlations {np.round(corrs, 2)}, E-distance DE20 {ed:.3f} vs control {ed_ctrl:.3f}')
     return out
