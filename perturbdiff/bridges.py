@@ -159,6 +159,7 @@ class BridgeConfig:
     cost: str = 'euclidean'  # 'euclidean' (squared, divided by max) or 'cosine'
     reg: float = 0.1
     use_discrete: bool = True
+    anchor: bool = False  # ours, not the paper's: bridge to the targets in the ShiftAnchor's frame (05a_anchor); needs use_discrete=False
     scaled: bool = False  # False: log1p space (authors)
     dim: int = 32
     heads: int = 2
@@ -183,12 +184,14 @@ class BridgeConfig:
 BRIDGE_PRESETS = {
     'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
+              direct_effect=True, anchor=True, use_discrete=False),
+    'plain': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
               direct_effect=True),
 }
 
 def bridge_config(preset: str = 'quick', **overrides) -> BridgeConfig:
     "A BridgeConfig from a preset with overrides (sci-Plex in the paper: epochs=40, batch_size=256)."
-    if preset not in BRIDGE_PRESETS: raise ValueError(f"Unknown preset {preset!r}; use 'quick' or 'paper'.")
+    if preset not in BRIDGE_PRESETS: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(BRIDGE_PRESETS)}.")
     valid = {f.name for f in fields(BridgeConfig)}
     bad = sorted(set(overrides) - valid)
     if bad: raise TypeError(f"Unknown options {bad} for departures; valid: {sorted(valid)}.")
@@ -197,8 +200,9 @@ def bridge_config(preset: str = 'quick', **overrides) -> BridgeConfig:
 # %% ../nbs/09_bridges.ipynb #44b8eb91
 class BridgePairs:
     "Per-epoch OT pairs of control and perturbed training cells, in seeded batches."
-    def __init__(self, train: PerturbData, config: BridgeConfig, seed: int = 0):
+    def __init__(self, train: PerturbData, config: BridgeConfig, seed: int = 0, anchor: tuple | None = None):
         self.train, self.cfg, self.seed = train, config, seed
+        self.anchor = anchor  # (row per cell, shifts in the model's space): perturbed cells are paired and learned minus their shift
         obs = train.obs
         ctrl = obs.control.to_numpy()
         self.groups = [(gid, np.flatnonzero((obs.group == gid).to_numpy())) for gid in pd.unique(obs.group[~ctrl])]
@@ -218,6 +222,11 @@ class BridgePairs:
     def values(self, rows) -> np.ndarray:
         return self.train.dense(rows, scaled=self.cfg.scaled)
 
+    def targets(self, rows) -> np.ndarray:
+        "Values of perturbed cells as the bridge learns them: minus their group's anchor shift when anchored."
+        x = self.values(rows)
+        return x if self.anchor is None else (x - self.anchor[1][self.anchor[0][rows]]).astype(np.float32)
+
     def pairs(self, epoch: int) -> np.ndarray:
         "[n, 2] (control row, perturbed row) pairs of an epoch, shuffled."
         if epoch in self.epoch_pairs: return self.epoch_pairs[epoch]
@@ -226,7 +235,7 @@ class BridgePairs:
             rng = np.random.default_rng([self.seed, epoch, zlib.crc32(gid.encode())])
             ctrl = self.ctrl_of[self.ct_of[gid]]
             sub = self.train.kind == 'gene'  # genes: a control subset of the group's size; drugs: all controls
-            c = pair_group(ctrl, rows, self.values(ctrl), self.values(rows), rng, self.cfg.pairing, self.cfg.cost,
+            c = pair_group(ctrl, rows, self.values(ctrl), self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
                            self.cfg.reg, subsample_controls=sub, batch_size=self.cfg.batch_size)
             out.append(np.stack([c, rows], 1))
         P = np.concatenate(out)
@@ -239,7 +248,7 @@ class BridgePairs:
     def batch(self, pairs: np.ndarray) -> dict:
         c, p = pairs.T
         t = lambda a: torch.as_tensor(a)
-        return dict(x0=t(self.values(c)), x1=t(self.values(p)), cell_type=t(self.cell_type[p]),
+        return dict(x0=t(self.values(c)), x1=t(self.targets(p)), cell_type=t(self.cell_type[p]),
                     condition=t(self.condition[p]), dose=t(self.dose[p]), mode=t(self.mode[p]))
 
     def __call__(self, epoch: int, rank: int = 0, world_size: int = 1):
@@ -257,7 +266,7 @@ def bridge_loss(net: BridgeNet, b: dict, generator, table: PerturbationTable, cf
     d0, d1 = (x0 > 0).to(x0.dtype), (x1 > 0).to(x0.dtype)
     d_t = discrete_bridge_sample(d0, d1, t, generator) if cfg.use_discrete else None
     end, logits = net(x_t, t, b['cell_type'], pert, x0, d_t)
-    cont = masked_mse(end, x1, x1 > 0)
+    cont = masked_mse(end, x1, torch.ones_like(x1, dtype=torch.bool) if cfg.anchor else x1 > 0)  # anchored: every entry
     if not cfg.use_discrete: return cont, dict(continuous=cont.detach())
     disc = F.binary_cross_entropy_with_logits(logits, d1)
     return cont + disc, dict(continuous=cont.detach(), discrete=disc.detach())
@@ -290,7 +299,16 @@ class Departures(PerturbationModel):
                               cfg.layers_continuous, cfg.layers_discrete if cfg.use_discrete else 0, cfg.dropout,
                               None if feats is None else feats.shape[1], len(train.vocab) if train.kind == 'label' else None, self.seed,
                               cfg.gat_residual, cfg.shared_readout, cfg.direct_effect)
-        self.batches_ = BridgePairs(train, cfg, self.seed)
+        self.anchor_, frame = None, None
+        if cfg.anchor:
+            if cfg.use_discrete:
+                raise ValueError("anchor=True bridges to all entries around the anchor's mean shift (zeros included); "
+                                 "set use_discrete=False with it (the quick preset does).")
+            from perturbdiff.anchor import ShiftAnchor
+            self.anchor_ = ShiftAnchor().fit(train, self.graph_)
+            pos, S = self.anchor_.cell_shifts(train)
+            frame = (pos, (S / train.x_max if cfg.scaled else S).astype(np.float32))
+        self.batches_ = BridgePairs(train, cfg, self.seed, frame)
         tc = TrainConfig(**{**dict(steps=cfg.steps, epochs=None if cfg.steps else cfg.epochs, batch_size=cfg.batch_size,
                                    lr=cfg.lr, weight_decay=cfg.weight_decay, ema=cfg.ema, grad_clip=cfg.grad_clip,
                                    schedule='linear', device=self.device, seed=self.seed, progress=self.progress,
@@ -313,6 +331,9 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
     ct = torch.full((n,), ct_idx, device=dev)
     steps, sig = n_steps or cfg.n_steps, cfg.sigma if sigma is None else sigma
     z = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
+    if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
+        a = self.anchor_.shift(self.train_.vocab[cond_idx], self.cell_types_[ct_idx], dose)
+        z = z + torch.as_tensor(a / self.train_.x_max if cfg.scaled else a, dtype=z.dtype, device=z.device)
     if not cfg.use_discrete: return z.clamp(min=0)
     d = ctmc_sample(lambda d, t: net.logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)
     return (z * d).clamp(min=0)

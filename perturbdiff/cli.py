@@ -115,6 +115,7 @@ MODELS = {
     'departures': 'perturbdiff.models:Departures',
     'control': 'perturbdiff.baselines:ControlBaseline', 'mean': 'perturbdiff.baselines:MeanBaseline',
     'additive': 'perturbdiff.baselines:AdditiveBaseline', 'linear': 'perturbdiff.baselines:LinearBaseline',
+    'anchor': 'perturbdiff.anchor:AnchorBaseline',
 }
 BASELINES = ('control', 'mean', 'additive', 'linear')
 
@@ -276,7 +277,8 @@ def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
     g = p.add_argument_group('models')
     if many: g.add_argument('--models', default=','.join(MODELS), help=f"comma-separated model names (default: {','.join(MODELS)})")
     else: g.add_argument('--model', required=True, choices=list(MODELS), help='model name')
-    g.add_argument('--preset', default='quick', choices=['quick', 'paper'], help='quick: minutes on a CPU; paper: the papers\' settings')
+    g.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper'],
+                   help='quick: minutes on a CPU, anchored (ours); plain: the same sizes without the anchor; paper: the papers\' settings')
     g.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE',
                    help='a model option, e.g. steps=200 (every model that takes it) or linear.n_dims=5 (repeatable)')
     g.add_argument('--n-cells', type=int, help='predicted cells per group (default: as many as the true cells)')

@@ -48,6 +48,7 @@ class DDIBConfig:
     ode_start: int = 0  # timestep (of T) where inversion starts and decoding ends: 0 (authors) or e.g. 20 (see 06_diffusion)
     precondition: bool = False  # x̂0 = c_skip·x_t/√ᾱ + c_out·F (EDM-style skip); False: x̂0 = F (authors)
     fill_unexpressed: bool = False  # zeros -> draws from the group's expressed values before noising/inverting (see below)
+    anchor: bool = False  # ours, not the papers': train and decode in the ShiftAnchor's frame (05a_anchor; see below)
     # network
     hidden: int = 256  # width of the main trunk (Unlasting paper: the number of genes; Doloris: 1024)
     time_dim: int = 128  # sinusoidal time embedding size
@@ -105,13 +106,21 @@ DDIB_PRESETS = {
         'quick': dict(hidden=256, time_dim=128, decoder=(256, 256), grn_dim=16, steps=400, batch_size=64, lr=1e-3,
                       mask_strategy='coherent', mask_match_marginals=True, mask_steps=200, precondition=True,
                       control_residual=False, gat_residual=True, shared_readout=True, direct_effect=True,
+                      anchor=True, use_mask=False, zero_loss='all', fill_unexpressed=False),
+        'plain': dict(hidden=256, time_dim=128, decoder=(256, 256), grn_dim=16, steps=400, batch_size=64, lr=1e-3,
+                      mask_strategy='coherent', mask_match_marginals=True, mask_steps=200, precondition=True,
+                      control_residual=False, gat_residual=True, shared_readout=True, direct_effect=True,
                       fill_unexpressed=True),
     },
     'doloris': {
         'paper': dict(hidden=1024, time_dim=1024, decoder=(2048, 2048, 2048), grn_dim=64, pca_dim=32, steps=10_000,
                       batch_size=32, lr=1e-4, ema=0.9999, grad_clip=None, mask_strategy='coherent', mask_lr=1e-2,
                       mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=32, mask_hidden=1024),
-        'quick': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=600, batch_size=64,
+        'quick': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=1800, batch_size=64,
+                      lr=1e-3, mask_strategy='coherent', mask_match_marginals=True, mask_steps=300, precondition=True,
+                      control_residual=False, direct_effect=True, anchor=True, use_mask=False, zero_loss='all',
+                      fill_unexpressed=False),
+        'plain': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=600, batch_size=64,
                       lr=1e-3, mask_strategy='coherent', mask_match_marginals=True, mask_steps=300, precondition=True,
                       control_residual=False, direct_effect=True, fill_unexpressed=True),
     },
@@ -119,7 +128,7 @@ DDIB_PRESETS = {
 
 def ddib_config(family: str, preset: str = 'quick', **overrides) -> DDIBConfig:
     "The config of `family` ('unlasting' or 'doloris') for a preset, with overrides."
-    if preset not in DDIB_PRESETS[family]: raise ValueError(f"Unknown preset {preset!r}; use 'quick' or 'paper'.")
+    if preset not in DDIB_PRESETS[family]: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(DDIB_PRESETS[family])}.")
     valid = {f.name for f in fields(DDIBConfig)}
     bad = sorted(set(overrides) - valid)
     if bad: raise TypeError(f"Unknown options {bad} for {family}; valid: {sorted(valid)}.")
@@ -363,8 +372,9 @@ def fill_unexpressed(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, gen
 class DDIBBatches:
     "Seeded per-epoch training batches mixing control (source) and perturbed (target) cells."
     def __init__(self, train: PerturbData, batch_size: int, source_fraction: float, seed: int,
-                 fill: 'ExpressedStats | None' = None):  # adds each cell's fill_mean/fill_std to its batch
-        self.train, self.bs, self.seed, self.fill = train, batch_size, seed, fill
+                 fill: 'ExpressedStats | None' = None,  # adds each cell's fill_mean/fill_std to its batch
+                 anchor: 'tuple[np.ndarray, torch.Tensor] | None' = None):  # (row per cell, shifts): adds each cell's 'anchor'
+        self.train, self.bs, self.seed, self.fill, self.anchor = train, batch_size, seed, fill, anchor
         ctrl = train.obs.control.to_numpy()
         self.ctrl_rows, self.pert_rows = np.flatnonzero(ctrl), np.flatnonzero(~ctrl)
         if not len(self.ctrl_rows): raise ValueError("Training data without control cells: the source model needs them.")
@@ -399,6 +409,7 @@ class DDIBBatches:
         if self.fill is not None:
             g = torch.as_tensor(self.fill.group[rows])
             out['fill_mean'], out['fill_std'] = self.fill.mean[g], self.fill.std[g]
+        if self.anchor is not None: out['anchor'] = self.anchor[1][torch.as_tensor(self.anchor[0][rows])]
         return out
 
     def __call__(self, epoch: int, rank: int = 0, world_size: int = 1):
@@ -411,6 +422,7 @@ def ddib_loss(net, batch: dict, generator, sched: Schedule, conditioner: Conditi
     x0 = batch['x0']
     expressed = x0 > 0
     if 'fill_mean' in batch: x0 = fill_unexpressed(x0, batch['fill_mean'], batch['fill_std'], generator)
+    if 'anchor' in batch: x0 = x0 - batch['anchor']  # anchored models learn the cells in the anchor's frame
     i = sample_index(len(x0), sched, generator, x0.device)
     t = torch.as_tensor(sched.timesteps, device=x0.device)[i]
     x_t = q_sample(x0, i, sched, generator=generator)
@@ -464,7 +476,16 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
         X = train.dense(scaled=True)
         self.net_ = Preconditioned(self.net_, Schedule.make(cfg.schedule, cfg.T), float(X[X > 0].std()) if (X > 0).any() else 1.0)
     self.fill_ = expressed_stats(train) if cfg.fill_unexpressed else None
-    batches = DDIBBatches(train, cfg.batch_size, cfg.source_fraction, self.seed, self.fill_)
+    self.anchor_, frame = None, None
+    if cfg.anchor:
+        if cfg.fill_unexpressed or cfg.use_mask:
+            raise ValueError("anchor=True models all entries around the anchor's mean shift (zeros included); "
+                             "set fill_unexpressed=False and use_mask=False with it (the quick presets do).")
+        from perturbdiff.anchor import ShiftAnchor
+        self.anchor_ = ShiftAnchor().fit(train, self.graph_)
+        pos, S = self.anchor_.cell_shifts(train)
+        frame = (pos, torch.as_tensor(S / train.x_max, dtype=torch.float32))  # model space: x / x_max
+    batches = DDIBBatches(train, cfg.batch_size, cfg.source_fraction, self.seed, self.fill_, frame)
     tc = TrainConfig(**{**dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                ema=cfg.ema, grad_clip=cfg.grad_clip, device=self.device, seed=self.seed,
                                progress=self.progress, log_every=max(1, cfg.steps // 20),
@@ -581,6 +602,8 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
                 l = lat[j] if lat is not None else self._invert(x_in[j], cts.index(ct), gen, sched)
                 outs.append(self._decode(l, xc, cts.index(ct), self._condition_index(row.condition), row.dose, row['mode'], sched))
             xt = torch.cat(outs).cpu().numpy().astype(np.float64)
+            if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
+                xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
             masks = self.mask_.masks(self, pool[pick], ct, row, seed) if (self.mask_ is not None and self.config.use_mask) else None
             z = xt * masks if masks is not None else xt
             X.append(self.train_.unscale(np.clip(z, 0, None))); ids += [gid] * len(pick)

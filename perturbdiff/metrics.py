@@ -18,10 +18,10 @@ import scipy.sparse as sp
 from .data import GROUP_COL, PerturbData, canonical_key, gene_symbols, group_key, parse_condition
 
 # %% auto #0
-__all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'energy_distance',
-           'edist_options', 'intra_distance', 'quantile_grid', 'default_threads', 'emd_per_gene', 'emd', 'rmse',
-           'activation_prob', 'activation_pcc', 'welch_t', 'rank_genes', 'de_rankings', 'gears_de_genes', 'top_de',
-           'evaluate', 'evaluate_models', 'metric_columns', 'summarize', 'snr']
+__all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'same_distribution',
+           'energy_distance', 'edist_options', 'intra_distance', 'quantile_grid', 'default_threads', 'emd_per_gene',
+           'emd', 'rmse', 'activation_prob', 'activation_pcc', 'welch_t', 'rank_genes', 'de_rankings', 'gears_de_genes',
+           'top_de', 'evaluate', 'evaluate_models', 'metric_columns', 'summarize', 'snr']
 
 # %% ../nbs/02_metrics.ipynb #f3b16468
 def as_cells(X, what: str = 'X', min_cells: int = 1) -> np.ndarray:
@@ -104,9 +104,26 @@ EDIST_CONVENTIONS = {
     'scperturb': dict(squared=True, unbiased=False, sqrt=False),  # scPerturb: squared distances, all pairs
 }
 
+def _distinct_rows(X: np.ndarray, dtype) -> tuple[bytes, np.ndarray]:
+    "The distinct rows of X as sorted bytes of `dtype` values (-0.0 folded into 0.0), and how often each occurs."
+    Z = np.ascontiguousarray(X, dtype=dtype) + dtype.type(0)  # + 0 turns -0.0 into 0.0
+    u, counts = np.unique(Z.view(np.dtype((np.void, Z.itemsize * Z.shape[1]))).ravel(), return_counts=True)
+    return u.tobytes(), counts
+
+def same_distribution(X, Y) -> bool:
+    "Whether cell sets X and Y have the same empirical distribution: the same distinct cells in the same proportions."
+    X, Y = as_cells(X, 'X'), as_cells(Y, 'Y'); _same_genes(X, Y)
+    if X.shape[1] == 0: return True
+    for j in np.unique(np.linspace(0, X.shape[1] - 1, 8).astype(int)):  # cheap necessary condition: a few genes
+        if not np.array_equal(np.unique(X[:, j]), np.unique(Y[:, j])): return False
+    dt = np.result_type(X, Y)  # float32 values are exact in float64
+    (ux, cx), (uy, cy) = _distinct_rows(X, dt), _distinct_rows(Y, dt)
+    return ux == uy and np.array_equal(cx * len(Y), cy * len(X))
+
 def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False) -> float:
     "E-distance between cell sets X and Y (Doloris eq. 20 by default; see EDIST_CONVENTIONS)."
     X = as_cells(X, 'X', 2 if unbiased else 1); Y = as_cells(Y, 'Y', 2 if unbiased else 1); _same_genes(X, Y)
+    if not unbiased and same_distribution(X, Y): return 0.0  # rule 1: equal distributions, exactly 0
     if squared:
         within = mean_distance(X, squared=True, unbiased=unbiased) + mean_distance(Y, squared=True, unbiased=unbiased)
         e = 2.0 * mean_distance(X, Y, squared=True) - within
@@ -115,6 +132,7 @@ def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: b
         n, m = len(A), len(B)
         wx, wy = (n * (n - 1), m * (m - 1)) if unbiased else (n * n, m * m)
         e = 2.0 * _pair_sum(A, B) / (n * m) - _pair_sum(A) / wx - _pair_sum(B) / wy
+    if not unbiased and not e > 0: e = 0.0  # rule 2: the biased forms are >= 0; rounding may leave -1e-15
     return float(np.sqrt(max(e, 0.0))) if sqrt else float(e)
 
 def edist_options(convention: str | Mapping = 'paper') -> dict:

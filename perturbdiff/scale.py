@@ -648,7 +648,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument('--test-frac', type=float, default=0.25); t.add_argument('--single-test-frac', type=float, default=0.0)
     t.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]')
     t.add_argument('--n-top-genes', type=int)
-    t.add_argument('--model', required=True, choices=list(MODELS)); t.add_argument('--preset', default='quick', choices=['quick', 'paper'])
+    t.add_argument('--model', required=True, choices=list(MODELS)); t.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper'])
     t.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE')
     t.add_argument('--resume', action='store_true', help='continue from --out/checkpoints')
     for q in (t, pr := sub.add_parser('predict', help='predict the test groups of a run, chunk by chunk, into an h5ad'),

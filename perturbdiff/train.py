@@ -22,9 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'TrainConfig', 'train_config', 'lr_factor', 'EMA',
-           'save_checkpoint', 'DistContext', 'distributed_context', 'rank_seed', 'distributed_map', 'BatchSequence',
-           'TrainResult', 'fit']
+__all__ = ['TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay',
+           'ema_initial_share', 'EMA', 'save_checkpoint', 'DistContext', 'distributed_context', 'rank_seed',
+           'distributed_map', 'BatchSequence', 'TrainResult', 'fit']
 
 # %% ../nbs/10_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -51,7 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = 'linear'  # 'linear' (decay to 0), 'cosine' or 'constant'
     warmup: int = 0  # linear warm-up steps
-    ema: float | None = None  # EMA decay of the weights (e.g. 0.9999); None: no EMA
+    ema: float | None = None  # EMA decay of the weights (e.g. 0.9999), reached after a warm-up; None: no EMA
     grad_clip: float | None = None  # max global gradient norm
     amp: bool = False  # bf16 autocast (CUDA only)
     device: str = 'auto'
@@ -92,15 +92,31 @@ def lr_factor(step: int, total: int, schedule: str = 'linear', warmup: int = 0) 
     if schedule == 'cosine': return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
     return 1.0
 
+def ema_decay(decay: float, t: int, warmup: bool = True) -> float:
+    "Decay of EMA update `t` (0-based): min(decay, (1 + t) / (10 + t)) with warm-up, else `decay`."
+    return min(decay, (1 + t) / (10 + t)) if warmup else decay
+
+def ema_initial_share(decay: float, steps: int, warmup: bool = True) -> float:
+    "Share of the initial weights left in the average after `steps` updates: the product of the decays."
+    return math.prod(ema_decay(decay, t, warmup) for t in range(steps))
+
 class EMA:
-    "Exponential moving average of a module's floating-point parameters and buffers."
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
+    "Exponential moving average (with warm-up) of a module's floating-point parameters and buffers."
+    def __init__(self, module: nn.Module, decay: float, num_updates: int = 0):
+        self.decay, self.num_updates = decay, num_updates  # num_updates: updates done so far (saved in checkpoints)
         self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items() if v.is_floating_point()}
+    def decay_at(self, t: int) -> float:
+        "Decay used by update `t` (0-based): min(decay, (1 + t) / (10 + t))."
+        return ema_decay(self.decay, t)
+    def initial_share(self, steps: int) -> float:
+        "Share of the initial weights left in the average after `steps` updates from the start."
+        return ema_initial_share(self.decay, steps)
     @torch.no_grad()
     def update(self, module: nn.Module):
+        d = self.decay_at(self.num_updates)
         for k, v in module.state_dict().items():
-            if k in self.shadow: self.shadow[k].lerp_(v.detach().float(), 1 - self.decay)
+            if k in self.shadow: self.shadow[k].lerp_(v.detach().float(), 1 - d)
+        self.num_updates += 1
     def copy_to(self, module: nn.Module):
         "Load the averaged weights into `module`."
         sd = module.state_dict()
@@ -308,7 +324,9 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
     if cfg.resume and ckpt is not None and ckpt.exists():
         st = torch.load(ckpt, map_location=device, weights_only=False)
         module.load_state_dict(st['module']); opt.load_state_dict(st['optimizer'])
-        if ema is not None and st.get('ema') is not None: ema.shadow = {k: v.to(device) for k, v in st['ema'].items()}
+        if ema is not None and st.get('ema') is not None:  # older checkpoints have no count: it was the step
+            ema.shadow = {k: v.to(device) for k, v in st['ema'].items()}; ema.num_updates = st.get('ema_updates', st['step'])
+        elif ema is not None: ema = EMA(module, cfg.ema)  # no average saved: start it from the restored weights
         _restore(st, ctx, gen, cfg.seed)
         step, epoch, skip, history = st['step'], st['epoch'], st['batch'], st['history']
 
@@ -324,7 +342,8 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
             gens, rngs = [g for g, _ in both], [r for _, r in both]
         if ctx.is_main:
             save_checkpoint(ckpt, dict(module=module.state_dict(), optimizer=opt.state_dict(),
-                                       ema=None if ema is None else ema.shadow, generators=gens, rng=rngs[0], rngs=rngs,
+                                       ema=None if ema is None else ema.shadow,
+                                       ema_updates=None if ema is None else ema.num_updates, generators=gens, rng=rngs[0], rngs=rngs,
                                        world_size=ctx.world_size, step=step, epoch=ep, batch=pos, history=history,
                                        config=asdict(cfg)))
         if ctx.active: dist.barrier()

@@ -111,7 +111,7 @@ def job_model(out: Path):
                    n_cell_types=1)
     split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split('unseen_perturbation', seed=0)
     prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
-    m = Doloris.from_preset('quick', seed=0, device='cpu', progress=False, graph=prior, steps=12, batch_size=32,
+    m = Doloris.from_preset('plain', seed=0, device='cpu', progress=False, graph=prior, steps=12, batch_size=32,
                             hidden=32, time_dim=16, decoder=(32,), grn_dim=8, pca_dim=4, mask_steps=6, mask_hidden=16,
                             mask_batch_size=32, n_control=10, sampling_steps=10)
     t = time.time(); m.fit(split.train)

@@ -169,7 +169,7 @@ def test_ablation_reuse_is_exact(tiny_screen):
     def fit(**kw):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return cli.make_model('doloris', 'quick', 0, 'cpu', {'doloris': {**opts, **kw}}, progress=False).fit(split.train)
+            return cli.make_model('doloris', 'plain', 0, 'cpu', {'doloris': {**opts, **kw}}, progress=False).fit(split.train)
     def predict_with(model, **kw):  # as in the notebook
         old = {k: getattr(model.config, k) for k in kw}
         for k, v in kw.items(): setattr(model.config, k, v)

@@ -383,3 +383,62 @@ def test_norman_baselines_table(shared):
     assert len(res) == 4 * 15
     tab = M.summarize(res, by=('model', 'subgroup'))
     assert tab.loc[('additive', 'seen2'), ('edist_de20', 'mean')] < tab.loc[('control', 'seen2'), ('edist_de20', 'mean')]
+
+
+# ---------------------------------------------------------------- E-distance: sign and zero on every CPU (issue 14)
+def test_edist_exact_zero_and_sign_on_random_matrices():
+    """Biased E-distance: exactly 0.0 for equal empirical distributions, never negative, whatever BLAS kernel
+    the CPU picks (on AVX-512 the raw formula gave E(X, X) = +-1e-15 for about 4% of seeds)."""
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        n, g = int(rng.integers(1, 70)), int(rng.integers(1, 90))
+        X = sparse_cells(rng, n, g, zero=rng.uniform(0.0, 0.9), scale=rng.uniform(0.1, 10.0))
+        if seed % 3 == 0 and n > 2: X[n // 2:] = X[0]  # duplicated cells
+        if seed % 4 == 1: X += 1e3  # a large common offset: cancellation in the GEMM form
+        if seed % 5 == 2: X = X.astype(np.float32)
+        perm = X[rng.permutation(n)]
+        for opts in (dict(), dict(squared=True), dict(sqrt=True)):
+            assert M.energy_distance(X, X, **opts) == 0.0, (seed, opts)
+            assert M.energy_distance(X, X.copy(), **opts) == 0.0, (seed, opts)
+            assert M.energy_distance(perm, X, **opts) == 0.0, (seed, opts)  # the same cells in another order
+            assert M.energy_distance(X, np.repeat(X, 2, 0), **opts) == 0.0, (seed, opts)  # the same distribution
+        assert M.energy_distance(X.astype(np.float64), X.astype(np.float32).astype(np.float64)) >= 0.0
+        Y = X.astype(np.float64).copy(); Y[0, 0] += 1e-9 * max(1.0, abs(Y[0, 0]))  # nearly the same cells
+        Z = sparse_cells(rng, int(rng.integers(1, 50)), g)
+        for A, B in ((X, Y), (Y, X), (X, Z), (Z, perm)):
+            for sq in (False, True):
+                e = M.energy_distance(A, B, squared=sq)
+                assert e >= 0.0 and not np.signbit(e), (seed, sq, e)
+        if n > 1:  # the unbiased form is not clamped: on itself it is -2 * (mean distinct-pair distance) / n
+            d = M.mean_distance(X)
+            assert abs(M.energy_distance(X, X, unbiased=True) + 2 * d / n) <= 1e-12 * max(d, 1e-300)
+
+
+def test_same_distribution():
+    rng = np.random.default_rng(21)
+    X = sparse_cells(rng, 12, 7)
+    assert M.same_distribution(X, X[::-1]) and M.same_distribution(X, np.vstack([X, X[rng.permutation(12)]]))
+    assert M.same_distribution(sp.csr_matrix(X.astype(np.float32)), X.astype(np.float32).astype(np.float64))
+    assert M.same_distribution(np.array([[0.0, 1.0]]), np.array([[-0.0, 1.0]]))  # -0.0 == 0.0
+    assert not M.same_distribution(X, X[1:]) and not M.same_distribution(X, np.vstack([X, X[:1]]))
+    Y = X.copy(); Y[3, 4] = np.nextafter(Y[3, 4], np.inf)  # one value one ulp away
+    assert not M.same_distribution(X, Y) and M.energy_distance(X, Y) >= 0.0
+    assert M.same_distribution(np.zeros((3, 0)), np.zeros((5, 0)))
+    with pytest.raises(ValueError, match='same genes'): M.same_distribution(X, X[:, :3])
+
+
+def test_evaluate_truth_in_any_order_scores_exactly_zero(sim_task):
+    "A prediction that is the true cells, shuffled, scores edist and EMD exactly 0 in every convention."
+    split, perfect, ctrl = sim_task
+    train, test = split
+    shuffled = perfect[np.random.default_rng(0).permutation(perfect.n_obs)].copy()
+    for edist in ('paper', 'scperturb', 'authors_code'):
+        res = M.evaluate(shuffled, test, train, edist=edist)
+        for s in ('all', 'de20', 'de40'):
+            assert (res[f'edist_{s}'] == 0.0).all() and not np.signbit(res[f'edist_{s}']).any(), (edist, s)
+            assert (res[f'emd_{s}'] == 0.0).all() and (res[f'rmse_{s}'].abs() < 1e-6).all()
+    res = M.evaluate_models({'truth': shuffled, 'control': ctrl}, test, train)
+    assert (res.edist_all >= 0).all() and (res[res.model == 'control'].edist_all > 0).all()
+    tab = M.summarize(res)
+    assert tab.loc['truth', ('edist_all', 'mean')] == 0.0 and tab.loc['truth', ('edist_all', 'std')] == 0.0
+    assert M.summarize(res, as_text=True).loc['truth', 'edist_de20'] == '0.000 ± 0.000'

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One GPU session's checks (issue 13): the CUDA tests, then the learnability ladder on Norman with the paper presets,
+# model by model, each under a time limit, every table written to OUT as soon as it exists.
+#
+#   OUT=/path/to/folder bench/gpu_run.sh                  # on a GPU machine (device=cuda)
+#   OUT=/tmp/dry DEVICE=cpu STEPS=3 bench/gpu_run.sh      # the dry run on a CPU: tiny steps, same code path
+#
+# Environment: OUT (default results/gpu), DEVICE (cuda), STEPS (unset: the presets' steps), LIMIT (seconds per model, 600),
+# DATA (../shared/data/perturbench_devel.h5ad), PY (python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu}; DEVICE=${DEVICE:-cuda}; LIMIT=${LIMIT:-600}; PY=${PY:-python3}
+DATA=${DATA:-../shared/data/perturbench_devel.h5ad}
+mkdir -p "$OUT"
+"$PY" - <<'PY' > "$OUT/device.txt" 2>&1
+import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+                    torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')
+PY
+if [ "$DEVICE" = cuda ]; then
+  timeout "$LIMIT" "$PY" -m pytest -q -m cuda tests 2>&1 | tail -20 > "$OUT/cuda_tests.txt" || echo "CUDA tests failed or timed out" >> "$OUT/cuda_tests.txt"
+fi
+for m in doloris unlasting departures; do
+  sets=()
+  if [ -n "${STEPS:-}" ]; then
+    if [ $m = departures ]; then sets=(--set "$m.steps=$STEPS"); else sets=(--set "$m.steps=$STEPS" --set "$m.mask_steps=$STEPS"); fi
+  fi
+  for preset in paper quick; do
+    timeout "$LIMIT" "$PY" bench/ladder.py --data "$DATA" --models "$m" --preset $preset --device "$DEVICE" \
+      "${sets[@]}" --out "$OUT/${m}_$preset" > "$OUT/${m}_$preset.log" 2>&1 || echo "$m $preset: failed or timed out" >> "$OUT/failures.txt"
+  done
+done
+"$PY" bench/ladder.py --data "$DATA" --models anchor,additive,linear,mean,control --device cpu --out "$OUT/baselines" > "$OUT/baselines.log" 2>&1
+"$PY" - "$OUT" <<'PY'
+import sys, pandas as pd, pathlib
+out = pathlib.Path(sys.argv[1]); rows = []
+for f in sorted(out.glob('*/ladder.csv')):
+    t = pd.read_csv(f); t.insert(0, 'run', f.parent.name); rows.append(t)
+if rows: pd.concat(rows).to_csv(out / 'ladder_all.csv', index=False); print(pd.concat(rows).round(3).to_string(index=False))
+PY

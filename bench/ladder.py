@@ -1,0 +1,91 @@
+"""The learnability ladder on Norman (issue 13): each model fitted once on the training singles, then scored on
+
+  step 0  the sampling floor: E-distance between two random halves of the true cells of each group (controls too);
+  step 1  the training singles themselves (a model that cannot reproduce what it was trained on has a bug);
+  step 2  held-out pairs of two trained singles (seen2);
+  step 3  all held-out pairs (seen0, seen1, seen2).
+
+E-distance (the papers' convention) over each group's top-20 DE genes, ranked on its true cells against the training
+controls; mean over groups. Step 4 of the issue (unseen singles on the simulator with a known graph) is the
+`known_effect` test of tests/test_models.py, not repeated here.
+
+    python bench/ladder.py --data ../shared/data/perturbench_devel.h5ad --models unlasting,doloris,departures,anchor,additive,mean,control \
+        --out results/ladder [--set doloris.steps=1200 ...]
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from perturbdiff.cli import load_data, make_model, make_split
+from perturbdiff.metrics import de_rankings, energy_distance, evaluate_models, top_de
+
+
+def floor(data, groups, de, seed=0):
+    "E-distance DE20 between two random halves of each group's true cells."
+    rng, out = np.random.default_rng(seed), {}
+    gid = data.obs.group.astype(str).to_numpy()
+    for g in groups:
+        rows = rng.permutation(np.flatnonzero(gid == g))
+        X = data.dense(rows)[:, top_de(de[g], data.genes, 20)]
+        h = len(rows) // 2
+        out[g] = energy_distance(X[:h], X[h:2 * h])
+    return pd.Series(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--data', default='../shared/data/perturbench_devel.h5ad')
+    ap.add_argument('--models', default='unlasting,doloris,departures,anchor,additive,linear,mean,control')
+    ap.add_argument('--preset', default='quick')
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=JSON, e.g. doloris.steps=1200')
+    ap.add_argument('--out', default=None)
+    a = ap.parse_args(argv)
+    over = {}
+    for s in a.set:
+        k, v = s.split('=', 1); m, key = k.split('.', 1)
+        over.setdefault(m, {})[key] = json.loads(v)
+    data = load_data(a.data, subset=['dataset=norman19'], cell_type_key='cell_type', mode='CRISPRa')
+    split = make_split(data, 'unseen_combo', test_frac=1.0, seed=a.seed)
+    train, test = split.train, split.test
+    singles = set(train.groups().condition)
+    tg, sg = test.groups(), train.groups()
+    seen = {g: sum(t in singles for t in c.split('+')) for g, c in zip(tg.index, tg.condition)}
+    de_test, de_train = de_rankings(test, train), de_rankings(train, train, list(sg.index))
+    fl_test, fl_train = floor(test, list(tg.index), de_test, a.seed), floor(train, list(sg.index), de_train, a.seed)
+    rows, timing = [], []
+    for name in a.models.split(','):
+        t0 = time.time()
+        model = make_model(name, preset=a.preset, seed=a.seed, device=a.device, progress=False,
+                           overrides={name: over.get(name, {})})
+        model.fit(train)
+        fit_s = time.time() - t0
+        r_test = evaluate_models({name: model.predict(tg, seed=a.seed)}, test, train, de_genes=de_test, metrics=('edist', 'emd'))
+        r_train = evaluate_models({name: model.predict(sg, seed=a.seed)}, train, train, de_genes=de_train, metrics=('edist', 'emd'))
+        r_test['seen'] = r_test['group'].map(seen)
+        rows.append(dict(model=name, step1_train_singles=r_train.edist_de20.mean(),
+                         step2_seen2=r_test.edist_de20[r_test.seen == 2].mean(), step3_all_pairs=r_test.edist_de20.mean(),
+                         seen0=r_test.edist_de20[r_test.seen == 0].mean(), seen1=r_test.edist_de20[r_test.seen == 1].mean(),
+                         emd_de20_all_pairs=r_test.emd_de20.mean(), edist_de40_all_pairs=r_test.edist_de40.mean(),
+                         emd_de40_all_pairs=r_test.emd_de40.mean()))
+        timing.append(dict(model=name, fit_seconds=round(fit_s, 1), total_seconds=round(time.time() - t0, 1)))
+        print(pd.DataFrame(rows).round(3).to_string(index=False), flush=True)
+    floor_row = dict(model='floor (two halves of the truth)', step1_train_singles=fl_train.mean(),
+                     step2_seen2=fl_test[[g for g in tg.index if seen[g] == 2]].mean(), step3_all_pairs=fl_test.mean(),
+                     seen0=fl_test[[g for g in tg.index if seen[g] == 0]].mean(), seen1=fl_test[[g for g in tg.index if seen[g] == 1]].mean())
+    table = pd.DataFrame(rows + [floor_row])
+    print(table.round(3).to_string(index=False))
+    print(pd.DataFrame(timing).to_string(index=False))
+    if a.out:
+        out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / 'ladder.csv', index=False); pd.DataFrame(timing).to_csv(out / 'timing.csv', index=False)
+        pd.concat([fl_test.rename('floor_edist_de20')]).to_csv(out / 'floor_per_pair.csv')
+
+
+if __name__ == '__main__':
+    main()
