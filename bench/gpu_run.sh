@@ -3,9 +3,10 @@
 # model by model, each under a time limit, every table written to OUT as soon as it exists.
 #
 #   OUT=/path/to/folder bench/gpu_run.sh                  # on a GPU machine (device=cuda)
-#   OUT=/tmp/dry DEVICE=cpu STEPS=3 bench/gpu_run.sh      # the dry run on a CPU: tiny steps, same code path
+#   OUT=/tmp/dry DEVICE=cpu STEPS=3 SAMPLING=5 bench/gpu_run.sh   # the dry run on a CPU: tiny steps, same code path
 #
-# Environment: OUT (default results/gpu), DEVICE (cuda), STEPS (unset: the presets' steps), LIMIT (seconds per model, 600),
+# Environment: OUT (default results/gpu), DEVICE (cuda), STEPS (unset: the presets' steps), SAMPLING (unset: the presets'
+# sampling steps; DDIB: sampling_steps, Departures: n_steps), LIMIT (seconds per model, 600),
 # DATA (../shared/data/perturbench_devel.h5ad), PY (python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ for m in doloris unlasting departures; do
   sets=()
   if [ -n "${STEPS:-}" ]; then
     if [ $m = departures ]; then sets=(--set "$m.steps=$STEPS"); else sets=(--set "$m.steps=$STEPS" --set "$m.mask_steps=$STEPS"); fi
+  fi
+  if [ -n "${SAMPLING:-}" ]; then
+    if [ $m = departures ]; then sets+=(--set "$m.n_steps=$SAMPLING"); else sets+=(--set "$m.sampling_steps=$SAMPLING"); fi
   fi
   for preset in paper quick; do
     timeout "$LIMIT" "$PY" bench/ladder.py --data "$DATA" --models "$m" --preset $preset --device "$DEVICE" \

@@ -21,19 +21,7 @@ import numpy as np
 import pandas as pd
 
 from perturbdiff.cli import load_data, make_model, make_split
-from perturbdiff.metrics import de_rankings, energy_distance, evaluate_models, top_de
-
-
-def floor(data, groups, de, seed=0):
-    "E-distance DE20 between two random halves of each group's true cells."
-    rng, out = np.random.default_rng(seed), {}
-    gid = data.obs.group.astype(str).to_numpy()
-    for g in groups:
-        rows = rng.permutation(np.flatnonzero(gid == g))
-        X = data.dense(rows)[:, top_de(de[g], data.genes, 20)]
-        h = len(rows) // 2
-        out[g] = energy_distance(X[:h], X[h:2 * h])
-    return pd.Series(out)
+from perturbdiff.metrics import de_rankings, evaluate_models, sampling_floor
 
 
 def main(argv=None):
@@ -57,9 +45,12 @@ def main(argv=None):
     tg, sg = test.groups(), train.groups()
     seen = {g: sum(t in singles for t in c.split('+')) for g, c in zip(tg.index, tg.condition)}
     de_test, de_train = de_rankings(test, train), de_rankings(train, train, list(sg.index))
-    fl_test, fl_train = floor(test, list(tg.index), de_test, a.seed), floor(train, list(sg.index), de_train, a.seed)
+    fl_test = sampling_floor(test, list(tg.index), de_test, seed=a.seed)
+    fl_train = sampling_floor(train, list(sg.index), de_train, seed=a.seed)
     rows, timing = [], []
     for name in a.models.split(','):
+        if a.device.startswith('cuda'):
+            import torch; torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
         model = make_model(name, preset=a.preset, seed=a.seed, device=a.device, progress=False,
                            overrides={name: over.get(name, {})})
@@ -73,7 +64,12 @@ def main(argv=None):
                          seen0=r_test.edist_de20[r_test.seen == 0].mean(), seen1=r_test.edist_de20[r_test.seen == 1].mean(),
                          emd_de20_all_pairs=r_test.emd_de20.mean(), edist_de40_all_pairs=r_test.edist_de40.mean(),
                          emd_de40_all_pairs=r_test.emd_de40.mean()))
-        timing.append(dict(model=name, fit_seconds=round(fit_s, 1), total_seconds=round(time.time() - t0, 1)))
+        steps = getattr(getattr(model, 'config', None), 'steps', None)
+        peak = None
+        if a.device.startswith('cuda'):
+            import torch; peak = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+        timing.append(dict(model=name, fit_seconds=round(fit_s, 1), total_seconds=round(time.time() - t0, 1),
+                           steps=steps, steps_per_second=round(steps / fit_s, 1) if steps else None, peak_gpu_gib=peak))
         print(pd.DataFrame(rows).round(3).to_string(index=False), flush=True)
     floor_row = dict(model='floor (two halves of the truth)', step1_train_singles=fl_train.mean(),
                      step2_seen2=fl_test[[g for g in tg.index if seen[g] == 2]].mean(), step3_all_pairs=fl_test.mean(),

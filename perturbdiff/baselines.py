@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import PerturbationModel, PerturbData, prediction_anndata, resolve_groups
+from .data import PerturbationModel, PerturbData, _close, prediction_anndata, resolve_groups
 
 # %% auto #0
-__all__ = ['group_means', 'group_effects', 'ShiftBaseline', 'ControlBaseline', 'mean_shift', 'MeanBaseline', 'AdditiveBaseline',
-           'LinearBaseline']
+__all__ = ['group_means', 'group_effects', 'ShiftBaseline', 'check_vocabulary', 'ControlBaseline', 'mean_shift', 'MeanBaseline',
+           'AdditiveBaseline', 'LinearBaseline']
 
 # %% ../nbs/03_baselines.ipynb #fae0c907
 def group_means(data: PerturbData, group_ids: np.ndarray, groups: list[str]) -> np.ndarray:
@@ -40,7 +40,8 @@ def group_effects(train: PerturbData) -> tuple[pd.DataFrame, np.ndarray, dict]:
     table = train.groups()
     table = table[table.cell_type.isin(cts)]
     means = group_means(train, obs.group.astype(str).to_numpy(), list(table.index))
-    return table, means - np.array([ctrl_mean[c] for c in table.cell_type]), ctrl_mean
+    ctrl_rows = np.array([ctrl_mean[c] for c in table.cell_type]).reshape(len(table), train.n_genes)  # also 0 groups
+    return table, means - ctrl_rows, ctrl_mean
 
 # %% ../nbs/03_baselines.ipynb #2ec21dbc
 def _group_rng(seed: int, group_id: str) -> np.random.Generator:
@@ -50,10 +51,14 @@ def _group_rng(seed: int, group_id: str) -> np.random.Generator:
 class ShiftBaseline(PerturbationModel):
     "Predicted cells = control cells of the cell type + a predicted mean shift (log1p), clipped at 0."
     name = 'shift'
+    learns_effects = True  # False: needs no perturbed training cells (ControlBaseline)
     def __init__(self, keep_zeros: bool = False): self.keep_zeros = keep_zeros
     def fit(self, train: PerturbData) -> 'ShiftBaseline':
         if not isinstance(train, PerturbData): raise TypeError(f"fit expects a PerturbData, got {type(train).__name__}.")
         if not train.obs.control.any(): raise ValueError("The training data has no control cells; baselines shift controls.")
+        if self.learns_effects and train.obs.control.all():
+            raise ValueError(f"The training data has no perturbed cells; {type(self).__name__} learns from them. Hold out "
+                             f"fewer conditions (every condition is in the test part), or use ControlBaseline.")
         self.table_, self.effects_, self.control_mean_ = group_effects(train)
         ctrl, ct = train.obs.control.to_numpy(), train.obs.cell_type.astype(str).to_numpy()
         self.control_rows_ = {c: np.flatnonzero(ctrl & (ct == c)) for c in self.control_mean_}
@@ -64,8 +69,17 @@ class ShiftBaseline(PerturbationModel):
     def _shift(self, row: pd.Series) -> np.ndarray: raise NotImplementedError
 
 # %% ../nbs/03_baselines.ipynb #dfca74cb
+def check_vocabulary(conditions, train: PerturbData) -> None:
+    "Raise, as the trained models do, for conditions outside the data's vocabulary (a typo, a target never measured)."
+    unknown = [c for c in dict.fromkeys(conditions) if c not in set(train.vocab)]
+    if unknown:
+        raise ValueError(f"Condition {unknown[0]!r} is not in the data's vocabulary (the conditions of the dataset the model "
+                         f"was trained on{f'; {len(unknown)} such conditions' if len(unknown) > 1 else ''})."
+                         f"{_close(unknown[0], train.vocab)} Predict conditions of that dataset.")
+
 def _shift_matrix(self: ShiftBaseline, g: pd.DataFrame) -> np.ndarray:
     "Predicted shifts (groups x genes) for a table made by resolve_groups."
+    check_vocabulary(g.condition, self.train_)
     return np.array([self._shift(row) for _, row in g.iterrows()]).reshape(len(g), self.train_.n_genes)
 
 def _shifts(self: ShiftBaseline, groups) -> pd.DataFrame:
@@ -93,6 +107,7 @@ ShiftBaseline.shifts, ShiftBaseline.predict = _shifts, _predict
 class ControlBaseline(ShiftBaseline):
     "Predicted cells = control cells of the group's cell type (no effect)."
     name = 'control'
+    learns_effects = False
     def _shift(self, row: pd.Series) -> np.ndarray: return np.zeros(self.train_.n_genes)
 
 # %% ../nbs/03_baselines.ipynb #a884a77a

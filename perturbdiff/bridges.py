@@ -159,6 +159,7 @@ class BridgeConfig:
     cost: str = 'euclidean'  # 'euclidean' (squared, divided by max) or 'cosine'
     reg: float = 0.1
     use_discrete: bool = True
+    control_pairs: float = 0.0  # ours: control -> control bridges per epoch, as a fraction of the perturbed pairs (0: the paper's)
     anchor: bool = False  # ours, not the paper's: bridge to the targets in the ShiftAnchor's frame (05a_anchor); needs use_discrete=False
     scaled: bool = False  # False: log1p space (authors)
     dim: int = 32
@@ -217,6 +218,10 @@ class BridgePairs:
         self.dose = np.nan_to_num(obs.dose.to_numpy(np.float64)).astype(np.float32)
         self.mode = cell_modes(train).numpy()
         self.n_pert = int(sum(len(r) for _, r in self.groups))
+        cts = [ct for ct, r in self.ctrl_of.items() if len(r) >= 2]
+        k = math.ceil(config.control_pairs * self.n_pert / max(1, len(cts))) if config.control_pairs > 0 else 0
+        self.ctrl_pairs = {ct: min(k, len(self.ctrl_of[ct]) // 2) for ct in cts} if k else {}
+        self.n_pairs = self.n_pert + sum(self.ctrl_pairs.values())
         self.epoch_pairs = {}
 
     def values(self, rows) -> np.ndarray:
@@ -238,12 +243,18 @@ class BridgePairs:
             c = pair_group(ctrl, rows, self.values(ctrl), self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
                            self.cfg.reg, subsample_controls=sub, batch_size=self.cfg.batch_size)
             out.append(np.stack([c, rows], 1))
+        for ct, k in self.ctrl_pairs.items():  # control -> control of the same cell type: two disjoint halves, OT-paired
+            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(f'control|{ct}'.encode())])
+            perm = rng.permutation(self.ctrl_of[ct]); src, dst = perm[:len(perm) // 2], perm[len(perm) // 2:][:k]
+            c = pair_group(src, dst, self.values(src), self.targets(dst), rng, self.cfg.pairing, self.cfg.cost,
+                           self.cfg.reg, subsample_controls=True, batch_size=self.cfg.batch_size)
+            out.append(np.stack([c, dst], 1))
         P = np.concatenate(out)
         P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
         self.epoch_pairs = {epoch: P}  # keep only the current epoch
         return P
 
-    def __len__(self): return math.ceil(self.n_pert / self.cfg.batch_size)
+    def __len__(self): return math.ceil(self.n_pairs / self.cfg.batch_size)
 
     def batch(self, pairs: np.ndarray) -> dict:
         c, p = pairs.T
@@ -291,8 +302,8 @@ class Departures(PerturbationModel):
         cfg = self.config
         if cfg.scaled and not train.x_max: raise ValueError("scaled=True needs the training scale; use data.split(...).")
         torch.manual_seed(self.seed)
-        self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold)
-        feats = drug_features(train.smiles) if train.kind == 'drug' else None
+        self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold, verbose=self.progress)
+        feats = drug_features(train.require_smiles('Departures')) if train.kind == 'drug' else None
         self.table_ = PerturbationTable.from_data(train, self.graph_, feats, unseen_labels='zero')
         self.cell_types_ = list(train.cell_types)
         self.net_ = BridgeNet(self.graph_, train.kind, len(self.cell_types_), cfg.dim, cfg.heads, cfg.time_dim,

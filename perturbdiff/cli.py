@@ -6,29 +6,42 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import csv
 import importlib
 import inspect
 import json
+import linecache
+import math
 import os
+import pickle
+import shutil
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
 import perturbdiff
-from .data import SPLITS, PerturbData, Split
+from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns
 from .metrics import DEFAULT_METRICS, METRICS, de_rankings, evaluate, metric_columns, summarize
 
 # %% auto #0
-__all__ = ['SYNTHETIC', 'DATA_KEYS', 'MODELS', 'BASELINES', 'EXAMPLES', 'USER_ERRORS', 'read_anndata', 'subset_obs', 'load_data',
-           'read_test_file', 'make_split', 'model_class', 'model_names', 'parse_overrides', 'make_model', 'paper_table',
-           'BenchmarkResult', 'benchmark', 'build_parser', 'run_benchmark', 'run_fit', 'run_predict', 'run_evaluate',
-           'main']
+__all__ = ['SYNTHETIC', 'DATA_KEYS', 'MODELS', 'BASELINES', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'EXAMPLES',
+           'BENCHMARK_OUTPUTS', 'FIT_OUTPUTS', 'USER_ERRORS', 'read_anndata', 'subset_obs', 'load_data', 'data_notes',
+           'parse_test_group', 'read_test_file', 'make_split', 'model_class', 'model_names', 'parse_value',
+           'parse_overrides', 'model_options', 'check_option', 'model_overrides', 'make_model', 'paper_table',
+           'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark', 'build_parser', 'prepare_out',
+           'check_out_file', 'clear_outputs', 'check_task', 'run_benchmark', 'run_fit', 'load_model', 'run_predict',
+           'run_evaluate', 'is_user_error', 'main']
 
 # %% ../nbs/11_cli.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -54,7 +67,10 @@ def read_anndata(data: str | os.PathLike | ad.AnnData,  # h5ad path, AnnData, re
     if not path.is_file():
         raise FileNotFoundError(f"--data {name!r} is neither an h5ad file nor a known dataset "
                                 f"(synthetic, synthetic-drug, {', '.join(sorted(datasets.REGISTRY))}).")
-    return ad.read_h5ad(path), {}
+    try: return ad.read_h5ad(path), {}
+    except (OSError, KeyError, ValueError, TypeError) as e:  # h5py / anndata on a file that is not a whole h5ad
+        raise ValueError(f"--data {name!r} could not be read as an h5ad file ({type(e).__name__}: {e}); "
+                         f"is it truncated, or in another format?") from None
 
 # %% ../nbs/11_cli.ipynb #453debf4
 def subset_obs(adata: ad.AnnData, specs: Sequence[str] = ()) -> ad.AnnData:
@@ -74,38 +90,78 @@ def subset_obs(adata: ad.AnnData, specs: Sequence[str] = ()) -> ad.AnnData:
     return adata[keep].copy() if wanted else adata
 
 # %% ../nbs/11_cli.ipynb #6c14f595
-DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer')
+DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer', 'space')
 
 def load_data(data: str | os.PathLike | ad.AnnData = 'synthetic',  # see read_anndata
               subset: Sequence[str] = (),  # KEY=VALUE obs filters
               cache: str | None = None, smiles_table: str | None = None,
-              **keys,  # PerturbData keys (DATA_KEYS); None means the default
+              **keys,  # PerturbData keys (DATA_KEYS); None means the default; dose_key='none' pools the doses
              ) -> PerturbData:
     "The PerturbData named by `data`, filtered by `subset`, with `keys` over the dataset's defaults."
     bad = [k for k in keys if k not in DATA_KEYS]
     if bad: raise TypeError(f"load_data got unknown keys {bad}; it takes {DATA_KEYS}.")
+    if isinstance(data, ad.AnnData) and data.isbacked:
+        raise ValueError("The AnnData is backed (read with backed='r'), and PerturbData needs its X in memory: pass "
+                         "adata.to_memory(), or use perturbdiff.scale.BackedPerturbData for data larger than memory.")
     adata, defaults = read_anndata(data, cache, smiles_table)
     adata = subset_obs(adata, subset)
     given = {k: v for k, v in keys.items() if v is not None}
+    pooled = str(given.get('dose_key', '')).lower() == 'none'  # doses pooled on purpose
+    if pooled: given['dose_key'] = False; defaults.pop('dose_key', None)  # False: pooled on purpose (no warning)
     if 'mode' in given: defaults.pop('mode_key', None)
     if 'mode_key' in given: defaults.pop('mode', None)
     kw = {**defaults, **given}
     if isinstance(kw.get('control'), (list, tuple)) and len(kw['control']) == 1: kw['control'] = kw['control'][0]
-    return PerturbData(adata, **kw)
+    out = PerturbData(adata, **kw)
+    doses = (dose_like_columns(adata.obs, out.obs.condition.to_numpy()) if len(out.obs) == adata.n_obs
+             else [c for c in adata.obs.columns if 'dose' in str(c).lower()]) if out.kind == 'drug' else []
+    if out.kind == 'drug' and not kw.get('dose_key') and not pooled and doses:
+        raise ValueError(f"Drug data with a dose column {doses[0]!r} but no dose key: the doses of each drug would be pooled "
+                         f"into one group. Pass --dose-key {doses[0]} (or --dose-key none to pool them on purpose).")
+    return out
+
+# %% ../nbs/11_cli.ipynb #43cad0d8
+def data_notes(data: PerturbData) -> list[str]:
+    "Hints about data that load, but probably not as meant (the CLI prints them on stderr)."
+    notes = []
+    if data.kind == 'gene' and data.unmeasured_targets:
+        upper = {str(g).upper(): g for g in data.genes}
+        cased = [(t, upper[t.upper()]) for t in data.unmeasured_targets if t.upper() in upper]
+        if cased:
+            notes.append(f"note: {len(cased)} of {len(data.targets)} targets match a measured gene only when case is ignored "
+                         f"(e.g. target {cased[0][0]!r}, gene {cased[0][1]!r}), so they count as unmeasured. Write the "
+                         f"condition labels in the case of the gene symbols (e.g. obs[...].str.upper()).")
+    return notes
 
 # %% ../nbs/11_cli.ipynb #5d0c856f
-def read_test_file(path: str | os.PathLike) -> list[str]:
-    "Test groups from a file: one `condition[,cell_type[,dose]]` per line, `#` comments and blank lines skipped."
+def parse_test_group(spec: str | Sequence, delimiter: str = ',', what: str = '--test') -> tuple:
+    "(condition[, cell_type[, dose]]) from a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a name with a comma) or a sequence."
+    row = next(csv.reader([spec], delimiter=delimiter, skipinitialspace=True), []) if isinstance(spec, str) else list(spec)
+    row = [r.strip() if isinstance(r, str) else r for r in row]
+    if not 1 <= len(row) <= 3 or not row[0]:
+        raise ValueError(f"{what} {spec!r}: expected COND[,CELL_TYPE[,DOSE]] (quote a name holding a comma: "
+                         f"'COND,\"type, a\"').")
+    if len(row) == 3:
+        try: row[2] = float(row[2])
+        except (TypeError, ValueError): raise ValueError(f"{what} {spec!r}: the dose {row[2]!r} is not a number.") from None
+    return tuple(row)
+
+def read_test_file(path: str | os.PathLike) -> list[tuple]:
+    "Test groups from a CSV or TSV file: one COND[,CELL_TYPE[,DOSE]] row per line, `#` comments and blank lines skipped."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"--test-file {str(p)!r} does not exist.")
-    lines = [l.split('#', 1)[0].strip() for l in p.read_text().splitlines()]
-    return [l for l in lines if l]
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split('#', 1)[0].strip()
+        sep = '\t' if p.suffix.lower() in ('.tsv', '.tab') or '\t' in line else ','
+        if line: out.append(parse_test_group(line, sep, what=f"--test-file {p.name}, line {i}:"))
+    return out
 
 def make_split(data: PerturbData, kind: str = 'unseen_perturbation', test_frac: float = 0.25, seed: int = 0,
-               test: Sequence[str] | None = None, test_file: str | None = None, single_test_frac: float = 0.0,
+               test: Sequence | None = None, test_file: str | None = None, single_test_frac: float = 0.0,
                n_top_genes: int | None = None) -> Split:
     "`data.split(...)` with the test groups of `test` and `test_file` joined."
-    groups = list(test or []) + (read_test_file(test_file) if test_file else [])
+    groups = [parse_test_group(t) for t in (test or [])] + (read_test_file(test_file) if test_file else [])
     return data.split(kind, test_frac=test_frac, seed=seed, test=groups or None, single_test_frac=single_test_frac,
                       n_top_genes=n_top_genes)
 
@@ -137,6 +193,13 @@ def model_names(models: str | Sequence[str]) -> list[str]:
     return names
 
 # %% ../nbs/11_cli.ipynb #2d524e80
+def parse_value(text: str):
+    "A --set value: JSON or a Python literal (true/True, false/False, null/None, 2, 0.5, [1, 2]), else the text itself."
+    try: return json.loads(text)
+    except json.JSONDecodeError: pass
+    try: return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError): return text
+
 def parse_overrides(items: Sequence[str]) -> dict[str, dict]:
     "`[MODEL.]KEY=VALUE` strings as {'*': {...}, model: {...}}."
     out: dict[str, dict] = {}
@@ -145,29 +208,98 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict]:
         k, v = (x.strip() for x in it.split('=', 1))
         m, k = k.split('.', 1) if '.' in k else ('*', k)
         if m != '*' and m not in MODELS: raise ValueError(f"--set {it!r}: unknown model {m!r}; models: {', '.join(MODELS)}.")
-        try: val = json.loads(v)
-        except json.JSONDecodeError: val = v
-        out.setdefault(m, {})[k] = val
+        if not k: raise ValueError(f"--set {it!r}: the option name is empty.")
+        out.setdefault(m, {})[k] = parse_value(v)
     return out
 
-def _accepted(cls) -> set | None:
-    "Option names a model class takes (None: any, through **kwargs)."
+# %% ../nbs/11_cli.ipynb #3ad7b1a8
+def _config_class(cls):
+    "The config dataclass of a model made by from_preset: the type of its constructor's `config` (None if none)."
+    hint = typing.get_type_hints(cls.__init__).get('config')
+    return next((t for t in (typing.get_args(hint) or (hint,)) if is_dataclass(t)), None)
+
+def model_options(cls) -> dict[str, object]:
+    "Option name -> type, of a model class: the fields of its config dataclass, or its constructor's parameters."
+    cfg = _config_class(cls) if hasattr(cls, 'from_preset') else None
+    if cfg is not None:
+        hints = typing.get_type_hints(cfg)
+        return {f.name: hints.get(f.name, object) for f in fields(cfg)}
     fn = cls.from_preset if hasattr(cls, 'from_preset') else cls.__init__
-    ps = inspect.signature(fn).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in ps): return None
-    return {p.name for p in ps} - {'self', 'cls', 'preset', 'seed', 'device', 'progress'}
+    hints = typing.get_type_hints(fn)
+    return {p.name: hints.get(p.name, object) for p in inspect.signature(fn).parameters.values()
+            if p.name not in ('self', 'cls', 'preset', 'seed', 'device', 'progress') and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+# %% ../nbs/11_cli.ipynb #ff71caff
+AT_LEAST_ONE = {'n_dims', 'batch_size', 'mask_batch_size', 'n_steps', 'sampling_steps', 'T', 'epochs', 'mask_epochs',
+                'predict_batch', 'n_control', 'heads', 'dim', 'time_dim', 'hidden', 'grn_dim', 'pca_dim', 'mask_hidden',
+                'mask_k', 'layers_continuous'}  # sizes and counts (other integers: >= 0; `steps=0` trains nothing, see 10_train)
+POSITIVE = {'lr', 'mask_lr'}  # numbers > 0 (other numbers: >= 0)
+FRACTIONS = {'dropout', 'source_fraction', 'mask_tau', 'mask_high', 'mask_low', 'ema', 'coexpression_threshold', 't_eps'}
+_WANT = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'text', tuple: 'a list like [1, 2]',
+         list: 'a list like [1, 2]', type(None): 'null'}
+
+def _kinds(tp) -> tuple:
+    "The member types of an annotation (int | None -> (int, NoneType))."
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+def _as(kind, value):
+    "`value` as `kind`, or a ValueError."
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, bool): return value
+    if kind is int and number and math.isfinite(value) and float(value).is_integer(): return int(value)
+    if kind is float and number and math.isfinite(value): return float(value)
+    if kind in (tuple, list) and isinstance(value, (list, tuple)): return kind(value)
+    if kind is str and isinstance(value, str): return value
+    if kind is type(None) and value is None: return None
+    if kind not in _WANT and (not isinstance(kind, type) or isinstance(value, kind)): return value  # a class, or a generic alias
+    raise ValueError
+
+def check_option(model: str, key: str, value, tp=object):
+    "`value` of option `key` as its type `tp` (a dataclass field's or a parameter's annotation) wants it, in range."
+    kinds = _kinds(tp)
+    if object in kinds or typing.Any in kinds: return value
+    for kind in sorted(kinds, key=lambda k: k is not bool):  # bool first: True is also an int
+        try: v = _as(kind, value)
+        except ValueError: continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            lo = 1 if key in AT_LEAST_ONE else 0
+            if v < lo or (key in POSITIVE and v <= 0) or (key in FRACTIONS and v > 1):
+                want = 'in [0, 1]' if key in FRACTIONS else '> 0' if key in POSITIVE else f'>= {lo}'
+                raise ValueError(f"{model} option {key}={value!r}: must be {want}.")
+        return v
+    want = ' or '.join(_WANT.get(k, getattr(k, '__name__', str(k))) for k in kinds)
+    raise ValueError(f"{model} option {key}={value!r}: expected {want}.")
+
+# %% ../nbs/11_cli.ipynb #5d71ca08
+def model_overrides(names: Sequence[str], overrides: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    "Per model of `names`, its checked options: its own ({name: ...}) and the shared ones ({'*': ...}) it has."
+    overrides = overrides or {}
+    opts = {n: model_options(model_class(n)) for n in names}
+    stray = [m for m in overrides if m != '*' and overrides[m] and m not in opts]
+    if stray: raise ValueError(f"Options for {stray[0]!r}, which is not among the models run ({', '.join(names)}).")
+    out = {}
+    for n in names:
+        mine = dict(overrides.get(n, {}))
+        bad = [k for k in mine if k not in opts[n]]
+        if bad: raise ValueError(f"Model {n!r} has no options {bad}.{_close(bad[0], opts[n])} It takes {sorted(opts[n])}.")
+        given = {**{k: v for k, v in overrides.get('*', {}).items() if k in opts[n]}, **mine}
+        out[n] = {k: check_option(n, k, v, opts[n][k]) for k, v in given.items()}
+    nowhere = [k for k in overrides.get('*', {}) if not any(k in o for o in opts.values())]
+    if nowhere:
+        every = sorted({k for o in opts.values() for k in o})
+        raise ValueError(f"No model run has the option {nowhere[0]!r}.{_close(nowhere[0], every)} Options: "
+                         + '; '.join(f"{n}: {', '.join(sorted(o)) or '(none)'}" for n, o in opts.items()) + '.')
+    return out
 
 # %% ../nbs/11_cli.ipynb #2a01a480
 def make_model(name: str, preset: str = 'quick', seed: int = 0, device: str = 'auto',
                overrides: Mapping[str, Mapping] | None = None,  # {'*': {...}, name: {...}} (see parse_overrides)
                progress: bool = True):
-    "A model by name, built from a preset (trained models) or its constructor (baselines), with overrides."
+    "A model by name, built from a preset (trained models) or its constructor (baselines), with its checked options."
     cls, overrides = model_class(name), overrides or {}
-    mine, shared = dict(overrides.get(name, {})), dict(overrides.get('*', {}))
-    takes = _accepted(cls)
-    bad = [k for k in mine if takes is not None and k not in takes]
-    if bad: raise ValueError(f"Model {name!r} has no options {bad}; it takes {sorted(takes)}.")
-    kw = {**{k: v for k, v in shared.items() if takes is None or k in takes}, **mine}
+    takes = model_options(cls)
+    shared = {k: v for k, v in overrides.get('*', {}).items() if k in takes}  # the other models' options are theirs
+    kw = model_overrides([name], {'*': shared, name: overrides.get(name, {})})[name]
     if hasattr(cls, 'from_preset'): return cls.from_preset(preset, seed=seed, device=device, progress=progress, **kw)
     return cls(**kw)
 
@@ -185,29 +317,55 @@ class BenchmarkResult:
     results: pd.DataFrame  # one row per test group x model (model, group, condition, ..., metric columns)
     predictions: dict = field(default_factory=dict)  # model name -> predicted AnnData (log1p)
     timing: pd.DataFrame = field(default_factory=pd.DataFrame)  # model, fit_seconds, predict_seconds, predicted_cells
+    models: dict = field(default_factory=dict)  # model name -> fitted model (benchmark(keep_models=True))
     def summary(self, by: str | Sequence[str] = 'model', digits: int = 3) -> pd.DataFrame:
         "The papers' table: mean ± std per metric on all / DE20 / DE40 genes."
         return paper_table(self.results, by, digits)
 
 # %% ../nbs/11_cli.ipynb #070be4f8
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    "`write(tmp)` to a temporary file in the folder of `path`, then os.replace: `path` is the old file or the new, never a part."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.stem}.part-{os.getpid()}{path.suffix}')
+    try:
+        write(tmp); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+    return path
+
 def _write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = True) -> dict[str, Path]:
-    "Write results.csv, summary.csv (+ summary_by_subgroup.csv), timing.csv and predictions/<model>.h5ad to `out`."
+    "Write results.csv, summary.csv (+ summary_by_subgroup.csv), timing.csv and predictions/<model>.h5ad to `out`, each atomically."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = dict(results=out / 'results.csv', summary=out / 'summary.csv', timing=out / 'timing.csv')
-    self.results.to_csv(files['results'], index=False)
-    self.summary().to_csv(files['summary'])
+    atomic_write(files['results'], lambda p: self.results.to_csv(p, index=False))
+    atomic_write(files['summary'], self.summary().to_csv)
     if 'subgroup' in self.results and self.results.subgroup.nunique() > 1:
-        files['summary_by_subgroup'] = out / 'summary_by_subgroup.csv'
-        self.summary(by=['model', 'subgroup']).to_csv(files['summary_by_subgroup'])
-    self.timing.to_csv(files['timing'], index=False)
+        files['summary_by_subgroup'] = atomic_write(out / 'summary_by_subgroup.csv', self.summary(by=['model', 'subgroup']).to_csv)
+    atomic_write(files['timing'], lambda p: self.timing.to_csv(p, index=False))
     if predictions:
-        (out / 'predictions').mkdir(exist_ok=True)
         for name, pred in self.predictions.items():
-            files[f'predictions/{name}'] = out / 'predictions' / f'{name}.h5ad'
-            pred.write_h5ad(files[f'predictions/{name}'])
+            files[f'predictions/{name}'] = atomic_write(out / 'predictions' / f'{name}.h5ad', pred.write_h5ad)
     return files
 
 BenchmarkResult.write = _write
+
+# %% ../nbs/11_cli.ipynb #5242b153
+def finished_models(out: str | os.PathLike, names: Sequence[str]) -> dict[str, tuple]:
+    "The models of `names` whose work is complete in `out`: name -> (results rows, timing row, predictions path)."
+    out = Path(out)
+    if not ((out / 'results.csv').is_file() and (out / 'timing.csv').is_file()): return {}
+    res = pd.read_csv(out / 'results.csv', float_precision='round_trip')  # the same floats back: an unchanged table
+    timing = pd.read_csv(out / 'timing.csv', float_precision='round_trip')
+    done = {}
+    for n in names:
+        pred = out / 'predictions' / f'{n}.h5ad'
+        if (res.model == n).any() and (timing.model == n).any() and pred.is_file():
+            done[n] = (res[res.model == n].reset_index(drop=True), timing[timing.model == n].iloc[0].to_dict(), pred)
+    return done
+
+def _fit_options(model, folder: Path | None, resume: bool) -> dict:
+    "Checkpoint options of a model whose fit takes them (the trained models): checkpoints in `folder`, resumed on request."
+    if folder is None or 'out_dir' not in inspect.signature(model.fit).parameters: return {}
+    return dict(out_dir=str(folder), resume=resume)
 
 # %% ../nbs/11_cli.ipynb #01ff7132
 def benchmark(split: Split,
@@ -221,29 +379,65 @@ def benchmark(split: Split,
               metrics: Sequence[str] = DEFAULT_METRICS,  # see perturbdiff.metrics.METRICS
               edist: str | Mapping = 'paper',  # E-distance convention
               de_genes: Mapping | None = None,  # precomputed DE rankings (default: ranked on the true test cells)
+              out: str | os.PathLike | None = None,  # folder: each model's tables and predictions written as it finishes
+              resume: bool = False,  # with `out`: keep the models finished there; resume fits from out/checkpoints/<model>
+              keep_models: bool = False,  # return the fitted models too (BenchmarkResult.models), e.g. to predict more groups
              ) -> BenchmarkResult:
     "Fit, predict and evaluate every named model on one split."
     from tqdm.auto import tqdm
     names = model_names(models)
+    options = model_overrides(names, overrides)  # every option checked before the first fit
+    if resume and out is None: raise ValueError("benchmark(resume=True) needs out=, the folder of the run to resume.")
+    out = None if out is None else Path(out)
+    done = finished_models(out, names) if resume else {}
     if de_genes is None: de_genes = de_rankings(split.test, split.train)
-    results, preds, timing = [], {}, []
+    results, preds, timing, fitted = {}, {}, {}, {}
     bar = tqdm(names, desc='benchmark', unit='model', disable=not progress, file=sys.stderr)
     for name in bar:
         bar.set_postfix_str(name)
-        model = make_model(name, preset, seed, device, overrides, progress=progress)
-        t0 = time.perf_counter(); model.fit(split.train); t1 = time.perf_counter()
+        if name in done:
+            results[name], timing[name], path = done[name]; preds[name] = ad.read_h5ad(path); continue
+        model = make_model(name, preset, seed, device, {name: options[name]}, progress=progress)
+        ckpt = None if out is None else out / 'checkpoints' / name
+        t0 = time.perf_counter(); model.fit(split.train, **_fit_options(model, ckpt, resume)); t1 = time.perf_counter()
+        if keep_models: fitted[name] = model
         pred = model.predict(split.test, n_cells=n_cells, seed=seed); t2 = time.perf_counter()
         res = evaluate(pred, split.test, split.train, de_genes=de_genes, metrics=metrics, edist=edist,
                        subgroups=split.test_groups)
-        res.insert(0, 'model', name); results.append(res); preds[name] = pred
-        timing.append(dict(model=name, fit_seconds=t1 - t0, predict_seconds=t2 - t1, predicted_cells=pred.n_obs))
-    return BenchmarkResult(pd.concat(results, ignore_index=True), preds, pd.DataFrame(timing))
+        res.insert(0, 'model', name); results[name], preds[name] = res, pred
+        timing[name] = dict(model=name, fit_seconds=t1 - t0, predict_seconds=t2 - t1, predicted_cells=pred.n_obs)
+        if out is not None:  # kept if a later model fails or the run is stopped: predictions first, then the tables
+            atomic_write(out / 'predictions' / f'{name}.h5ad', pred.write_h5ad)
+            _collect(names, results, {}, timing).write(out, predictions=False)
+    return _collect(names, results, preds, timing, fitted)
+
+def _collect(names, results: dict, preds: dict, timing: dict, fitted: dict | None = None) -> BenchmarkResult:
+    "A BenchmarkResult of the models finished so far, in the order of `names`."
+    got = [n for n in names if n in results]
+    return BenchmarkResult(pd.concat([results[n] for n in got], ignore_index=True), {n: preds[n] for n in got if n in preds},
+                           pd.DataFrame([timing[n] for n in got]), {n: m for n, m in (fitted or {}).items() if n in got})
 
 # %% ../nbs/11_cli.ipynb #82c12d1c
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors: `perturbdiff CMD: error: reason (see --help)`, exit code 2."
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+def _integer(lo: int):
+    "An argparse type: an integer >= lo."
+    def parse(text: str) -> int:
+        try: v = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
+
+def _fraction(text: str) -> float:
+    "An argparse type: a number in [0, 1]."
+    try: v = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return v
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('data')
@@ -252,13 +446,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--condition-key', help="obs column of conditions (default: 'condition')")
     g.add_argument('--control', action='append', help='control label (repeatable; default: ctrl, control, DMSO, ...)')
     g.add_argument('--cell-type-key', help='obs column of cell types (default: one cell type)')
-    g.add_argument('--dose-key', help='obs column of doses (drugs)')
-    g.add_argument('--smiles-key', help='obs column of SMILES strings (drugs)')
+    g.add_argument('--dose-key', help="obs column of doses (drugs); 'none' pools the doses of each drug")
+    g.add_argument('--smiles-key', help='obs column of SMILES strings (drugs; the trained models need them)')
     g.add_argument('--smiles-table', help='CSV of drug name,SMILES to attach (sciplex3)')
     g.add_argument('--kind', choices=['auto', 'gene', 'drug', 'label'], help='what the conditions perturb (default: auto)')
     g.add_argument('--mode', help='gene perturbation mode of all cells: CRISPRa, CRISPRi, knockout, ...')
     g.add_argument('--mode-key', help='obs column with the mode of each cell')
     g.add_argument('--layer', help='read expression from this layer instead of X')
+    g.add_argument('--space', choices=['auto', *SPACES], help='what the expression is (default: auto, decided from the values)')
     g.add_argument('--subset', action='append', default=[], metavar='KEY=VALUE',
                    help='keep cells with obs[KEY] == VALUE (repeatable; one key: OR, several keys: AND)')
     g.add_argument('--cache', help='dataset cache folder (default: $PERTURBDIFF_CACHE or ~/.cache/perturbdiff)')
@@ -266,11 +461,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _split_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('split')
     g.add_argument('--split', default='unseen_perturbation', choices=SPLITS, help='the task (default: unseen_perturbation)')
-    g.add_argument('--test-frac', type=float, default=0.25, help='fraction of conditions (or groups) held out (default: 0.25)')
-    g.add_argument('--single-test-frac', type=float, default=0.0, help='unseen_combo: also hold out this fraction of singles')
-    g.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]', help='a test group (repeatable; needed by custom)')
-    g.add_argument('--test-file', help='file of test groups, one COND[,CELL_TYPE[,DOSE]] per line')
-    g.add_argument('--n-top-genes', type=int, help='keep this many highly variable genes, chosen on training cells')
+    g.add_argument('--test-frac', type=_fraction, default=0.25, help='fraction of conditions (or groups) held out (default: 0.25)')
+    g.add_argument('--single-test-frac', type=_fraction, default=0.0, help='unseen_combo: also hold out this fraction of singles')
+    g.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]',
+                   help='a test group (repeatable; needed by custom); a CSV row: quote a name with a comma, \'G1,"type, a"\'')
+    g.add_argument('--test-file', help='CSV or TSV file of test groups, one COND[,CELL_TYPE[,DOSE]] row per line')
+    g.add_argument('--n-top-genes', type=_integer(1), help='keep this many highly variable genes, chosen on training cells')
 
 # %% ../nbs/11_cli.ipynb #3f3ce697
 def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
@@ -280,8 +476,9 @@ def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
     g.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper'],
                    help='quick: minutes on a CPU, anchored (ours); plain: the same sizes without the anchor; paper: the papers\' settings')
     g.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE',
-                   help='a model option, e.g. steps=200 (every model that takes it) or linear.n_dims=5 (repeatable)')
-    g.add_argument('--n-cells', type=int, help='predicted cells per group (default: as many as the true cells)')
+                   help='a model option, e.g. steps=200 (the models run that have it; an error if none has it) or '
+                        'linear.n_dims=5 (repeatable); values as in Python or JSON: use_latent=False, clip=null, decoder=[64,64]')
+    g.add_argument('--n-cells', type=_integer(1), help='predicted cells per group (default: as many as the true cells)')
     if many: _metric_arg(g)
 
 def _metric_arg(g) -> None:
@@ -294,18 +491,25 @@ def _metrics(args) -> list[str]:
     if bad or not ms: raise ValueError(f"--metrics: unknown {bad}; choose from {', '.join(METRICS)}.")
     return ms
 
-def _run_args(p: argparse.ArgumentParser, out: str, out_help: str) -> None:
+def _run_args(p: argparse.ArgumentParser, out: str, out_help: str, resumable: bool = False) -> None:
     g = p.add_argument_group('run')
-    g.add_argument('--seed', type=int, default=0, help='split, model and sampling seed (default: 0)')
+    g.add_argument('--seed', type=_integer(0), default=0, help='split, model and sampling seed (default: 0)')
     g.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     g.add_argument('--out', default=out, help=f'{out_help} (default: {out})')
-    g.add_argument('--quiet', action='store_true', help='no progress bars or messages')
+    g.add_argument('--quiet', action='store_true', help='no progress bars, messages or warnings (errors still show)')
+    if resumable:
+        r = g.add_mutually_exclusive_group()
+        r.add_argument('--resume', action='store_true', help='continue the run in --out: keep what is finished, resume '
+                       'the trained models from their checkpoints (the same options are required)')
+        r.add_argument('--overwrite', action='store_true', help="delete the outputs of an earlier run in --out first "
+                       "(without --resume or --overwrite, a --out holding them is refused)")
 
 # %% ../nbs/11_cli.ipynb #b487243f
 EXAMPLES = """examples:
   perturbdiff benchmark --data synthetic --models control,mean,additive,linear --out results/synthetic
   perturbdiff benchmark --data norman_subset.h5ad --cell-type-key cell_type --mode CRISPRa \\
       --split unseen_combo --test-frac 1 --models doloris,additive --preset paper --device cuda
+  perturbdiff benchmark ... --resume      (after an interruption: the same options, the same --out)
   perturbdiff fit --data my.h5ad --model linear --split custom --test GENE1 --test GENE2 --out runs/linear
   perturbdiff predict --run runs/linear --out runs/linear/predictions.h5ad
   perturbdiff evaluate --run runs/linear --pred runs/linear/predictions.h5ad --out runs/linear/eval
@@ -319,14 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--traceback', action='store_true', help='show the full traceback on errors')
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
     b = sub.add_parser('benchmark', help='fit, predict and evaluate several models on one split')
-    _data_args(b); _split_args(b); _model_args(b); _run_args(b, 'results', 'output folder'); b.set_defaults(func=run_benchmark)
+    _data_args(b); _split_args(b); _model_args(b)
+    _run_args(b, 'results', 'output folder; each model\'s tables and predictions are written as it finishes', resumable=True)
+    b.set_defaults(func=run_benchmark)
     f = sub.add_parser('fit', help='fit one model on the training part of a split and save it')
-    _data_args(f); _split_args(f); _model_args(f, many=False); _run_args(f, 'run', 'output folder'); f.set_defaults(func=run_fit)
+    _data_args(f); _split_args(f); _model_args(f, many=False); _run_args(f, 'run', 'output folder', resumable=True)
+    f.set_defaults(func=run_fit)
     pr = sub.add_parser('predict', help='predict cells with a model saved by `fit`')
     pr.add_argument('--run', required=True, help='folder written by `perturbdiff fit`')
     pr.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]', help='groups to predict (default: its test split)')
-    pr.add_argument('--n-cells', type=int, help='cells per group (default: as many as the true cells; 100 for --test groups)')
-    _run_args(pr, 'predictions.h5ad', 'h5ad of predicted cells'); pr.set_defaults(func=run_predict)
+    pr.add_argument('--n-cells', type=_integer(1), help='cells per group (default: as many as the true cells; 100 for --test groups)')
+    _run_args(pr, 'predictions.h5ad', 'h5ad of predicted cells, replaced whole (never left half-written)')
+    pr.set_defaults(func=run_predict)
     e = sub.add_parser('evaluate', help='score predicted cells against the true cells of a split')
     e.add_argument('--pred', required=True, help='h5ad of predicted cells (from predict, or any model keeping the contract)')
     e.add_argument('--run', help='folder written by `perturbdiff fit`: its data and split (else give the data and split options)')
@@ -352,85 +560,221 @@ def _run_info(args, argv, split: Split) -> dict:
     from importlib.metadata import version
     saved = {k: v for k, v in vars(args).items() if k != 'func'}
     if Path(str(saved.get('data'))).is_file(): saved['data'] = str(Path(saved['data']).resolve())  # predict may run elsewhere
-    if saved.get('test_file'): saved['test'], saved['test_file'] = (saved['test'] or []) + read_test_file(saved['test_file']), None
+    if saved.get('test') or saved.get('test_file'):  # the parsed groups: a file need not be there at predict time
+        from_file = read_test_file(saved['test_file']) if saved.get('test_file') else []
+        saved['test'] = [parse_test_group(t) for t in saved.get('test') or []] + from_file
+        saved['test_file'] = None
     return dict(argv=list(argv), args=saved, perturbdiff=perturbdiff.__version__, torch=version('torch'),
                 anndata=version('anndata'), split=dict(kind=split.kind, seed=split.seed, train_cells=split.train.n_cells,
                 test_cells=split.test.n_cells, genes=split.train.n_genes, test_groups=list(split.test_groups.index)))
 
+def _write_json(path: Path, info: dict) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
+
+# %% ../nbs/11_cli.ipynb #76a9bf97
+BENCHMARK_OUTPUTS = ('results.csv', 'summary.csv', 'summary_by_subgroup.csv', 'timing.csv', 'run.json', 'predictions', 'checkpoints')
+FIT_OUTPUTS = ('model', 'run.json', 'checkpoints')
+
+def _writable(folder: Path, what: str) -> None:
+    "Create `folder` if needed and check that a file can be written in it, or a one-line ValueError."
+    if folder.exists() and not folder.is_dir(): raise ValueError(f"{what} {str(folder)!r} is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.perturbdiff-probe-'): pass
+    except OSError as e: raise ValueError(f"{what} {str(folder)!r} cannot be written: {e.strerror or e}.") from None
+
+def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bool = False, overwrite: bool = False) -> Path:
+    "The output folder, checked before any work: writable, and without `outputs` of an earlier run unless resuming or overwriting."
+    out = Path(path)
+    _writable(out, '--out')
+    old = [o for o in outputs if (out / o).exists()]
+    if old and not (resume or overwrite):
+        raise ValueError(f"--out {str(out)!r} already holds the outputs of an earlier run ({', '.join(old)}); pass --resume to "
+                         f"continue it, --overwrite to replace it, or choose another folder.")
+    return out
+
+def check_out_file(path: str | os.PathLike, suffix: str = '.h5ad') -> Path:
+    "An output file path, checked before any work: not a folder, the right suffix, in a writable folder."
+    p = Path(path)
+    if p.is_dir(): raise ValueError(f"--out {str(p)!r} is a folder; give the path of a {suffix} file.")
+    if p.suffix != suffix: raise ValueError(f"--out {str(p)!r} must end in {suffix}.")
+    _writable(p.parent, 'The folder of --out')
+    return p
+
+def clear_outputs(out: Path, outputs: Sequence[str]) -> None:
+    "Delete the `outputs` of an earlier run in `out` (--overwrite); other files stay."
+    for o in outputs:
+        if (out / o).is_dir(): shutil.rmtree(out / o)
+        elif (out / o).exists(): (out / o).unlink()
+
+# %% ../nbs/11_cli.ipynb #15163162
+_NOT_COMPARED = {'func', 'quiet', 'device', 'resume', 'overwrite', 'out', 'models', 'traceback', 'cache'}
+
+def _check_resumable(out: Path, info: dict, outputs: Sequence[str], names: Sequence[str] = ()) -> bool:
+    "Whether `out` holds a run to resume; refuse one made with other settings, or with models not in `names` (benchmark)."
+    p = out / 'run.json'
+    if not p.is_file():
+        old = [o for o in outputs if (out / o).exists()]
+        if old: raise ValueError(f"--resume: {str(out)!r} holds {', '.join(old)} but no run.json to resume; pass --overwrite.")
+        return False
+    try: old = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"--resume: {p} is unreadable; pass --overwrite to start again.") from None
+    norm = lambda x: json.loads(json.dumps(x, default=str))
+    new_args, old_args = norm(info['args']), old.get('args', {})
+    for k in sorted(set(new_args) - _NOT_COMPARED):
+        if old_args.get(k) != new_args[k]:
+            raise ValueError(f"--resume: {str(out)!r} holds a run with other settings ({k}: {old_args.get(k)!r} there, "
+                             f"{new_args[k]!r} now); rerun with its options, or pass --overwrite to start again.")
+    if old.get('split', {}).get('test_groups') != norm(info['split']['test_groups']):
+        raise ValueError(f"--resume: the data give another split than the run in {str(out)!r}; pass --overwrite to start again.")
+    if names:
+        had = set(pd.read_csv(out / 'results.csv').model) if (out / 'results.csv').is_file() else set()
+        had |= {q.stem for q in (out / 'predictions').glob('*.h5ad')}
+        others = sorted(had - set(names))
+        if others: raise ValueError(f"--resume: {str(out)!r} also holds results of {others}, not in --models; add them to "
+                                    f"--models, or pass --overwrite to start again.")
+    return True
+
+def check_task(data: PerturbData, split: Split, names: Sequence[str]) -> None:
+    "Refuse, before any fit, what the models run cannot learn: no perturbed training cells; drugs without SMILES."
+    if split.train.obs.control.all() and any(n != 'control' for n in names):
+        raise ValueError(f"The training split has no perturbed cells: the {split.kind!r} split holds out every condition. "
+                         f"Hold out fewer (a --test-frac below 1, or fewer --test groups).")
+    trained = [n for n in names if hasattr(model_class(n), 'from_preset')]
+    if data.kind == 'drug' and trained and not data.smiles:
+        raise ValueError(f"{', '.join(trained)} encode drugs by their SMILES, and this drug data has none: pass --smiles-key, "
+                         f"the obs column of SMILES strings (sciplex3: --smiles-table). The baselines need no SMILES.")
+
 # %% ../nbs/11_cli.ipynb #f7dfe15c
 def run_benchmark(args, argv=()) -> BenchmarkResult:
-    "`perturbdiff benchmark`: fit, predict and evaluate every model of --models; write the tables."
+    "`perturbdiff benchmark`: fit, predict and evaluate every model of --models; write the tables as each finishes."
     from perturbdiff.train import resolve_device
-    names, overrides, metrics = model_names(args.models), parse_overrides(args.set), _metrics(args)  # fail fast
+    names, metrics = model_names(args.models), _metrics(args)
+    overrides = parse_overrides(args.set); model_overrides(names, overrides)  # fail fast: names, options, values
     resolve_device(args.device)
+    out = prepare_out(args.out, BENCHMARK_OUTPUTS, args.resume, args.overwrite)
     data = _data_from(args); split = _split_from(args, data)
+    check_task(data, split, names)
+    for note in data_notes(data): _say(args, note)
     _say(args, f"{data}\n{split}")
+    info = _run_info(args, argv, split)
+    resumed = args.resume and _check_resumable(out, info, BENCHMARK_OUTPUTS, names)
+    if args.overwrite: clear_outputs(out, BENCHMARK_OUTPUTS)
+    if not resumed: _write_json(out / 'run.json', info)
     res = benchmark(split, names, args.preset, args.seed, args.device, overrides, args.n_cells, progress=not args.quiet,
-                    metrics=metrics)
-    res.write(args.out)
-    (Path(args.out) / 'run.json').write_text(json.dumps(_run_info(args, argv, split), indent=1, default=str))
+                    metrics=metrics, out=out, resume=resumed)
     if not args.quiet: print(res.summary().to_string())  # the table on stdout, messages on stderr
-    _say(args, f"wrote {args.out}/results.csv, summary.csv, predictions/")
+    _say(args, f"wrote {out}/results.csv, summary.csv, predictions/")
     return res
 
 def run_fit(args, argv=()) -> None:
     "`perturbdiff fit`: fit one model on the training split and save it with run.json."
     from perturbdiff.train import resolve_device
-    overrides = parse_overrides(args.set); model_class(args.model); resolve_device(args.device)
+    overrides = parse_overrides(args.set); model_overrides([args.model], overrides); resolve_device(args.device)
+    out = prepare_out(args.out, FIT_OUTPUTS, args.resume, args.overwrite)
     data = _data_from(args); split = _split_from(args, data)
+    check_task(data, split, [args.model])
+    for note in data_notes(data): _say(args, note)
+    info = _run_info(args, argv, split)
+    resumed = args.resume and _check_resumable(out, info, FIT_OUTPUTS)
+    if resumed and (out / 'model' / 'model.pkl').is_file():
+        _say(args, f"{out / 'model'} is already fitted: nothing to resume (--overwrite fits it again)"); return
+    if args.overwrite: clear_outputs(out, FIT_OUTPUTS)
+    if not resumed: _write_json(out / 'run.json', info)
     model = make_model(args.model, args.preset, args.seed, args.device, overrides, progress=not args.quiet)
-    model.fit(split.train)
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    model.fit(split.train, **_fit_options(model, out / 'checkpoints', resumed))
     model.save(out / 'model')
-    (out / 'run.json').write_text(json.dumps(_run_info(args, argv, split), indent=1, default=str))
     _say(args, f"saved {args.model} to {out / 'model'}")
 
 # %% ../nbs/11_cli.ipynb #40820acc
 def _saved_args(run_dir: str | os.PathLike) -> argparse.Namespace:
     p = Path(run_dir) / 'run.json'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found; pass the folder written by `perturbdiff fit --out`.")
-    return argparse.Namespace(**json.loads(p.read_text())['args'])
+    try: return argparse.Namespace(**json.loads(p.read_text())['args'])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ValueError(f"{p} is unreadable (truncated?); run `perturbdiff fit` again.") from None
+
+def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
+    "The model that `fit` saved in run_dir/model, on `device`; a missing, empty or truncated file is a one-line error."
+    path = Path(run_dir) / 'model' / 'model.pkl'
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the fit of this run did not finish. Continue it with `perturbdiff fit "
+                                f"--resume` and the same options.")
+    try: return model_class(name).load(path.parent, device=device)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is empty, truncated or from another "
+                         f"version of perturbdiff. Fit the model again.") from None
 
 def run_predict(args, argv=()) -> None:
     "`perturbdiff predict`: predicted cells of a saved model, for its test split or the --test groups."
+    from perturbdiff.train import resolve_device
+    out = check_out_file(args.out); resolve_device(args.device)
     saved = _saved_args(args.run)
-    model = model_class(saved.model).load(Path(args.run) / 'model')
-    groups = args.test or _split_from(saved, _data_from(saved)).test
+    model = load_model(args.run, saved.model, args.device)
+    groups = [parse_test_group(t) for t in args.test] if args.test else _split_from(saved, _data_from(saved)).test
     pred = model.predict(groups, n_cells=args.n_cells, seed=args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pred.write_h5ad(args.out)
-    _say(args, f"wrote {pred.n_obs} predicted cells of {pred.obs['perturbdiff_group'].nunique()} groups to {args.out}")
+    atomic_write(out, pred.write_h5ad)
+    _say(args, f"wrote {pred.n_obs} predicted cells of {pred.obs['perturbdiff_group'].nunique()} groups to {out}")
 
 def run_evaluate(args, argv=()) -> pd.DataFrame:
     "`perturbdiff evaluate`: score an h5ad of predicted cells against the true cells of the split."
     src = _saved_args(args.run) if args.run else args
+    metrics = _metrics(args)
     if not Path(args.pred).is_file(): raise FileNotFoundError(f"--pred {args.pred!r} does not exist.")
-    pred = ad.read_h5ad(args.pred)
+    out = prepare_out(args.out)
+    try: pred = ad.read_h5ad(args.pred)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"--pred {args.pred!r} could not be read as an h5ad file ({type(e).__name__}: {e}).") from None
     split = _split_from(src, _data_from(src))
-    res = evaluate(pred, split.test, split.train, subgroups=split.test_groups, metrics=_metrics(args))
+    res = evaluate(pred, split.test, split.train, subgroups=split.test_groups, metrics=metrics)
     res.insert(0, 'model', args.name or pred.uns.get('perturbdiff', {}).get('model', Path(args.pred).stem))
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(out / 'results.csv', index=False)
-    paper_table(res).to_csv(out / 'summary.csv')
+    atomic_write(out / 'results.csv', lambda p: res.to_csv(p, index=False))
+    atomic_write(out / 'summary.csv', paper_table(res).to_csv)
     if not args.quiet: print(paper_table(res).to_string())
     return res
 
 # %% ../nbs/11_cli.ipynb #87ac54a2
-USER_ERRORS = (ValueError, KeyError, TypeError, OSError, ImportError, RuntimeError)  # bad input: exit 2 with one line
+USER_ERRORS = (ValueError, KeyError, TypeError, RuntimeError, ImportError)  # what perturbdiff raises about bad input
+_HINTS = {'benchmark': '; the models finished so far are kept in --out: continue with --resume',
+          'fit': '; continue with --resume (a trained model from its checkpoints)'}
 
 def _one_line(e: BaseException) -> str:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     msg = ' '.join(str(msg).split())
     return msg or type(e).__name__
 
+def _raised_on_purpose(e: BaseException) -> bool:
+    "Whether a `raise` statement of perturbdiff raised `e` (the innermost frame), not a library or a bug deep in a call."
+    tb = e.__traceback__
+    if tb is None: return False
+    while tb.tb_next is not None: tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get('__name__', '')
+    ours = module == 'perturbdiff' or module.startswith('perturbdiff.') or module == '__main__'  # __main__: this notebook
+    return ours and 'raise' in linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno) and not str(e).startswith('internal')
+
+def is_user_error(e: BaseException) -> bool:
+    "An error to report in one line: the system's (files, disk, device memory) or one perturbdiff raises about its input."
+    if isinstance(e, OSError) or type(e).__name__ == 'OutOfMemoryError': return True
+    return isinstance(e, USER_ERRORS) and _raised_on_purpose(e)
+
+def _warning_line(command: str) -> Callable:
+    "A warnings.showwarning that prints one line: `perturbdiff CMD: Category: message`."
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"perturbdiff {command}: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return show
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `perturbdiff` console script."
     argv = list(sys.argv[1:] if argv is None else argv)
     p = build_parser()
     args = p.parse_args(argv)
-    try: args.func(args, ['perturbdiff', *argv])
-    except KeyboardInterrupt: p.exit(130, "perturbdiff: interrupted\n")
-    except USER_ERRORS as e:
-        if args.traceback: raise
-        p.exit(2, f"perturbdiff {args.command}: error: {_one_line(e)}\n")
+    with warnings.catch_warnings():
+        if args.quiet: warnings.simplefilter('ignore')
+        else: warnings.showwarning = _warning_line(args.command)
+        try: args.func(args, ['perturbdiff', *argv])
+        except KeyboardInterrupt: p.exit(130, f"perturbdiff {args.command}: interrupted{_HINTS.get(args.command, '')}\n")
+        except Exception as e:
+            if args.traceback or not is_user_error(e): raise
+            p.exit(2, f"perturbdiff {args.command}: error: {_one_line(e)}\n")
     return 0

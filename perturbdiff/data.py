@@ -5,6 +5,7 @@
 # %% ../nbs/00_data.ipynb #e7c2fcec
 from __future__ import annotations
 
+import csv
 import difflib
 import re
 import warnings
@@ -17,16 +18,19 @@ import pandas as pd
 import scipy.sparse as sp
 
 # %% auto #0
-__all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'KINDS', 'MODES', 'LOG1P_MAX', 'NO_CELL_TYPE', 'SPLITS', 'GROUP_COL',
-           'parse_condition', 'canonical_key', 'normalize_mode', 'Perturbation', 'infer_kind',
-           'check_finite_nonnegative', 'detect_space', 'to_log1p', 'gene_symbols', 'group_key', 'PerturbData',
-           'gene_index', 'resolve', 'perturbation', 'groups', 'highly_variable', 'select_genes', 'fit_scale', 'scale',
-           'unscale', 'dense', 'ControlStats', 'control_stats', 'Split', 'split', 'resolve_groups',
-           'prediction_anndata', 'PerturbationModel', 'CellDataset', 'condition_weights', 'cell_loader']
+__all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LOG1P_MAX', 'SPACES', 'SAMPLE_ROWS',
+           'INTEGER_SHARE', 'UNIT_CELLS', 'OTHER_CELLS', 'CONSTANT_CV', 'NO_CELL_TYPE', 'DOSE_LIKE', 'SPLITS',
+           'GROUP_COL', 'parse_condition', 'canonical_key', 'control_like', 'normalize_mode', 'Perturbation',
+           'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence', 'guess_space',
+           'detect_space', 'to_log1p', 'gene_symbols', 'group_key', 'dose_like_columns', 'case_mismatches',
+           'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'highly_variable', 'select_genes',
+           'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats', 'Split', 'parse_group_spec',
+           'split', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'CellDataset', 'condition_weights',
+           'cell_loader']
 
 # %% ../nbs/00_data.ipynb #5395826f
 CONTROL_NAMES = ('ctrl', 'control', 'controls', 'non-targeting', 'nontargeting', 'non_targeting', 'dmso',
-                 'vehicle', 'unperturbed', 'unstimulated', 'nt', 'none')  # recognised control labels (case-insensitive)
+                 'vehicle', 'unperturbed', 'unstimulated')  # recognised control labels (case-insensitive)
 CONTROL_KEY = 'control'  # canonical key of the control condition
 
 def parse_condition(
@@ -50,6 +54,21 @@ def parse_condition(
 def canonical_key(targets: Sequence[str], sep: str = '+') -> str:
     "Canonical key of a condition: targets sorted and joined, or 'control'."
     return sep.join(sorted(targets)) if len(targets) else CONTROL_KEY
+
+# %% ../nbs/00_data.ipynb #a1c7e2f1
+CONTROL_LIKE = re.compile(
+    r'(ctrl|control|dmso|vehicle|unperturbed|unstimulated|non[-_ ]?targeting|safe[-_ ]?targeting|scramble'
+    r'|neg(ative)?[-_ ]?(ctrl|control)).*|ntc([-_ ]?\d+)?|nt([-_ ]\d+)?|none|empty', re.IGNORECASE)
+
+def control_like(
+    labels: Iterable[str],  # condition labels
+    control: Iterable[str] = CONTROL_NAMES,  # the labels taken as controls
+    sep: str = '+',
+) -> list[str]:
+    "Labels that are not controls under `control` but look like one (or hold a target that does)."
+    ctrl = {c.lower() for c in control}
+    looks = lambda t: t.strip().lower() not in ctrl and CONTROL_LIKE.fullmatch(t.strip()) is not None
+    return sorted({str(l) for l in labels if str(l).strip().lower() not in ctrl and any(looks(t) for t in str(l).split(sep))})
 
 # %% ../nbs/00_data.ipynb #bd59c8d3
 KINDS = ('control', 'gene', 'drug', 'label')
@@ -110,30 +129,135 @@ def infer_kind(
     return 'label'
 
 # %% ../nbs/00_data.ipynb #9c8d0776
-LOG1P_MAX = 30.0  # non-integer data above this are taken as normalised but not logged
+LOG1P_MAX = 30.0  # no log-scale value reaches this (e^30 per 10^4); the top gene of a cell of counts nearly always does
+SPACES = ('counts', 'normalized', 'log1p', 'log2p')  # the values of space= besides 'auto'
+
+class InputSpaceWarning(UserWarning):
+    "The expression space perturbdiff decided for the input; pass space= to state it instead."
 
 def _values(X) -> np.ndarray:
     "The stored values of a dense or sparse matrix (no densification)."
     return X.data if sp.issparse(X) else np.asarray(X).ravel()
 
-def check_finite_nonnegative(X, what: str = 'X') -> None:
-    "Raise a clear error for NaN, inf or negative expression values."
+def _bad_rows(X, test) -> np.ndarray:
+    "Sorted rows holding a stored value for which `test` is true."
+    if sp.issparse(X): C = X.tocoo(); return np.unique(C.row[test(C.data)])
+    return np.flatnonzero(test(np.asarray(X)).any(1))
+
+def _which(rows, row_names=None) -> str:
+    "Up to five rows, by name when names are known."
+    shown = [str(row_names[i]) for i in rows[:5]] if row_names is not None else [int(i) for i in rows[:5]]
+    more = f' and {len(rows) - 5} more' if len(rows) > 5 else ''
+    return f"{'cells' if row_names is not None else 'rows'} {shown}{more}"
+
+def check_finite_nonnegative(X, what: str = 'X', row_names=None) -> None:
+    "Raise a clear error, naming the cells, for NaN, inf or negative expression values."
     v = _values(X)
     bad = int(np.size(v) - np.isfinite(v).sum())
-    if bad: raise ValueError(f"{what} contains {bad} NaN or infinite values. Remove or impute them "
-                             f"(e.g. drop the affected cells) before building a PerturbData.")
+    if bad: raise ValueError(f"{what} contains {bad} NaN or infinite values, in {_which(_bad_rows(X, lambda a: ~np.isfinite(a)), row_names)}. "
+                             f"Remove or impute them (e.g. drop those cells) before building a PerturbData.")
     neg = int((v < 0).sum())
-    if neg: raise ValueError(f"{what} contains {neg} negative values (min {v.min():.3g}): the data look centred or "
-                             f"scaled. perturbdiff expects raw counts or log1p-normalised expression; pass the "
-                             f"unscaled data (e.g. adata.raw.to_adata() or layer='counts').")
+    if neg: raise ValueError(f"{what} contains {neg} negative values (min {v.min():.3g}), in {_which(_bad_rows(X, lambda a: a < 0), row_names)}: "
+                             f"the data look centred or scaled. perturbdiff expects raw counts or log1p-normalised "
+                             f"expression; pass the unscaled data (e.g. adata.raw.to_adata() or layer='counts').")
 
-def detect_space(X) -> str:
-    "Whether expression values are 'counts', 'normalized' or 'log1p'."
-    check_finite_nonnegative(X)
-    v = _values(X)
-    if v.size == 0 or v.max() == 0: return 'log1p'
-    if np.all(v == np.round(v)) and v.max() > 1: return 'counts'
-    return 'normalized' if v.max() > LOG1P_MAX else 'log1p'
+# %% ../nbs/00_data.ipynb #b2d8f301
+_UNIT_SCALE = {'normalized': lambda v: v, 'log1p': np.expm1, 'log2p': lambda v: np.exp2(v) - 1}  # values -> linear
+SAMPLE_ROWS = 2000  # cells (evenly spaced) the evidence is computed on
+
+def _cv(a: np.ndarray) -> float:
+    "Coefficient of variation of the positive entries (NaN when undefined)."
+    a = a[a > 0]
+    return float(a.std() / a.mean()) if a.size > 1 and np.isfinite(a).all() else float('nan')
+
+def _unit_share(S: sp.csr_matrix, to_linear) -> tuple[float, int]:
+    "Share of cells whose values are whole multiples of a unit on a scale, and how many cells could be tested."
+    rows, filled = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr)), np.flatnonzero(np.diff(S.indptr))
+    with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+        v = to_linear(S.data)
+        smallest = np.full(S.shape[0], np.inf); smallest[filled] = np.minimum.reduceat(v, S.indptr[filled])
+        q = v / smallest[rows]
+    keep = np.isfinite(q) & (q > 1.001) & (q <= 50)  # the smallest value itself says nothing
+    rows, q = rows[keep], q[keep]
+    # the unit is the smallest value / d, d = 1..6 per cell (a cell's smallest value need not be one count)
+    whole = np.stack([np.bincount(rows, np.abs(q * d - np.round(q * d)) <= 5e-3, S.shape[0]) for d in range(1, 7)])
+    n = np.bincount(rows, minlength=S.shape[0]); tested = n >= 3  # a cell with fewer values says little
+    fits = whole.max(0)[tested] >= 0.9 * n[tested]
+    return (float(fits.mean()) if tested.any() else 0.0), int(tested.sum())
+
+def space_evidence(X) -> dict | None:
+    "What the values say about their space, on up to SAMPLE_ROWS evenly spaced cells (None: no nonzero value)."
+    X = X.tocsr() if sp.issparse(X) and X.format not in ('csr', 'csc') else X
+    rows = np.unique(np.linspace(0, X.shape[0] - 1, min(SAMPLE_ROWS, X.shape[0])).astype(np.int64))
+    S = sp.csr_matrix(X[rows], dtype=np.float64, copy=True); S.eliminate_zeros()
+    if not S.nnz: return None
+    E, v, filled = S.copy(), S.data, np.diff(S.indptr) > 0
+    with np.errstate(over='ignore', invalid='ignore'):  # overflowing rows are refused later, naming them
+        E.data = np.expm1(E.data)
+        return dict(integer=float(np.mean(v == np.round(v))), max=float(v.max()),
+                    row_max=float(np.median(S.max(1).toarray().ravel()[filled])),
+                    cv=_cv(np.asarray(S.sum(1)).ravel()), cv_expm1=_cv(np.asarray(E.sum(1)).ravel()),
+                    units={s: _unit_share(S, f) for s, f in _UNIT_SCALE.items()})
+
+# %% ../nbs/00_data.ipynb #b2d8f303
+INTEGER_SHARE, UNIT_CELLS, OTHER_CELLS, CONSTANT_CV = 0.99, 0.5, 0.05, 0.01  # thresholds of the decision table
+_SCALE_WORDS = {'normalized': 'the values', 'log1p': 'expm1(values)', 'log2p': '2**values - 1'}
+
+def _decide(e: dict) -> tuple[str | None, str]:
+    "The decision table applied to `space_evidence`: (space or None, the evidence in words)."
+    if e['integer'] >= INTEGER_SHARE:
+        return 'counts', f"{e['integer']:.0%} of the nonzero values are whole numbers" + (' (all are 0 or 1)' if e['max'] <= 1 else '')
+    best = max(e['units'], key=lambda s: e['units'][s][0]); share, n = e['units'][best]
+    others = max(f for s, (f, _) in e['units'].items() if s != best)
+    if n >= 5 and share >= UNIT_CELLS and others <= OTHER_CELLS:
+        return best, f"in {share:.0%} of {n} cells tested, {_SCALE_WORDS[best]} are whole multiples of a per-cell unit"
+    if e['cv'] < CONSTANT_CV: return 'normalized', f"every cell has the same total (cv {e['cv']:.2g})"
+    if e['cv_expm1'] < CONSTANT_CV: return 'log1p', f"every cell has the same total of expm1(values) (cv {e['cv_expm1']:.2g})"
+    if e['row_max'] > LOG1P_MAX:
+        return 'counts', (f"non-integer values whose per-cell totals vary (cv {e['cv']:.2g}) and whose median per-cell maximum "
+                          f"{e['row_max']:.3g} exceeds any log scale (> {LOG1P_MAX:g}), as ambient-corrected counts")
+    return None, (f"{e['integer']:.0%} of the nonzero values are whole numbers; on no scale are they whole multiples of a "
+                  f"per-cell unit in most cells (best: {best}, {share:.0%} of cells); per-cell totals vary (cv {e['cv']:.2g}, of expm1: "
+                  f"{e['cv_expm1']:.2g}); median per-cell maximum {e['row_max']:.3g}")
+
+# %% ../nbs/00_data.ipynb #b2d8f305
+_STATE = "space='counts', 'normalized', 'log1p' or 'log2p' (CLI: --space)"
+
+def _uns_space(uns, what: str) -> tuple[str | None, str]:
+    "The space a mark in uns declares (perturbdiff's uns['perturbdiff']['space'], scanpy's uns['log1p']), and its name."
+    ours = uns.get('perturbdiff') if uns is not None else None
+    if isinstance(ours, dict) and ours.get('space') in SPACES: return ours['space'], "adata.uns['perturbdiff']['space']"
+    if uns is None or 'log1p' not in uns: return None, ''
+    base = uns['log1p'].get('base') if isinstance(uns['log1p'], dict) else None
+    if base is None or np.isclose(base, np.e): return 'log1p', "adata.uns['log1p']"
+    if np.isclose(base, 2): return 'log2p', "adata.uns['log1p']"
+    raise ValueError(f"adata.uns['log1p'] says {what} holds log{base:g}(1 + x); only natural and base-2 logs are read. "
+                     f"Convert it (x * ln({base:g}) gives log1p) and pass space='log1p'.")
+
+def guess_space(X, uns: dict | None = None, what: str = 'X', row_names=None) -> tuple[str, str]:
+    "The expression space of X and the evidence for it; refuses what the evidence does not settle."
+    check_finite_nonnegative(X, what, row_names)
+    e = space_evidence(X)
+    if e is None: return 'log1p', ''  # no nonzero value: nothing to transform, nothing to say
+    space, why = _decide(e)
+    declared, mark = _uns_space(uns, what)
+    if declared:
+        if space in (None, declared): return declared, f"{mark} marks it as {declared}" + (f" and {why}" if space else '')
+        raise ValueError(f"{mark} marks {what} as {declared}, but {why}, as for {space}; the mark may be stale "
+                         f"(e.g. counts copied back into X). Pass {_STATE} to say what {what} holds.")
+    if space is None: raise ValueError(f"Cannot tell the expression space of {what}: {why}. Pass {_STATE} to state it.")
+    return space, why
+
+def detect_space(X, uns: dict | None = None, what: str = 'X', report: bool = True) -> str:
+    "Whether expression values are 'counts', 'normalized', 'log1p' or 'log2p'; `report` says so in one line."
+    space, why = guess_space(X, uns, what)
+    if report and why: warnings.warn(_space_line(what, space, why), InputSpaceWarning, stacklevel=2)
+    return space
+
+def _space_line(what: str, space: str, why: str, target_sum: float = 1e4) -> str:
+    done = {'counts': f'normalised to {target_sum:g} per cell, then log1p', 'normalized': 'log1p applied',
+            'log1p': 'used as is', 'log2p': 'converted to natural log1p (times ln 2)'}[space]
+    return f"{what} read as {space} ({why}): {done}. If that is wrong, pass {_STATE}."
 
 # %% ../nbs/00_data.ipynb #807d0471
 def _row_scale(X, factors: np.ndarray):
@@ -142,24 +266,32 @@ def _row_scale(X, factors: np.ndarray):
     return X * factors[:, None]
 
 def to_log1p(
-    X,  # cells x genes, counts / normalized / log1p, dense or sparse
-    space: str | None = None,  # the input's space; detected when None
+    X,  # cells x genes, in one of SPACES, dense or sparse; never modified
+    space: str | None = None,  # the input's space; detected when None or 'auto'
     target_sum: float = 1e4,  # counts per cell after normalisation
+    row_names=None,  # cell names for error messages
 ) -> tuple[object, list[str]]:
     "Bring expression to log1p-normalised float32; returns the matrix and the steps applied."
-    space = space or detect_space(X)
+    space = detect_space(X) if space in (None, 'auto') else space
+    if space not in SPACES: raise ValueError(f"space must be 'auto' or one of {SPACES}, got {space!r}.")
+    check_finite_nonnegative(X, 'X', row_names)
     X = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     steps = []
     if space == 'counts':
-        totals = np.asarray(X.sum(1)).ravel()
+        with np.errstate(over='ignore'): totals = np.asarray(X.sum(1)).ravel()
+        over = np.flatnonzero(~np.isfinite(totals))
+        if len(over): raise ValueError(f"The total counts of {_which(over, row_names)} overflow (values up to "
+                                       f"{_values(X).max():.3g}): these are not counts. Remove those cells or fix their values.")
         if (totals == 0).any():
-            raise ValueError(f"{int((totals == 0).sum())} cells have zero total counts; remove them before "
-                             f"normalising (e.g. sc.pp.filter_cells(adata, min_counts=1)).")
+            raise ValueError(f"{int((totals == 0).sum())} cells have zero total counts ({_which(np.flatnonzero(totals == 0), row_names)}); "
+                             f"remove them before normalising (e.g. sc.pp.filter_cells(adata, min_counts=1)).")
         X = _row_scale(X, target_sum / totals); steps.append(f'normalize_total(target_sum={target_sum:g})')
-    if space in ('counts', 'normalized'):
-        X = X.log1p() if sp.issparse(X) else np.log1p(X); steps.append('log1p')
-    elif space != 'log1p': raise ValueError(f"space must be 'counts', 'normalized' or 'log1p', got {space!r}")
-    return X.astype(np.float32), steps
+    if space in ('counts', 'normalized'): X = X.log1p() if sp.issparse(X) else np.log1p(X); steps.append('log1p')
+    if space == 'log2p': X = X * np.log(2); steps.append('log2 -> ln (x ln 2)')
+    X = X.astype(np.float32)
+    over = _bad_rows(X, lambda a: ~np.isfinite(a))
+    if len(over): raise ValueError(f"Values of {_which(over, row_names)} overflow float32 as {space}: they are not {space}; fix them or pass space=.")
+    return X, steps
 
 # %% ../nbs/00_data.ipynb #31ee3320
 _SYMBOL_COLUMNS = ('gene_symbol', 'gene_symbols', 'gene_name', 'gene_names', 'feature_name', 'symbol')
@@ -170,13 +302,13 @@ def _close(name, options) -> str:
     m = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
     return f" Did you mean {', '.join(map(repr, m))}?" if m else ''
 
-def _require_column(obs: pd.DataFrame, key: str, what: str) -> pd.Series:
-    "A column of obs, or an error naming the available ones."
+def _require_column(obs: pd.DataFrame, key: str, what: str, allow_missing: bool = False) -> pd.Series:
+    "A column of obs, or an error naming the available ones; missing values raise unless `allow_missing`."
     if key not in obs.columns:
         raise KeyError(f"{what} column {key!r} is not in adata.obs.{_close(key, obs.columns)} "
                        f"Available columns: {list(obs.columns)}.")
     col = obs[key]
-    if col.isna().any():
+    if not allow_missing and col.isna().any():
         raise ValueError(f"adata.obs[{key!r}] ({what}) has {int(col.isna().sum())} missing values; "
                          f"fill or drop those cells first.")
     return col
@@ -205,22 +337,57 @@ def group_key(condition: str, cell_type: str, dose: float = float('nan')) -> str
     d = '' if dose is None or (isinstance(dose, float) and np.isnan(dose)) else repr(float(dose))
     return f"{condition}|{cell_type}|{d}"
 
-def _parse_dose(values: pd.Series, key: str) -> np.ndarray:
-    "Doses as floats; 'a+b' strings of equal parts (GEARS' '1+1') give that value."
-    def one(v):
-        if isinstance(v, str):
-            parts = {float(p) for p in v.split('+')}
-            if len(parts) != 1: raise ValueError(f"obs[{key!r}] value {v!r} gives different doses per target; "
-                                                 f"per-target doses are not supported.")
-            return parts.pop()
-        return float(v)
-    try: uniq = {v: one(v) for v in pd.unique(values.astype(object))}
-    except (TypeError, ValueError) as e:
-        if 'per-target' in str(e): raise
-        raise ValueError(f"obs[{key!r}] must hold numeric doses; could not parse: {e}") from None
-    out = values.astype(object).map(uniq).to_numpy(dtype=np.float64)
-    if (out < 0).any(): raise ValueError(f"obs[{key!r}] has negative doses.")
+_MISSING = ('', 'nan', 'none')  # strings that mean "no value" (as written by astype(str))
+
+def _dose_value(v) -> float | None:
+    "One dose as a float (NaN if missing); 'a+b' of equal parts (GEARS' '1+1') gives a; None: no finite number."
+    if pd.isna(v) or (isinstance(v, str) and v.strip().lower() in _MISSING): return np.nan
+    try: parts = {float(p) for p in v.split('+')} if isinstance(v, str) else {float(v)}
+    except (TypeError, ValueError): return None
+    if not np.isfinite(list(parts)).all(): return None
+    return parts.pop() if len(parts) == 1 else -np.inf  # -inf: different doses per target
+
+def _cells_of(labels, rows) -> str:
+    "'n cells (conditions [...])' for the cells of the mask `rows`, given each cell's condition label."
+    n = int(rows.sum()); cells = f"{n} cell{'s' if n != 1 else ''}"
+    if labels is None: return cells
+    conds = sorted({str(l) for l in np.asarray(labels, dtype=object)[rows]})
+    return f"{cells} (conditions {conds[:5]}{' ...' if len(conds) > 5 else ''})"
+
+def _parse_dose(values: pd.Series, key: str, labels=None) -> np.ndarray:
+    "Doses as floats (NaN where missing); values that are no dose raise, naming them, their cells and the fix."
+    raw = values.astype(object).to_numpy()
+    uniq = {v: _dose_value(v) for v in pd.unique(raw[~pd.isna(raw)])}
+    bad = [v for v, d in uniq.items() if d is None]
+    if bad: raise ValueError(f"obs[{key!r}] (dose_key) must hold numbers, but holds {bad[:5]} in {_cells_of(labels, pd.Series(raw).isin(bad).to_numpy())}: "
+                             f"convert them to numbers (e.g. '10 nM' -> 10) or drop those cells; if another obs column "
+                             f"holds the doses, pass it as dose_key= (CLI --dose-key).")
+    split = [v for v, d in uniq.items() if d == -np.inf]
+    if split: raise ValueError(f"obs[{key!r}] values {split[:5]} give different doses per target; per-target doses are not supported.")
+    out = pd.Series(raw, dtype=object).map(uniq).to_numpy(dtype=np.float64)  # missing values stay NaN
+    if (out < 0).any(): raise ValueError(f"obs[{key!r}] has negative doses ({sorted(set(out[out < 0].tolist()))[:5]}) in {_cells_of(labels, out < 0)}.")
     return out
+
+# %% ../nbs/00_data.ipynb #e9a5879a
+DOSE_LIKE = re.compile(r'dose|dosage|concentration|(^|[^a-z])conc([^a-z]|$)', re.IGNORECASE)  # names of dose columns
+
+def dose_like_columns(obs: pd.DataFrame, condition) -> list[str]:
+    "obs columns with a dose-like name whose numbers differ within some perturbed condition (`condition`: keys per cell)."
+    cond = pd.Series(np.asarray(condition, dtype=object), index=obs.index)
+    pert = (cond != CONTROL_KEY).to_numpy()
+    out = []
+    for c in obs.columns:
+        if not DOSE_LIKE.search(str(c)): continue
+        v = pd.to_numeric(obs[c].astype(object)[pert], errors='coerce')
+        if v.notna().any() and v.groupby(cond[pert].to_numpy()).nunique().max() > 1: out.append(str(c))
+    return out
+
+def case_mismatches(targets: Iterable[str], genes: Iterable[str]) -> list[tuple[str, str]]:
+    "(target, gene) pairs: targets that match no gene exactly, but one when case is ignored."
+    genes = [str(g) for g in genes]
+    exact, upper = set(genes), {}
+    for g in genes: upper.setdefault(g.upper(), g)
+    return [(t, upper[t.upper()]) for t in targets if t not in exact and t.upper() in upper]
 
 # %% ../nbs/00_data.ipynb #d1cc6cb0
 class PerturbData:
@@ -230,7 +397,7 @@ class PerturbData:
                  condition_key: str = 'condition',  # obs column naming each cell's condition
                  control: str | Sequence[str] | None = None,  # control label(s); default: any of CONTROL_NAMES
                  cell_type_key: str | None = None,  # obs column of cell types (None: one cell type)
-                 dose_key: str | None = None,  # obs column of doses (drugs)
+                 dose_key: str | None = None,  # obs column of doses (drugs); False: pool the doses on purpose
                  smiles_key: str | None = None,  # obs column of SMILES strings (drugs)
                  kind: str = 'auto',  # 'gene', 'drug', 'label' or 'auto'
                  mode: str | None = None,  # gene perturbation mode for every cell ('CRISPRa', 'knockdown', ...)
@@ -240,28 +407,25 @@ class PerturbData:
                  sep: str = '+',  # separator of combinations
                  normalize: bool = True,  # normalise + log1p counts; if False, non-log1p input is an error
                  target_sum: float = 1e4,  # counts per cell when normalising
+                 space: str = 'auto',  # the input's space, one of SPACES; 'auto' decides from the values (one line says what)
                 ):
         if not isinstance(adata, ad.AnnData): raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
         if adata.n_obs == 0 or adata.n_vars == 0: raise ValueError(f"The AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
-        self.keys = dict(condition=condition_key, cell_type=cell_type_key, dose=dose_key, smiles=smiles_key,
+        if adata.isbacked and layer is None:  # X is still in the file (layers are read into memory even when backed)
+            raise ValueError(f"The AnnData is backed (its X stays in {str(adata.filename)!r}) and PerturbData needs X in memory: "
+                             f"read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); for data larger "
+                             f"than memory use perturbdiff.scale.BackedPerturbData(path, ...).")
+        self.keys = dict(condition=condition_key, cell_type=cell_type_key, dose=dose_key or None, smiles=smiles_key,
                          mode=mode_key)
         obs = adata.obs
         labels = _require_column(obs, condition_key, 'Condition').astype(str)
         cell_types = (_require_column(obs, cell_type_key, 'Cell-type').astype(str) if cell_type_key
                       else pd.Series(NO_CELL_TYPE, index=obs.index))
-        doses = (_parse_dose(_require_column(obs, dose_key, 'Dose'), dose_key) if dose_key
-                 else np.full(adata.n_obs, np.nan))
         # expression
         if layer is not None and layer not in adata.layers:
             raise KeyError(f"Layer {layer!r} not in adata.layers (layers: {list(adata.layers.keys())}).")
         X = adata.layers[layer] if layer is not None else adata.X
         if X is None: raise ValueError("adata.X is None; pass layer= to read expression from a layer.")
-        space = detect_space(X)
-        if space != 'log1p' and not normalize:
-            raise ValueError(f"The expression looks like {space}, not log1p, and normalize=False. Pass normalize=True "
-                             f"to normalise and log1p it, or pass log1p-normalised data.")
-        X, steps = to_log1p(X, space, target_sum)
-        self.input_space, self.preprocessing = space, [f'input detected as {space}'] + steps
         genes = gene_symbols(adata, gene_symbol_key)
         # conditions
         ctrl_names = CONTROL_NAMES if control is None else ([control] if isinstance(control, str) else list(control))
@@ -270,9 +434,7 @@ class PerturbData:
             missing = [c for c in ctrl_names if c not in set(uniq)]
             if missing: raise ValueError(f"Control label(s) {missing} not found in obs[{condition_key!r}].{_close(missing[0], uniq)}")
         parsed = {l: parse_condition(l, ctrl_names, sep) for l in uniq}
-        if not any(len(t) == 0 for t in parsed.values()):
-            raise ValueError(f"No control cells: none of the labels of obs[{condition_key!r}] (e.g. {list(uniq[:5])}) is a "
-                             f"control name {CONTROL_NAMES}. Pass control='<your control label>'.")
+        self._check_controls(parsed, ctrl_names, control is not None, condition_key, sep)
         all_targets = sorted({t for ts in parsed.values() for t in ts})
         if kind == 'auto': kind = infer_kind(uniq, all_targets, genes, smiles_key is not None, ctrl_names)
         if kind not in ('gene', 'drug', 'label'): raise ValueError(f"kind must be 'gene', 'drug', 'label' or 'auto', got {kind!r}")
@@ -280,17 +442,20 @@ class PerturbData:
         key_of = {l: canonical_key(t, sep) for l, t in parsed.items()}
         cond = labels.map(key_of).to_numpy()
         is_ctrl = cond == CONTROL_KEY
+        doses = self._doses(obs, dose_key, labels, is_ctrl) if dose_key else np.full(adata.n_obs, np.nan)
+        smiles = self._smiles(obs, smiles_key, cond, labels) if smiles_key else {}
         # per-cell mode (the mode column's value on control cells, often 'control', is ignored)
         if mode_key is not None and mode is not None: raise ValueError("Pass either mode= or mode_key=, not both.")
         if mode_key is not None:
             col = _require_column(obs, mode_key, 'Mode').astype(str)
-            mode_map = {m: normalize_mode(m) for m in pd.unique(col[~is_ctrl])}
+            mode_map = {m: self._mode_of(m, labels.to_numpy()[(col == m).to_numpy() & ~is_ctrl], mode_key)
+                        for m in pd.unique(col[~is_ctrl])}
             modes = np.where(is_ctrl, 'unknown', col.map(mode_map).fillna('unknown').to_numpy())
         else: modes = np.full(adata.n_obs, normalize_mode(mode))
         if kind != 'gene': modes = np.full(adata.n_obs, 'unknown')
         modes = np.where(is_ctrl, 'unknown', modes)
-        doses = np.where(is_ctrl & np.isnan(doses), np.nan, doses)
         if kind == 'drug': doses = np.where(is_ctrl, 0.0, doses)  # vehicle: dose 0
+        X, self.input_space, self.preprocessing = self._expression(adata, X, layer, space, normalize, target_sum)
         meta = pd.DataFrame({
             'condition': pd.Categorical(cond), 'cell_type': pd.Categorical(cell_types.to_numpy()),
             'dose': doses, 'control': is_ctrl, 'mode': pd.Categorical(modes),
@@ -298,21 +463,112 @@ class PerturbData:
         meta['group'] = pd.Categorical([group_key(c, t, d) for c, t, d in zip(cond, meta['cell_type'], doses)])
         label_of = {}
         for l, k in key_of.items(): label_of.setdefault(k, l)
-        smiles = self._smiles(obs, smiles_key, cond, kind) if smiles_key else {}
         self._init(X=X, genes=genes, obs=meta, adata_obs=obs.copy(), var=adata.var.copy(),
                    label_of=label_of, smiles=smiles, x_max=None, vocab=sorted(set(cond) - {CONTROL_KEY}))
         self._check_groups()
+        if kind == 'drug' and dose_key is None: self._check_pooled_doses(obs, cond)
+        if kind == 'gene': self._check_target_case(all_targets, genes, condition_key)
 
     @staticmethod
-    def _smiles(obs, key, cond, kind) -> dict:
-        "SMILES per drug condition (one per drug); controls ignored."
-        col = _require_column(obs, key, 'SMILES').astype(str).to_numpy()
+    def _expression(adata, X, layer, space, normalize, target_sum) -> tuple:
+        "log1p float32 expression, the input's space and the preprocessing record; says what it decided."
+        what = 'adata.X' if layer is None else f'adata.layers[{layer!r}]'
+        why = ''
+        if space in (None, 'auto'):  # uns['log1p'] describes X only
+            space, why = guess_space(X, adata.uns if layer is None else None, what, adata.obs_names)
+            record = f'input detected as {space}'
+        elif space in SPACES: record = f'input declared as {space} (space=)'
+        else: raise ValueError(f"space must be 'auto' or one of {SPACES}, got {space!r}.")
+        if space != 'log1p' and not normalize:
+            raise ValueError(f"{what} holds {space}, not log1p, and normalize=False. Pass normalize=True to bring it to "
+                             f"log1p, or pass log1p-normalised data (or space='log1p' if it is).")
+        X, steps = to_log1p(X, space, target_sum, adata.obs_names)
+        if why: warnings.warn(_space_line(what, space, why, target_sum), InputSpaceWarning, stacklevel=3)
+        return X, space, [record] + steps
+
+    @staticmethod
+    def _check_controls(parsed: dict, ctrl_names, declared: bool, key: str, sep: str) -> None:
+        "Refuse data without controls, or with undeclared control look-alikes; warn when control= leaves some out."
+        ctrl = [str(l) for l, t in parsed.items() if len(t) == 0]
+        odd = control_like(parsed, ctrl_names, sep)
+        cli = lambda ls: ' '.join(f'--control {l!r}' for l in ls)
+        if not ctrl:
+            hint = (f" Labels {odd[:5]} look like controls: pass control={odd[0]!r} (several: control={odd[:5]}; CLI "
+                    f"{cli(odd[:5])})." if odd else " Pass control='<your control label>' (CLI --control).")
+            raise ValueError(f"No control cells: none of the labels of obs[{key!r}] (e.g. {[str(l) for l in list(parsed)[:5]]}) "
+                             f"is a control name {CONTROL_NAMES}.{hint}")
+        if not odd: return
+        if not declared:
+            raise ValueError(f"Labels {odd[:5]}{' ...' if len(odd) > 5 else ''} of obs[{key!r}] look like controls but the "
+                             f"control is {ctrl}. Say which labels are controls: control={ctrl + odd[:5]} (CLI "
+                             f"{cli(ctrl + odd[:5])}); or pass control={ctrl[0]!r} to keep them as perturbations.")
+        warnings.warn(f"Labels {odd[:5]} of obs[{key!r}] look like controls but are not in control={list(ctrl_names)}: "
+                      f"they are kept as perturbations. Add them to control= (CLI --control) to pool them with the controls.",
+                      stacklevel=3)
+
+    @staticmethod
+    def _mode_of(value: str, labels, mode_key: str) -> str:
+        "The MODE of a mode-column value, or an error naming the conditions that carry it."
+        try: return normalize_mode(value)
+        except ValueError:
+            conds = sorted(set(map(str, labels)))[:5]
+            hint = (f"if those cells are controls, add {conds} to the control labels: control=[<your control>, {conds[0]!r}] (CLI --control)"
+                    if CONTROL_LIKE.fullmatch(value.strip()) else f"use one of {MODES} (or a screen name such as CRISPRa, CRISPRi)")
+            raise ValueError(f"obs[{mode_key!r}] is {value!r} for cells of conditions {conds}, which are not controls, and "
+                             f"{value!r} is no gene perturbation mode: {hint}.") from None
+
+    @staticmethod
+    def _doses(obs, key: str, labels, is_ctrl) -> np.ndarray:
+        "Dose per cell; control cells may have none (vehicle), perturbed cells must have one."
+        doses = _parse_dose(_require_column(obs, key, 'Dose', allow_missing=True), key, labels)
+        lacking = np.isnan(doses) & ~is_ctrl
+        if lacking.any(): raise ValueError(f"obs[{key!r}] (dose_key) is empty on {_cells_of(labels, lacking)}, which are not "
+                                           f"controls: give them their dose or drop them (only control cells may have no dose).")
+        return doses
+
+    @staticmethod
+    def _smiles(obs, key: str, cond, labels) -> dict:
+        "SMILES per drug condition (one per drug); control cells need none, perturbed cells without one raise."
+        col = _require_column(obs, key, 'SMILES', allow_missing=True).astype(object).to_numpy()
+        text = np.array(['' if pd.isna(s) else str(s) for s in col], dtype=object)
+        lacking = pd.Series(text).str.strip().str.lower().isin(_MISSING).to_numpy() & (cond != CONTROL_KEY)
+        if lacking.any():
+            raise ValueError(f"{_cells_of(labels, lacking)} have no SMILES in obs[{key!r}]; only control cells may lack one. "
+                             f"Fill them in or drop those cells; if another obs column holds the SMILES, pass it as "
+                             f"smiles_key= (CLI --smiles-key).")
         out = {}
-        for c, s in zip(cond, col):
+        for c, s in zip(cond, text):
             if c == CONTROL_KEY: continue
             if out.setdefault(c, s) != s:
                 raise ValueError(f"Condition {c!r} has more than one SMILES in obs[{key!r}] ({out[c]!r}, {s!r}).")
         return out
+
+    @staticmethod
+    def _check_pooled_doses(obs, cond) -> None:
+        "Warn when drug data without dose_key have an obs column of doses: each drug's doses are pooled."
+        cols = dose_like_columns(obs, cond)
+        if cols: warnings.warn(f"Drug data without dose_key, but obs[{cols[0]!r}] holds different doses within a condition: "
+                               f"the doses of each drug are pooled into one group. Pass dose_key={cols[0]!r} (CLI --dose-key "
+                               f"{cols[0]}), or dose_key=False (CLI --dose-key none) to pool them on purpose.", stacklevel=3)
+
+    @staticmethod
+    def _check_target_case(targets, genes, key: str) -> None:
+        "Warn when targets match measured genes only when case is ignored."
+        cased = case_mismatches(targets, genes)
+        if cased: warnings.warn(
+            f"{len(cased)} of {len(targets)} targets match a measured gene only when case is ignored (e.g. "
+            f"{', '.join(f'target {t!r} ~ gene {g!r}' for t, g in cased[:3])}), so they count as unmeasured: write the "
+            f"condition labels in the case of the gene symbols (e.g. adata.obs[{key!r}].str.upper()) or pick gene_symbol_key=.",
+            stacklevel=3)
+
+    def require_smiles(self, who: str = 'This model') -> dict[str, str]:
+        "The SMILES of every drug condition, or an error naming the drugs without one and the smiles_key= option."
+        if self.kind != 'drug': return {}
+        lacking = [c for c in self.vocab if c not in self.smiles]
+        if lacking: raise ValueError(f"{who} encodes drugs by their SMILES, and {len(lacking)} drug conditions have none "
+                                     f"(e.g. {lacking[:3]}): pass smiles_key=, the obs column of SMILES strings (CLI "
+                                     f"--smiles-key; sciplex3: --smiles-table). The baselines need no SMILES.")
+        return dict(self.smiles)
 
     def _init(self, X, genes, obs, adata_obs, var, label_of, smiles, x_max, vocab):
         self.X, self.genes, self.obs, self.adata_obs, self.var = X, pd.Index(genes), obs, adata_obs, var
@@ -525,18 +781,24 @@ def _draw(items: Sequence, frac: float, rng, at_least_one: bool = True) -> list:
     return sorted(rng.choice(np.array(items, dtype=object), n, replace=False).tolist()) if n else []
 
 # %% ../nbs/00_data.ipynb #1c0ae305
-def _parse_spec(spec) -> tuple:
-    "A custom test group: 'cond', 'cond,cell_type[,dose]' or a tuple of 1-3 items."
-    if isinstance(spec, str): spec = tuple(s.strip() for s in spec.split(','))
-    spec = tuple(spec)
-    if not 1 <= len(spec) <= 3: raise ValueError(f"A test group is (condition[, cell_type[, dose]]), got {spec!r}")
-    return spec
+def parse_group_spec(spec: str | Sequence, delimiter: str = ',', what: str = 'Test group') -> tuple:
+    "(condition[, cell_type[, dose]]) from a tuple, or a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a field holding a comma)."
+    row = next(csv.reader([spec], delimiter=delimiter, skipinitialspace=True), []) if isinstance(spec, str) else list(spec)
+    row = [r.strip() if isinstance(r, str) else r for r in row]
+    if not 1 <= len(row) <= 3 or not row[0]:
+        raise ValueError(f"{what} {spec!r}: expected (condition[, cell_type[, dose]]) or 'COND[,CELL_TYPE[,DOSE]]'; quote a "
+                         f"name holding a comma: 'COND,\"type, a\"'.")
+    if len(row) == 3:
+        try: row[2] = float(row[2])
+        except (TypeError, ValueError): raise ValueError(f"{what} {spec!r}: the dose {row[2]!r} is not a number.") from None
+    return tuple(row)
+
 
 def _custom_groups(data: PerturbData, test) -> set:
     "Group ids named by custom test specs; unknown conditions, cell types or doses raise."
     if not test: raise ValueError("split('custom') needs test=[...] naming the test groups.")
     g, chosen = data.groups(), set()
-    for spec in map(_parse_spec, test):
+    for spec in map(parse_group_spec, test):
         cond = data.resolve(spec[0])
         if cond == CONTROL_KEY: raise ValueError("Control cells always train; a control group cannot be a test group.")
         m = g.condition == cond
@@ -590,7 +852,7 @@ def _test_groups(data: PerturbData, kind: str, test, test_frac: float, single_te
 
 def _custom_groups_conditions(data: PerturbData, test) -> list:
     "Condition keys named in `test`, each checked to exist."
-    return sorted({data.groups().loc[gid, 'condition'] for gid in _custom_groups(data, [(_parse_spec(t)[0],) for t in test])})
+    return sorted({data.groups().loc[gid, 'condition'] for gid in _custom_groups(data, [(parse_group_spec(t)[0],) for t in test])})
 
 # %% ../nbs/00_data.ipynb #510bea13
 def split(self: PerturbData,
@@ -640,7 +902,7 @@ def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, defau
         cts = [ct for ct in train.cell_types if (train.obs.control & (train.obs.cell_type == ct)).any()]
         rows = []
         for spec in ([groups] if isinstance(groups, str) else list(groups)):
-            spec = _parse_spec(spec)
+            spec = parse_group_spec(spec)
             for ct in ([spec[1]] if len(spec) > 1 else cts):
                 rows.append(dict(condition=train.resolve(spec[0]), cell_type=ct, dose=float(spec[2]) if len(spec) > 2 else np.nan))
         g = pd.DataFrame(rows)
@@ -668,6 +930,12 @@ def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataF
     X = np.asarray(X, dtype=np.float32)
     if X.shape != (len(group_ids), train.n_genes):
         raise ValueError(f"Prediction has shape {X.shape}, expected ({len(group_ids)}, {train.n_genes}).")
+    bad = ~np.isfinite(X)
+    if bad.any():  # never hand out (or write) cells with NaN/inf: a diverged or broken model says so instead
+        rows = np.flatnonzero(bad.any(1))
+        raise RuntimeError(f"{model} predicted non-finite values in {len(rows)} of {len(X)} cells (groups "
+                                 f"{sorted(set(np.asarray(group_ids)[rows]))[:3]}): the model is broken or diverged. "
+                                 f"Refit with a lower lr or check the training data; nothing was written.")
     g = groups.loc[list(group_ids)]
     obs = pd.DataFrame({GROUP_COL: pd.Categorical(list(group_ids))})
     keys = train.keys

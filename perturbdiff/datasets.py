@@ -5,6 +5,8 @@
 # %% ../nbs/01_datasets.ipynb #d75f4c5d
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import http.client
 import os
@@ -13,10 +15,13 @@ import socket
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -25,9 +30,9 @@ from tqdm.auto import tqdm
 from .data import PerturbData
 
 # %% auto #0
-__all__ = ['REGISTRY', 'DownloadError', 'cache_dir', 'sha256sum', 'download', 'Remote', 'fetch', 'load_anndata', 'load_adamson',
-           'load_norman', 'load_replogle_k562_essential', 'read_smiles_table', 'load_sciplex3', 'load', 'simulate',
-           'true_shift']
+__all__ = ['REGISTRY', 'DownloadError', 'cache_dir', 'sha256sum', 'atomic_write', 'download', 'Remote', 'fetch', 'load_anndata',
+           'load_adamson', 'load_norman', 'load_replogle_k562_essential', 'read_smiles_table', 'load_sciplex3', 'load',
+           'simulate', 'true_shift']
 
 # %% ../nbs/01_datasets.ipynb #2886a0f0
 class DownloadError(RuntimeError):
@@ -46,39 +51,58 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
+@contextlib.contextmanager
+def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
+    "A temporary path beside `dest`, renamed onto it (atomic on one file system) when the block succeeds, else removed."
+    dest = Path(dest); tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally: tmp.unlink(missing_ok=True)
+
+def _hash_record(path: Path) -> Path:
+    "Where the SHA-256 of a verified file is recorded: `<name>.sha256` beside it."
+    return path.with_name(path.name + '.sha256')
+
 def _manual_hint(url: str, dest: Path) -> str:
     return (f"If this machine is offline, download {url} on a machine with internet access and save it as "
             f"{dest}; the next call verifies and uses it.")
 
 # %% ../nbs/01_datasets.ipynb #8d38904b
 def download(url: str, dest: str | os.PathLike, size: int | None = None, sha256: str | None = None,
-             progress: bool = True, timeout: float = 60.0, chunk: int = 1 << 20) -> Path:
-    "Download `url` to `dest` atomically, verifying length, size and checksum; returns `dest`."
+             progress: bool = True, timeout: float = 60.0, chunk: int = 1 << 20,
+             verify: Callable[[Path], None] | None = None,  # raises DownloadError if the downloaded file is unusable
+             ) -> Path:
+    "Download `url` to `dest` atomically; byte count, size, checksum and `verify` pass before it is moved there."
     dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    h = hashlib.sha256()
     try:
-        req = urllib.request.Request(url, headers={'User-Agent': 'perturbdiff'})
-        h = hashlib.sha256()
-        with urllib.request.urlopen(req, timeout=timeout) as r, open(tmp, 'wb') as f:
-            total = int(r.headers.get('Content-Length') or 0) or None
-            with tqdm(total=total, unit='B', unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                for b in iter(lambda: r.read(chunk), b''):
-                    f.write(b); h.update(b); bar.update(len(b))
-        got = tmp.stat().st_size
-        if total is not None and got != total:
-            raise DownloadError(f"Download of {url} was cut short: {got} of {total} bytes. Try again. {_manual_hint(url, dest)}")
-        if size is not None and got != size:
-            raise DownloadError(f"{url} has {got} bytes, expected {size}: the remote file changed or is damaged. {_manual_hint(url, dest)}")
-        if sha256 is not None and h.hexdigest() != sha256:
-            raise DownloadError(f"Checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}. {_manual_hint(url, dest)}")
-        os.replace(tmp, dest)
+        with atomic_write(dest) as tmp:
+            req = urllib.request.Request(url, headers={'User-Agent': 'perturbdiff'})
+            with urllib.request.urlopen(req, timeout=timeout) as r, open(tmp, 'wb') as f:
+                total = int(r.headers.get('Content-Length') or 0) or None
+                with tqdm(total=total, unit='B', unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                    for b in iter(lambda: r.read(chunk), b''):
+                        f.write(b); h.update(b); bar.update(len(b))
+            got = tmp.stat().st_size
+            if total is not None and got != total:
+                raise DownloadError(f"Download of {url} was cut short: {got} of {total} bytes. Try again. {_manual_hint(url, dest)}")
+            if size is not None and got != size:
+                raise DownloadError(f"{url} has {got} bytes, expected {size}: the remote file changed or is damaged. {_manual_hint(url, dest)}")
+            if sha256 is not None and h.hexdigest() != sha256:
+                raise DownloadError(f"Checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}. {_manual_hint(url, dest)}")
+            if verify is not None:
+                try: verify(tmp)
+                except DownloadError as e:
+                    raise DownloadError(f"{url} was downloaded but failed verification: {e} It was deleted and nothing was "
+                                        f"cached; call again to retry. {_manual_hint(url, dest)}") from None
+            _hash_record(dest).unlink(missing_ok=True)  # a record of an earlier file must not judge this one
+        with atomic_write(_hash_record(dest)) as rec: rec.write_text(h.hexdigest() + '\n')
         return dest
     except (urllib.error.URLError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as e:
         if isinstance(e, DownloadError): raise
         reason = getattr(e, 'reason', None) or e
         raise DownloadError(f"Could not download {url}: {reason}. {_manual_hint(url, dest)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 # %% ../nbs/01_datasets.ipynb #fa7a0fb4
 @dataclass
@@ -114,56 +138,85 @@ REGISTRY = {r.name: r for r in [
 ]}
 
 # %% ../nbs/01_datasets.ipynb #1d139e81
-def _verify_archive(path: Path, member: str | None) -> None:
-    "Raise DownloadError if `path` is not a sound zip holding `member`, or not an HDF5 file."
-    if member is None:
-        with open(path, 'rb') as f:
-            if f.read(8) != b'\x89HDF\r\n\x1a\n': raise DownloadError(f"{path} is not an HDF5/h5ad file.")
-        return
+_HDF5_MAGIC = b'\x89HDF\r\n\x1a\n'
+
+def _verify_h5ad(path: Path) -> None:
+    "Raise DownloadError unless `path` opens with h5py and holds an AnnData's X, obs and var."
+    with open(path, 'rb') as f: head = f.read(8)
+    if head != _HDF5_MAGIC: raise DownloadError(f"it is not an HDF5/h5ad file (it starts with {head!r}).")
+    try:
+        with h5py.File(path, 'r') as f:
+            missing = [k for k in ('X', 'obs', 'var') if k not in f]
+            if missing: raise DownloadError(f"it is an HDF5 file without {missing}, so not an AnnData.")
+            if isinstance(f['X'], h5py.Group) and not {'data', 'indices', 'indptr'} <= set(f['X']):
+                raise DownloadError(f"its sparse X lacks data/indices/indptr (has {sorted(f['X'])}).")
+    except OSError as e: raise DownloadError(f"it is not a complete HDF5 file (h5py: {e}).") from None
+
+def _verify_zip(path: Path, member: str) -> None:
+    "Raise DownloadError unless `path` is a zip archive holding `member` whose every member passes its CRC check."
     try:
         with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-            if bad: raise DownloadError(f"{path}: member {bad} fails its CRC check.")
             if member not in z.namelist():
-                raise DownloadError(f"{path} does not contain {member}; it holds {z.namelist()[:5]}.")
-    except zipfile.BadZipFile as e: raise DownloadError(f"{path} is not a complete zip archive ({e}).") from None
+                raise DownloadError(f"the archive does not contain {member}; it holds {z.namelist()[:5]}.")
+            bad = z.testzip()
+            if bad: raise DownloadError(f"member {bad} of the archive fails its CRC check.")
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise DownloadError(f"it is not a complete zip archive ({e}).") from None
 
-def _check_recorded_hash(path: Path, expected: str | None) -> None:
-    "Compare with the pinned or recorded SHA-256; record it on first use."
-    rec = path.with_name(path.name + '.sha256')
-    digest = sha256sum(path)
-    want = expected or (rec.read_text().strip() if rec.exists() else None)
-    if want is not None and digest != want:
-        raise DownloadError(f"{path} has sha256 {digest}, expected {want}.")
-    if not rec.exists(): rec.write_text(digest + '\n')
+def _verify(path: Path, member: str | None) -> None:
+    "A downloaded file is usable: an h5ad that opens, or a sound zip holding `member`."
+    _verify_h5ad(path) if member is None else _verify_zip(path, member)
+
+def _check_cached(path: Path, size: int | None, sha256: str | None) -> None:
+    "A cached (verified) file against the pinned size and SHA-256, else the SHA-256 recorded at download; records it if absent."
+    got = path.stat().st_size
+    if size is not None and got != size: raise DownloadError(f"it has {got} bytes, expected {size}.")
+    rec, digest = _hash_record(path), sha256sum(path)
+    recorded = rec.read_text().strip() if rec.exists() else None
+    want, what = (sha256, 'pinned') if sha256 else (recorded, 'recorded when it was downloaded')
+    if want is not None and digest != want: raise DownloadError(f"it has sha256 {digest}, expected {want} ({what}).")
+    if recorded != digest:
+        with atomic_write(rec) as tmp: tmp.write_text(digest + '\n')
+
+def _discard(path: Path) -> None:
+    "Remove a file and its recorded hash."
+    path.unlink(missing_ok=True); _hash_record(path).unlink(missing_ok=True)
 
 # %% ../nbs/01_datasets.ipynb #96e39d27
+def _extract(archive: Path, member: str, out: Path) -> Path:
+    "The h5ad `member` of `archive` at `out`: extracted (atomically) and verified unless a good, newer copy is there."
+    if out.exists() and out.stat().st_mtime >= archive.stat().st_mtime:
+        try: _verify_h5ad(out); return out
+        except DownloadError: pass  # extract it again
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_write(out) as tmp:
+            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(tmp, 'wb') as dst: shutil.copyfileobj(src, dst)
+            _verify_h5ad(tmp)
+    except DownloadError as e:
+        _discard(archive)
+        raise DownloadError(f"{member} in {archive} is not a usable AnnData: {e} The archive has been removed; call again "
+                            f"to download it anew (if this repeats, the upstream file is broken).") from None
+    return out
+
 def fetch(name: str, cache: str | os.PathLike | None = None, url: str | None = None, sha256: str | None = None,
           force: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
     "Path of the named dataset's h5ad in the cache, downloaded, verified and extracted as needed."
     if name not in REGISTRY: raise KeyError(f"Unknown dataset {name!r}; known: {sorted(REGISTRY)}.")
     r = REGISTRY[name]
-    folder = cache_dir(cache) / name
-    archive = folder / r.filename
-    if force: archive.unlink(missing_ok=True)
+    want = sha256 or r.sha256
+    archive = cache_dir(cache) / name / r.filename
+    verify = functools.partial(_verify, member=r.member)
+    if force: _discard(archive)
     if not archive.exists():
-        download(url or r.url, archive, r.size, sha256 or r.sha256, progress=progress, timeout=timeout)
-    try:
-        _verify_archive(archive, r.member)
-        _check_recorded_hash(archive, sha256 or r.sha256)
-    except DownloadError as e:
-        archive.unlink(missing_ok=True); archive.with_name(archive.name + '.sha256').unlink(missing_ok=True)
-        raise DownloadError(f"The cached file was damaged and has been removed; call again to download it anew. ({e})") from None
-    if r.member is None: return archive
-    out = folder / r.member
-    if not out.exists() or out.stat().st_mtime < archive.stat().st_mtime:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f'.part-{os.getpid()}')
-        try:
-            with zipfile.ZipFile(archive) as z, z.open(r.member) as src, open(tmp, 'wb') as dst: shutil.copyfileobj(src, dst)
-            os.replace(tmp, out)
-        finally: tmp.unlink(missing_ok=True)
-    return out
+        download(url or r.url, archive, r.size, want, progress=progress, timeout=timeout, verify=verify)
+    else:
+        try: verify(archive); _check_cached(archive, r.size, want)
+        except DownloadError as e:
+            _discard(archive)
+            raise DownloadError(f"The cached file {archive} was damaged and has been removed: {e} "
+                                f"Call again to download it anew.") from None
+    return archive if r.member is None else _extract(archive, r.member, archive.parent / r.member)
 
 # %% ../nbs/01_datasets.ipynb #1b224a3b
 def load_anndata(name: str, cache=None, url=None, sha256=None, progress=True) -> ad.AnnData:

@@ -28,7 +28,7 @@ from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample
                                    timestep_embedding)
 from .nn import (DirectEffect, DolorisPerturbationEmbedding, GRNBlock, PerturbationBatch, PerturbationTable,
                             cell_modes, pseudobulk_pca)
-from .priors import GeneGraph, coexpression, drug_features, go, go_db_path
+from .priors import GeneGraph, coexpression, drug_features, go, go_db_path, go_if_available
 
 # %% auto #0
 __all__ = ['DDIB_PRESETS', 'DDIBConfig', 'ddib_config', 'build_graph', 'Conditioner', 'mlp', 'UnlastingNet', 'VectorPerturbation',
@@ -46,6 +46,8 @@ class DDIBConfig:
     train_on_respaced: bool = True  # train on the S-step chain (authors) or on the full T-step chain
     clip: tuple | None = None  # clamp x0 predictions, e.g. (-1, 1) (authors: sci-Plex only)
     ode_start: int = 0  # timestep (of T) where inversion starts and decoding ends: 0 (authors) or e.g. 20 (see 06_diffusion)
+    bridge_depth: int | None = None  # ours: timestep (of T) where inversion stops and decoding starts; None: the whole chain (authors)
+    decode_residual: bool = False  # ours: predicted cell = control cell + D(z, target) - D(z, source); False: D(z, target) (authors)
     precondition: bool = False  # x̂0 = c_skip·x_t/√ᾱ + c_out·F (EDM-style skip); False: x̂0 = F (authors)
     fill_unexpressed: bool = False  # zeros -> draws from the group's expressed values before noising/inverting (see below)
     anchor: bool = False  # ours, not the papers': train and decode in the ShiftAnchor's frame (05a_anchor; see below)
@@ -106,7 +108,7 @@ DDIB_PRESETS = {
         'quick': dict(hidden=256, time_dim=128, decoder=(256, 256), grn_dim=16, steps=400, batch_size=64, lr=1e-3,
                       mask_strategy='coherent', mask_match_marginals=True, mask_steps=200, precondition=True,
                       control_residual=False, gat_residual=True, shared_readout=True, direct_effect=True,
-                      anchor=True, use_mask=False, zero_loss='all', fill_unexpressed=False),
+                      anchor=True, use_mask=False, zero_loss='all', fill_unexpressed=False, decode_residual=True),
         'plain': dict(hidden=256, time_dim=128, decoder=(256, 256), grn_dim=16, steps=400, batch_size=64, lr=1e-3,
                       mask_strategy='coherent', mask_match_marginals=True, mask_steps=200, precondition=True,
                       control_residual=False, gat_residual=True, shared_readout=True, direct_effect=True,
@@ -119,7 +121,7 @@ DDIB_PRESETS = {
         'quick': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=1800, batch_size=64,
                       lr=1e-3, mask_strategy='coherent', mask_match_marginals=True, mask_steps=300, precondition=True,
                       control_residual=False, direct_effect=True, anchor=True, use_mask=False, zero_loss='all',
-                      fill_unexpressed=False),
+                      fill_unexpressed=False, decode_residual=True),
         'plain': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=600, batch_size=64,
                       lr=1e-3, mask_strategy='coherent', mask_match_marginals=True, mask_steps=300, precondition=True,
                       control_residual=False, direct_effect=True, fill_unexpressed=True),
@@ -138,8 +140,8 @@ def ddib_config(family: str, preset: str = 'quick', **overrides) -> DDIBConfig:
     return DDIBConfig(**kw)
 
 # %% ../nbs/07_ddib.ipynb #e8571e58
-def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3) -> GeneGraph:
-    "The model's gene graph: a GeneGraph as given, the union of a list of sources, or 'auto'."
+def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3, verbose: bool = False) -> GeneGraph:
+    "The model's gene graph: a GeneGraph as given, the union of a list of sources, or 'auto'; verbose: print its summary."
     if isinstance(spec, GeneGraph):
         if list(spec.measured) != list(train.genes):
             raise ValueError("The given GeneGraph's measured genes differ from the training genes (order matters); "
@@ -147,10 +149,12 @@ def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3) -> Gene
         return spec
     if isinstance(spec, str) and spec == 'auto':
         sources = [coexpression(threshold, max_cells=5000)]  # at most 5,000 training control cells
-        if train.kind == 'gene' and go_db_path() is not None: sources.append(go(go_db_path()))
+        if train.kind == 'gene' and (g := go_if_available()) is not None: sources.append(g)  # cached, or fetched once
     elif isinstance(spec, (list, tuple)): sources = list(spec)
     else: raise ValueError(f"graph must be 'auto', a GeneGraph or a list of edge sources, got {spec!r}.")
-    return GeneGraph.build(train, sources)
+    graph = GeneGraph.build(train, sources)
+    if verbose: print(graph.describe())
+    return graph
 
 # %% ../nbs/07_ddib.ipynb #c6220511
 class Conditioner:
@@ -162,7 +166,7 @@ class Conditioner:
         if missing: raise ValueError(f"Cell types {missing} have no control cells in the training data.")
         self.mu = torch.as_tensor(np.stack([stats[c].mean for c in self.cell_types]))
         self.sigma = torch.as_tensor(np.stack([stats[c].std for c in self.cell_types]))
-        feats = drug_features(train.smiles) if train.kind == 'drug' else None
+        feats = drug_features(train.require_smiles('Unlasting/Doloris')) if train.kind == 'drug' else None
         self.table = PerturbationTable.from_data(train, graph, feats, unseen_labels='zero')
         self.drug_dim = None if feats is None else feats.shape[1]
         self.n_labels = len(train.vocab) if train.kind == 'label' else None
@@ -467,7 +471,7 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
     cfg = self.config
     if not train.x_max: raise ValueError("The training data has no fitted scale; use data.split(...) or data.fit_scale().")
     torch.manual_seed(self.seed)
-    self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold)
+    self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold, verbose=self.progress)
     self.cond_ = Conditioner(train, self.graph_, cfg)
     feats = self._node_features(train, self.graph_)  # one pass over the data, for the denoiser and the mask model
     self.net_ = self._build_net(train, self.graph_, self.cond_, feats)
@@ -477,6 +481,13 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
         self.net_ = Preconditioned(self.net_, Schedule.make(cfg.schedule, cfg.T), float(X[X > 0].std()) if (X > 0).any() else 1.0)
     self.fill_ = expressed_stats(train) if cfg.fill_unexpressed else None
     self.anchor_, frame = None, None
+    if cfg.bridge_depth is not None:
+        if not cfg.use_latent: raise ValueError("bridge_depth stops the inversion of control cells part-way; with use_latent=False "
+                                                "there is no inversion. Set bridge_depth=None or use_latent=True.")
+        self._stop_index(self.sched_)  # refuse a depth outside the chain now, not at predict time
+    if cfg.decode_residual and not cfg.use_latent:
+        raise ValueError("decode_residual adds the condition's change to each inverted control cell; with use_latent=False "
+                         "nothing is inverted. Set decode_residual=False or use_latent=True.")
     if cfg.anchor:
         if cfg.fill_unexpressed or cfg.use_mask:
             raise ValueError("anchor=True models all entries around the anchor's mean shift (zeros included); "
@@ -506,6 +517,18 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
 DDIBModel.fit = _fit
 
 # %% ../nbs/07_ddib.ipynb #6958f1e8
+def _stop_index(self: DDIBModel, sched: Schedule) -> int | None:
+    "Chain index where a partial bridge turns round (bridge_depth), None for the whole chain."
+    d = self.config.bridge_depth
+    if d is None: return None
+    start = entry_index(sched, self.config.ode_start)
+    idx = min(int(np.searchsorted(sched.timesteps, d)), sched.n_steps - 1)
+    if idx <= start: raise ValueError(f"bridge_depth={d} must lie above ode_start={self.config.ode_start} on the chain "
+                                      f"(timesteps {int(sched.timesteps[start])}..{int(sched.timesteps[-1])}).")
+    return idx
+
+DDIBModel._stop_index = _stop_index
+
 def entry_index(sched: Schedule, t0: int) -> int:
     "First index of the chain whose timestep is >= t0 (where DDIM enters and leaves the chain)."
     idx = int(np.searchsorted(sched.timesteps, t0))
@@ -534,7 +557,8 @@ def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Sche
     n, dev = len(x_ctrl), x_ctrl.device
     cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.full((n,), -1), None, None,
                            torch.zeros(n, dtype=torch.bool, device=dev), torch.zeros_like(x_ctrl))
-    return ddim_invert(self._denoiser(cond), x_ctrl, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start))
+    return ddim_invert(self._denoiser(cond), x_ctrl, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
+                       stop=self._stop_index(sched))
 
 @torch.no_grad()
 def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: float, mode: str,
@@ -546,7 +570,18 @@ def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: 
                            torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                            torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown')),
                            torch.ones(n, dtype=torch.bool, device=dev), x_ctrl)
-    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start))
+    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
+                       stop=self._stop_index(sched))
+
+@torch.no_grad()
+def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None) -> torch.Tensor:
+    "Source-model decoding of latents: the control cells back again, up to the model's reconstruction error."
+    sched = sched or self.sched_
+    n, dev = len(latents), latents.device
+    cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.full((n,), -1), None, None,
+                           torch.zeros(n, dtype=torch.bool, device=dev), torch.zeros_like(latents))
+    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
+                       stop=self._stop_index(sched))
 
 def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -> torch.Tensor:
     "Control cells as they are inverted: unexpressed entries filled from their control group (fill_unexpressed), else as given."
@@ -556,7 +591,7 @@ def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -
     return fill_unexpressed(x_ctrl, fill.mean[g].to(x_ctrl.device), fill.std[g].to(x_ctrl.device), gen)
 
 DDIBModel._denoiser, DDIBModel._control_pool, DDIBModel._invert, DDIBModel._decode = _denoiser, _control_pool, _invert, _decode
-DDIBModel._fill_controls = _fill_controls
+DDIBModel._fill_controls, DDIBModel._reconstruct = _fill_controls, _reconstruct
 
 # %% ../nbs/07_ddib.ipynb #3fb2b75d
 def _condition_index(self: DDIBModel, condition: str) -> int:
@@ -591,6 +626,8 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
         x_pool = torch.as_tensor(self.train_.dense(pool, scaled=True), device=dev)
         x_in = self._fill_controls(x_pool, ct, gen)  # what is inverted (x_pool itself unless fill_unexpressed)
         lat = self._invert(x_in, cts.index(ct), gen, sched) if self.config.reuse_latents else None
+        res = self.config.decode_residual
+        rec = self._reconstruct(lat, cts.index(ct), sched) if (res and lat is not None) else None  # D(z, source), once
         for gid, row in g[g.cell_type == ct].iterrows():
             rng = np.random.default_rng([seed, 11, zlib.crc32(str(gid).encode())])  # per group: independent of the others
             gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
@@ -600,7 +637,11 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
                 j = torch.as_tensor(pick[s:s + self.config.predict_batch], device=dev)
                 xc = x_pool[j]
                 l = lat[j] if lat is not None else self._invert(x_in[j], cts.index(ct), gen, sched)
-                outs.append(self._decode(l, xc, cts.index(ct), self._condition_index(row.condition), row.dose, row['mode'], sched))
+                d = self._decode(l, xc, cts.index(ct), self._condition_index(row.condition), row.dose, row['mode'], sched)
+                if res:  # the condition's change to this cell; the source model's reconstruction error cancels
+                    r = rec[j] if rec is not None else self._reconstruct(l, cts.index(ct), sched)
+                    d = x_in[j] + d - r
+                outs.append(d)
             xt = torch.cat(outs).cpu().numpy().astype(np.float64)
             if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
                 xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max

@@ -21,7 +21,7 @@ from .data import GROUP_COL, PerturbData, canonical_key, gene_symbols, group_key
 __all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'same_distribution',
            'energy_distance', 'edist_options', 'intra_distance', 'quantile_grid', 'default_threads', 'emd_per_gene',
            'emd', 'rmse', 'activation_prob', 'activation_pcc', 'welch_t', 'rank_genes', 'de_rankings', 'gears_de_genes',
-           'top_de', 'evaluate', 'evaluate_models', 'metric_columns', 'summarize', 'snr']
+           'top_de', 'evaluate', 'evaluate_models', 'metric_columns', 'summarize', 'sampling_floor', 'snr']
 
 # %% ../nbs/02_metrics.ipynb #f3b16468
 def as_cells(X, what: str = 'X', min_cells: int = 1) -> np.ndarray:
@@ -274,7 +274,31 @@ def top_de(ranked: Sequence[str], genes: pd.Index, k: int) -> np.ndarray:
 METRICS = ('edist', 'emd', 'rmse', 'pcc_act', 'intra', 'delta')  # what evaluate can compute
 DEFAULT_METRICS = ('edist', 'emd', 'rmse', 'pcc_act')
 
-def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str) -> tuple[np.ndarray, np.ndarray]:
+def _truth_max(truth: PerturbData) -> float:
+    "The largest expression value of the truth (its training scale when fitted)."
+    if truth.x_max: return float(truth.x_max)
+    X = truth.X
+    return float(X.max()) if (X.nnz if sp.issparse(X) else X.size) else 0.0
+
+def _check_space(X: np.ndarray, truth: PerturbData) -> None:
+    "Refuse predictions that cannot be log1p expression in the truth's units (negative, counts, far too large)."
+    neg = int((X < -1e-6).sum())
+    if neg:
+        raise ValueError(f"pred.X has {neg} negative values (min {X.min():.3g}); evaluate compares log1p expression, which "
+                         f"is never negative. Undo any centring or scaling of the predictions (models' predict() returns log1p).")
+    tmax, pmax = _truth_max(truth), float(X.max()) if X.size else 0.0
+    if tmax > 0 and pmax > 3 * tmax + 1:
+        nz = X[X > 0]
+        ints = float(np.mean(nz == np.round(nz))) if nz.size else 0.0
+        kind = 'counts' if ints > 0.9 else 'not log1p expression'
+        raise ValueError(f"pred.X looks like {kind}: its maximum {pmax:.4g} is far above the truth's {tmax:.4g} "
+                         f"({ints:.0%} of its non-zero values are integers). evaluate compares log1p expression: "
+                         f"normalise and log1p the predictions as the truth was (e.g. scanpy normalize_total + log1p).")
+    if tmax > 2 and 0 < pmax <= 1.0:
+        warnings.warn(f"pred.X never exceeds {pmax:.3g} while the truth reaches {tmax:.3g}: are the predictions in a "
+                      f"model's scaled space (x / x_max)? Convert them with PerturbData.unscale before evaluate.")
+
+def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
     "Pred expression (cells x truth genes) and its group ids, after checking it."
     if not isinstance(pred, ad.AnnData): raise TypeError(f"pred must be the AnnData a model's predict returns, got {type(pred).__name__}.")
     if GROUP_COL not in pred.obs: raise KeyError(f"pred.obs has no {GROUP_COL!r} column naming each cell's test group; "
@@ -287,6 +311,7 @@ def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str) -> tup
                          f"Predict with a model fitted on the training split of the same data.")
     X = pred.X[:, genes.get_indexer(truth.genes)]
     X = as_cells(X, 'pred.X')
+    if check: _check_space(X, truth)
     if space == 'scaled': X = truth.scale(X, dtype=np.float64)
     return X, pred.obs[GROUP_COL].astype(str).to_numpy()
 
@@ -366,13 +391,14 @@ def evaluate(pred: ad.AnnData, truth: PerturbData, control: PerturbData | None =
              subgroups=None,  # {group id: label} or a table with a 'subgroup' column (Split.test_groups)
              groups: Sequence[str] | None = None,  # score only these group ids
              min_cells: int = 1,  # drop groups with fewer true cells
+             check_space: bool = True,  # refuse predictions that cannot be log1p expression (negative, counts)
             ) -> pd.DataFrame:
     "Score predicted cells against the true cells of each test group: one row per group."
     bad = [m for m in metrics if m not in METRICS]
     if bad: raise ValueError(f"Unknown metrics {bad}; choose from {METRICS}.")
     if space not in ('log1p', 'scaled'): raise ValueError(f"space must be 'log1p' or 'scaled', got {space!r}.")
     opts, sub = edist_options(edist), _subgroup_map(subgroups)
-    X, pg = _aligned_prediction(pred, truth, space)
+    X, pg = _aligned_prediction(pred, truth, space, check_space)
     tg = _true_groups(truth, list(pd.unique(pg)), groups, min_cells)
     if de_genes is None:
         if control is None: raise ValueError("Pass control= (the training split, with the control cells) to rank DE genes, or de_genes=.")
@@ -423,6 +449,29 @@ def summarize(results: pd.DataFrame, by: str | Sequence[str] = ('model',), metri
     else: out = pd.concat({'mean': mean, 'std': std}, axis=1).swaplevel(axis=1)[metrics]
     out['n_groups'] = g.size()
     return out
+
+# %% ../nbs/02_metrics.ipynb #94f7c324
+def sampling_floor(truth: PerturbData, groups: Sequence[str] | None = None, de_genes: Mapping | None = None,
+                   control: PerturbData | None = None, n_de: int | None = 20, seed: int = 0,
+                   edist: str | Mapping = 'paper') -> pd.Series:
+    "E-distance between two random halves of each group's true cells, on its top-n_de DE genes: one value per group id."
+    tg = truth.groups(include_control=True)
+    groups = list(truth.groups().index) if groups is None else list(groups)  # default: the perturbed groups
+    unknown = [g for g in groups if g not in tg.index]
+    if unknown: raise KeyError(f"Groups {unknown[:3]} are not groups of truth; see truth.groups().index.")
+    if n_de is not None and de_genes is None:
+        if control is None: raise ValueError("Pass control= (the training split) to rank DE genes, de_genes=, or n_de=None.")
+        de_genes = de_rankings(truth, control, groups)
+    opts, rng, out = edist_options(edist), np.random.default_rng(seed), {}
+    gid = truth.obs.group.astype(str).to_numpy()
+    for g in groups:
+        rows = rng.permutation(np.flatnonzero(gid == g)); h = len(rows) // 2
+        if h < 2: out[g] = np.nan; continue
+        X = truth.dense(rows[:2 * h]).astype(np.float64)
+        if n_de is not None:
+            X = X[:, top_de(_lookup_de(de_genes, g, tg.condition[g], tg.cell_type[g]), truth.genes, n_de)]
+        out[g] = energy_distance(X[:h], X[h:], **opts)
+    return pd.Series(out, name='floor', dtype=float)
 
 # %% ../nbs/02_metrics.ipynb #73f654b4
 def snr(data: PerturbData, sizes: Sequence[int | None] = (20, 40, 100, None), ranking: str | Sequence[str] = 'de',

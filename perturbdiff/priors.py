@@ -5,11 +5,16 @@
 # %% ../nbs/04_priors.ipynb #9fcff822
 from __future__ import annotations
 
+import csv
+import gzip
+import hashlib
+import json
 import os
 import pickle
 import re
 import sqlite3
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,29 +25,64 @@ import scipy.sparse as sp
 import torch
 
 from .data import CONTROL_NAMES, PerturbData
+from .datasets import DownloadError, atomic_write, cache_dir, sha256sum
+from .datasets import download as _download
 
 # %% auto #0
-__all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'VEHICLE_SMILES', 'VEHICLE_NAMES', 'go_db_path', 'SymbolResolver', 'GeneOntology',
-           'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'EdgeListSource', 'edge_list',
-           'EmbeddingSource', 'embedding', 'GeneGraph', 'hops_to_measured', 'reachable', 'summary', 'node_index',
-           'edges_frame', 'is_vehicle', 'encode_dose', 'morgan_fingerprints', 'drug_embedding', 'drug_features',
-           'combination_features']
+__all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'GO_GAF_URL', 'VEHICLE_SMILES', 'VEHICLE_NAMES', 'go_db_path', 'GOUnavailableError',
+           'go_cache_dir', 'gaf_url', 'gaf_cache_path', 'SymbolResolver', 'parse_gaf', 'fetch_gaf', 'GeneOntology',
+           'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'go_if_available', 'EdgeListSource',
+           'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'hops_to_measured', 'reachable', 'summary',
+           'describe', 'node_index', 'edges_frame', 'is_vehicle', 'encode_dose', 'morgan_fingerprints',
+           'drug_embedding', 'drug_features', 'combination_features']
 
 # %% ../nbs/04_priors.ipynb #f0c2c732
 GO_DB_NAME = 'org.Hs.eg.sqlite'
 GO_ONTOLOGIES = ('BP', 'MF', 'CC')  # biological process, molecular function, cellular component
+GO_GAF_URL = 'https://current.geneontology.org/annotations/goa_human.gaf.gz'  # the GO Consortium's human annotations
 
 def go_db_path(path: str | os.PathLike | None = None) -> Path | None:
     "Path of the org.Hs.eg.db SQLite file: `path`, $PERTURBDIFF_GO_DB, or the cache; None if absent."
     if path is not None:
         p = Path(path).expanduser()
-        if not p.exists(): raise FileNotFoundError(f"GO database {p} does not exist. Fetch it with tools/fetch_go_db.sh.")
+        if not p.exists(): raise FileNotFoundError(f"GO annotation file {p} does not exist. Pass an existing GAF, org.Hs.eg.sqlite "
+                                                   f"or gene2go file, fetch the SQLite file with tools/fetch_go_db.sh, or call "
+                                                   f"read_go() to download the GO Consortium's GAF.")
         return p
     env = os.environ.get('PERTURBDIFF_GO_DB')
     if env: return go_db_path(env)
     cache = Path(os.environ.get('PERTURBDIFF_CACHE') or Path.home() / '.cache' / 'perturbdiff').expanduser()
     p = cache / 'go' / GO_DB_NAME
     return p if p.exists() else None
+
+# %% ../nbs/04_priors.ipynb #81171ea3
+class GOUnavailableError(FileNotFoundError, DownloadError):
+    "No GO annotations could be had: none given, none cached, and none downloadable now."
+
+def go_cache_dir(cache: str | os.PathLike | None = None) -> Path:
+    "Folder of the GO files: `<cache>/go` (cache: `cache`, $PERTURBDIFF_CACHE or ~/.cache/perturbdiff)."
+    p = cache_dir(cache) / 'go'; p.mkdir(exist_ok=True)
+    return p
+
+def gaf_url(url: str | None = None) -> str:
+    "The GAF to use: `url`, else $PERTURBDIFF_GO_URL, else GO_GAF_URL."
+    return url or os.environ.get('PERTURBDIFF_GO_URL') or GO_GAF_URL
+
+def gaf_cache_path(url: str | None = None, cache: str | os.PathLike | None = None) -> Path:
+    "Where the GAF from `url` is cached: go/goa_human.gaf.gz for the default URL, a name keyed by the URL otherwise."
+    url = gaf_url(url)
+    if url == GO_GAF_URL: return go_cache_dir(cache) / 'goa_human.gaf.gz'
+    name = url.split('?')[0].rstrip('/').rsplit('/', 1)[-1] or 'annotations.gaf'
+    stem, dot, ext = name.partition('.')
+    return go_cache_dir(cache) / f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:10]}{dot}{ext}"
+
+def _go_help(url: str, dest: Path, by_hand: bool = True) -> str:
+    "What to do when GO annotations are missing (one line); `by_hand=False` when the message already says it."
+    return ((f"To use GO, download {url} by hand (browser or curl; any OS) and save it as {dest}; or" if by_hand else
+             "Or") + f" run tools/fetch_go_db.sh {dest.parent} (Debian/Ubuntu; it stores {GO_DB_NAME} there), "
+            f"or pass a file: read_go(path) / go('/path/to/goa_human.gaf.gz') (a GAF, {GO_DB_NAME} or a GEARS gene2go "
+            f"pickle; or set PERTURBDIFF_GO_DB). To go without GO, leave go() out of the graph's sources "
+            f"(e.g. graph=[coexpression()]).")
 
 # %% ../nbs/04_priors.ipynb #41c1e767
 class SymbolResolver:
@@ -51,7 +91,8 @@ class SymbolResolver:
         self.official = set(official)
         al = aliases if aliases is not None else pd.DataFrame(columns=['alias', 'symbol'])
         al = al[al.alias != al.symbol].drop_duplicates().sort_values(['alias', 'symbol'])
-        self.candidates = al.groupby('alias', sort=False)['symbol'].agg(list).to_dict()
+        self.candidates: dict[str, list[str]] = {}
+        for a, s in zip(al.alias.tolist(), al.symbol.tolist()): self.candidates.setdefault(a, []).append(s)  # sorted lists
         self.overrides = dict(overrides or {})
         self.ambiguous: dict[str, list[str]] = {}
 
@@ -69,25 +110,109 @@ class SymbolResolver:
     def resolve_many(self, symbols: Sequence[str]) -> dict[str, str | None]:
         return {s: self.resolve(s) for s in symbols}
 
+# %% ../nbs/04_priors.ipynb #246ccfd6
+_ASPECTS = {'P': 'BP', 'F': 'MF', 'C': 'CC'}
+_GO_ID = re.compile(r'GO:\d{7}')
+
+def _open_text(path: Path):
+    "A text handle on a file, gunzipped when it is gzip."
+    with open(path, 'rb') as f: gz = f.read(2) == b'\x1f\x8b'
+    return gzip.open(path, 'rt', encoding='utf-8', errors='replace') if gz else open(path, encoding='utf-8', errors='replace')
+
+def parse_gaf(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    "Annotations (symbol, go_id, ontology, evidence), aliases (alias, symbol) and header facts of a GAF file; NOT lines dropped."
+    rows, syn, meta = [], [], dict(skipped_not=0, skipped_malformed=0)
+    try:
+        with _open_text(Path(path)) as f:
+            for line in f:
+                line = line.rstrip('\r\n')
+                if not line: continue
+                if line[0] == '!':
+                    key, _, val = line[1:].partition(':')
+                    if key.strip() in ('gaf-version', 'date-generated', 'generated-by'): meta[key.strip()] = val.strip()
+                    continue
+                c = line.split('\t')
+                if len(c) < 15 or not c[2] or not _GO_ID.fullmatch(c[4]) or c[8] not in _ASPECTS:
+                    meta['skipped_malformed'] += 1; continue
+                if 'NOT' in c[3].split('|'): meta['skipped_not'] += 1; continue
+                rows.append((c[2], c[4], _ASPECTS[c[8]], c[6]))
+                if c[10]: syn.extend((a, c[2]) for a in c[10].split('|') if a and a != c[2])
+    except (OSError, EOFError, zlib.error) as e: raise ValueError(f"{path} is not a complete GAF file ({e}).") from None
+    if 'gaf-version' not in meta: raise ValueError(f"{path} is not a complete GAF file: no '!gaf-version' header line.")
+    ann = pd.DataFrame(rows, columns=['symbol', 'go_id', 'ontology', 'evidence']).drop_duplicates(ignore_index=True)
+    return ann, pd.DataFrame(syn, columns=['alias', 'symbol']).drop_duplicates(ignore_index=True), meta  # in file order
+
+# %% ../nbs/04_priors.ipynb #03fa7e3d
+def _verify_gaf(path: Path) -> None:
+    "Raise DownloadError unless `path` is a complete GAF: a !gaf-version header, annotation lines, gzip intact."
+    try:
+        with _open_text(path) as f:
+            first, n, last = f.readline(), 0, ''
+            if not first.startswith('!gaf-version'):
+                raise DownloadError(f"it is not a GAF file (it starts with {first[:40]!r}, not '!gaf-version').")
+            for last in f: n += last[:1] not in ('!', '\n', '\r')  # reads to the end: a cut gzip stream fails here
+    except (OSError, EOFError, zlib.error) as e: raise DownloadError(f"it is not a complete gzip/GAF file ({e}).") from None
+    if n == 0: raise DownloadError("it holds no annotation lines.")
+    if last and not last.endswith('\n'): raise DownloadError("its last line is incomplete (the file was cut short).")
+
+def fetch_gaf(url: str | None = None, cache: str | os.PathLike | None = None, sha256: str | None = None,
+              download: bool = True, progress: bool = False, timeout: float = 30.0) -> Path:
+    "The GAF from `url` (default: GO_GAF_URL) in the cache, downloaded and verified on first use."
+    url = gaf_url(url); dest = gaf_cache_path(url, cache)
+    if dest.exists(): return dest
+    if not download: raise GOUnavailableError(f"No GO annotations: {dest} is not there and download=False. {_go_help(url, dest)}")
+    try: return _download(url, dest, sha256=sha256, progress=progress, timeout=timeout, verify=_verify_gaf)
+    except DownloadError as e: raise GOUnavailableError(f"No GO annotations: {e} {_go_help(url, dest, by_hand=False)}") from None
+
+# %% ../nbs/04_priors.ipynb #bede2141
+def _write_table(path: Path, df: pd.DataFrame, meta: dict) -> None:
+    "A DataFrame as a gzipped TSV whose first line is '# <meta as JSON>', written atomically."
+    with atomic_write(path) as tmp, gzip.open(tmp, 'wt', compresslevel=4, encoding='utf-8', newline='') as f:
+        f.write('# ' + json.dumps(meta) + '\n'); df.to_csv(f, sep='\t', index=False, quoting=csv.QUOTE_NONE)
+
+def _read_table(path: Path, sha256: str) -> tuple[pd.DataFrame, dict] | None:
+    "The table and meta written by _write_table if it is there, readable and made from the file with this SHA-256."
+    try:
+        with gzip.open(path, 'rt', encoding='utf-8', newline='') as f:
+            meta = json.loads(f.readline()[2:])
+            if meta.get('sha256') != sha256: return None
+            return pd.read_csv(f, sep='\t', dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE), meta
+    except (OSError, EOFError, ValueError, zlib.error): return None  # absent or damaged: parse again
+
+def _parsed_gaf(path: Path, cache=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    "parse_gaf(path) through a cache of the parsed tables, keyed by the file's SHA-256."
+    digest = sha256sum(path)
+    ann_p, ali_p = (go_cache_dir(cache) / f'gaf-{digest[:16]}.{k}.tsv.gz' for k in ('annotations', 'aliases'))
+    ann, ali = _read_table(ann_p, digest), _read_table(ali_p, digest)
+    if ann is not None and ali is not None: return ann[0], ali[0], ann[1]
+    ann, ali, meta = parse_gaf(path)
+    meta = dict(meta, sha256=digest, file=str(path))
+    _write_table(ann_p, ann, meta); _write_table(ali_p, ali, meta)
+    return ann, ali, meta
+
 # %% ../nbs/04_priors.ipynb #2caad070
 @dataclass
 class GeneOntology:
     "GO annotations as (symbol, go_id) pairs, with a resolver for old symbols."
     annotations: pd.DataFrame  # columns: symbol, go_id
     resolver: SymbolResolver
-    source: str = ''
+    source: str = ''  # the file or URL the annotations came from
+    kind: str = ''  # 'GAF', 'sqlite' or 'gene2go'
+    version: str = ''  # release facts, e.g. the GAF's date-generated
     def terms(self, symbol: str) -> set[str]:
         "GO ids of a (resolved) symbol."
         s = self.resolver.resolve(symbol)
         return set(self.annotations.go_id[self.annotations.symbol == s]) if s else set()
+    @property
+    def label(self) -> str:
+        "Where the annotations are from, in words: 'GO GAF <url> (date-generated ...)'."
+        return f"GO {self.kind or 'annotations'} {self.source}" + (f" ({self.version})" if self.version else '')
     def __repr__(self):
         return (f"GeneOntology({self.annotations.symbol.nunique()} genes, {self.annotations.go_id.nunique()} terms, "
-                f"{len(self.annotations)} annotations; {len(self.resolver.candidates)} aliases; from {self.source})")
+                f"{len(self.annotations)} annotations; {len(self.resolver.candidates)} aliases; from {self.label})")
 
 # %% ../nbs/04_priors.ipynb #ef5e3a2e
 def _read_go_sqlite(path: Path, ontologies: Sequence[str], exclude_evidence: Sequence[str]) -> GeneOntology:
-    bad = set(ontologies) - set(GO_ONTOLOGIES)
-    if bad: raise ValueError(f"Unknown GO ontologies {sorted(bad)}; use some of {GO_ONTOLOGIES}.")
     with sqlite3.connect(f'file:{path}?mode=ro', uri=True) as con:
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
         need = {'gene_info', 'alias'} | {f'go_{o.lower()}' for o in ontologies}
@@ -98,7 +223,17 @@ def _read_go_sqlite(path: Path, ontologies: Sequence[str], exclude_evidence: Seq
                                      f"where t.evidence not in ({ex})", con) for o in ontologies])
         official = pd.read_sql("select symbol from gene_info", con).symbol
         aliases = pd.read_sql("select a.alias_symbol as alias, g.symbol from alias a join gene_info g on a._id = g._id", con)
-    return GeneOntology(ann.drop_duplicates().reset_index(drop=True), SymbolResolver(official, aliases), str(path))
+        meta = (dict(con.execute("select name, value from metadata").fetchall()) if 'metadata' in tables else {})
+    version = ', '.join(f"{k} {meta[v]}" for k, v in (('GO', 'GOSOURCEDATE'), ('gene2go', 'GOEGSOURCEDATE')) if v in meta)
+    return GeneOntology(ann.drop_duplicates().reset_index(drop=True), SymbolResolver(official, aliases), str(path), 'sqlite', version)
+
+def _read_go_gaf(path: Path, ontologies: Sequence[str], exclude_evidence: Sequence[str], cache=None,
+                 origin: str | None = None) -> GeneOntology:
+    ann, aliases, meta = _parsed_gaf(path, cache)
+    keep = ann.ontology.isin(list(ontologies)) & ~ann.evidence.isin(list(exclude_evidence))
+    pairs = ann.loc[keep, ['symbol', 'go_id']].drop_duplicates().reset_index(drop=True)
+    version = ', '.join(f"{k} {meta[k]}" for k in ('gaf-version', 'date-generated') if meta.get(k))
+    return GeneOntology(pairs, SymbolResolver(ann.symbol.unique(), aliases), origin or str(path), 'GAF', version)
 
 def _read_gene2go(gene2go: Mapping[str, set] | str | os.PathLike) -> GeneOntology:
     src = 'dict'
@@ -109,23 +244,60 @@ def _read_gene2go(gene2go: Mapping[str, set] | str | os.PathLike) -> GeneOntolog
         raise TypeError(f"A gene2go pickle must hold a dict gene symbol -> set of GO ids, found {type(gene2go).__name__}.")
     pairs = [(g, t) for g, ts in gene2go.items() for t in ts]
     ann = pd.DataFrame(pairs, columns=['symbol', 'go_id']).drop_duplicates().reset_index(drop=True)
-    return GeneOntology(ann, SymbolResolver(list(gene2go)), src)
+    return GeneOntology(ann, SymbolResolver(list(gene2go)), src, 'gene2go')
 
 # %% ../nbs/04_priors.ipynb #922284be
+def _sniff(path: Path) -> str:
+    "'sqlite', 'gaf' or 'pickle', from a file's first bytes."
+    with open(path, 'rb') as f: head = f.read(16)
+    if head.startswith(b'SQLite format 3'): return 'sqlite'
+    return 'gaf' if head.startswith((b'\x1f\x8b', b'!gaf')) else 'pickle'
+
+def _default_go(cache, download: bool, timeout: float) -> tuple[Path, str | None]:
+    "The GO file to use when none is named, and the URL it came from: see the order above."
+    if os.environ.get('PERTURBDIFF_GO_DB'): return go_db_path(os.environ['PERTURBDIFF_GO_DB']), None
+    db = go_cache_dir(cache) / GO_DB_NAME
+    if db.exists(): return db, None
+    return fetch_gaf(None, cache, download=download, timeout=timeout), gaf_url()
+
+def _gaf(path: Path, url: str | None, ontologies, exclude_evidence, cache) -> GeneOntology:
+    "A GAF read; a damaged one in the GO cache is removed so the next call fetches it anew."
+    try: return _read_go_gaf(path, ontologies, ('ND',) if exclude_evidence is None else exclude_evidence, cache, url)
+    except ValueError as e:
+        if path.parent != go_cache_dir(cache): raise
+        path.unlink(missing_ok=True); path.with_name(path.name + '.sha256').unlink(missing_ok=True)
+        raise GOUnavailableError(f"The cached GO file {path} was damaged and has been removed ({e}); call again to "
+                                 f"download it anew. {_go_help(url or gaf_url(), path)}") from None
+
+# %% ../nbs/04_priors.ipynb #1ec042b4
 def read_go(
-    source: str | os.PathLike | Mapping | GeneOntology | None = None,  # SQLite file, gene2go pickle or dict; None: go_db_path()
-    ontologies: Sequence[str] = GO_ONTOLOGIES,  # SQLite only: which GO branches
-    exclude_evidence: Sequence[str] = (),  # SQLite only: evidence codes to drop, e.g. ('IEA',)
+    source: str | os.PathLike | Mapping | GeneOntology | None = None,  # None (the default order), 'gaf', 'sqlite', a GAF URL,
+                                # a file (GAF[.gz], org.Hs.eg.sqlite, gene2go pickle) or a dict symbol -> GO ids
+    ontologies: Sequence[str] = GO_ONTOLOGIES,  # which GO branches (GAF and SQLite)
+    exclude_evidence: Sequence[str] | None = None,  # evidence codes to drop; None: ('ND',) for a GAF, none for SQLite
+    cache: str | os.PathLike | None = None,  # the cache folder (GO files live in its go/ folder)
+    download: bool = True,  # fetch the GAF when it is needed and not cached
+    timeout: float = 30.0,  # seconds, for the download
 ) -> GeneOntology:
-    "GO annotations from org.Hs.eg.db's SQLite file or GEARS' gene2go pickle."
+    "GO annotations: the GO Consortium's GAF (fetched and cached on first use), org.Hs.eg.db's SQLite file, or gene2go."
     if isinstance(source, GeneOntology): return source
     if isinstance(source, Mapping): return _read_gene2go(source)
-    path = go_db_path(source)
-    if path is None:
-        raise FileNotFoundError("No GO annotations given and none found: run tools/fetch_go_db.sh (it stores "
-                                f"{GO_DB_NAME} in ~/.cache/perturbdiff/go), set PERTURBDIFF_GO_DB, or pass a gene2go pickle.")
-    with open(path, 'rb') as f: head = f.read(16)
-    if head.startswith(b'SQLite format 3'): return _read_go_sqlite(path, ontologies, exclude_evidence)
+    bad = set(ontologies) - set(GO_ONTOLOGIES)
+    if bad: raise ValueError(f"Unknown GO ontologies {sorted(bad)}; use some of {GO_ONTOLOGIES}.")
+    url = None
+    if source is None: path, url = _default_go(cache, download, timeout)
+    elif source == 'sqlite':
+        env = os.environ.get('PERTURBDIFF_GO_DB')
+        path = go_db_path(env) if env else go_cache_dir(cache) / GO_DB_NAME
+        if not path.exists(): raise GOUnavailableError(f"No {GO_DB_NAME} at {path}: run tools/fetch_go_db.sh {path.parent} "
+                                                       f"(Debian/Ubuntu), or use read_go('gaf') for the GO Consortium's GAF.")
+    elif source == 'gaf' or str(source).startswith(('http://', 'https://')):
+        url = gaf_url(None if source == 'gaf' else str(source))
+        path = fetch_gaf(url, cache, download=download, timeout=timeout)
+    else: path = go_db_path(source)
+    kind = _sniff(path)
+    if kind == 'sqlite': return _read_go_sqlite(path, ontologies, exclude_evidence or ())
+    if kind == 'gaf': return _gaf(path, url, ontologies, exclude_evidence, cache)
     return _read_gene2go(path)
 
 # %% ../nbs/04_priors.ipynb #720f18e4
@@ -200,7 +372,10 @@ class CoexpressionSource:
             i, j = np.nonzero(r >= self.threshold)
             keep = ok[b0 + i] != ok[j]
             out.append(_edges_frame(ok[j][keep], ok[b0 + i][keep], r[i[keep], j[keep]]))
+        self.n_cells = len(ctrl)
         return pd.concat(out, ignore_index=True) if out else _edges_frame([], [], [])
+    def describe(self) -> str:
+        return f"co-expression, |Pearson r| >= {self.threshold} over {getattr(self, 'n_cells', '?')} control cells"
 
 def coexpression(threshold: float = 0.3, max_cells: int | None = None, seed: int = 0) -> CoexpressionSource:
     "Co-expression edges: |Pearson r| >= threshold on the (training) control cells, at most `max_cells` of them."
@@ -218,6 +393,8 @@ class GOSource:
     def ontology(self) -> GeneOntology:
         if not isinstance(self.go, GeneOntology): self.go = read_go(self.go)
         return self.go
+    def describe(self) -> str:
+        return f"{self.ontology().label}; Jaccard > {self.min_similarity}, top {self.k} per gene"
     def incidence(self, nodes: _Nodes) -> tuple[sp.csr_matrix, np.ndarray]:
         "Node x term 0/1 matrix (rows: nodes that have terms) and those nodes."
         ann = self.ontology().annotations
@@ -249,8 +426,21 @@ GOSource.edges = _go_edges
 
 def go(source: str | os.PathLike | Mapping | GeneOntology | None = None, k: int | None = 20,
        min_similarity: float = 0.1) -> GOSource:
-    "GO-similarity edges (GEARS): Jaccard > min_similarity, top-k per gene, from org.Hs.eg.db or a gene2go pickle."
+    "GO-similarity edges (GEARS): Jaccard > min_similarity, top-k per gene, from any `read_go` source (default: its order)."
     return GOSource(source, k, min_similarity)
+
+def go_if_available(k: int | None = 20, min_similarity: float = 0.1, download: bool = True,
+                    timeout: float = 30.0) -> GOSource | None:
+    "A GO source when annotations can be had (cached, or fetched now); else None, with a warning that says how to get them."
+    key = (gaf_url(), str(go_cache_dir()))
+    if download and key in _GO_FAILED: download = False  # one failed fetch per process: later fits do not retry the network
+    try: return go(read_go(None, download=download, timeout=timeout), k, min_similarity)
+    except GOUnavailableError as e:
+        if key not in _GO_FAILED: warnings.warn(f"{e} The graph is built without GO.", stacklevel=2)
+        _GO_FAILED.add(key)
+        return None
+
+_GO_FAILED: set = set()  # (GAF URL, cache folder) whose fetch failed in this process
 
 # %% ../nbs/04_priors.ipynb #881ae4d0
 @dataclass
@@ -276,6 +466,9 @@ class EdgeListSource:
         ok = (s >= 0) & (d >= 0) & (s != d)
         self.dropped = int((~((s >= 0) & (d >= 0))).sum())
         return _edges_frame(s[ok], d[ok], w[ok])
+    def describe(self) -> str:
+        src = 'a DataFrame' if isinstance(self.table, pd.DataFrame) else str(self.table)
+        return f"edge list from {src}" + (f" ({self.dropped} rows outside the graph)" if getattr(self, 'dropped', 0) else '')
 
 def edge_list(table: pd.DataFrame | str | os.PathLike, source_col: str = 'source', target_col: str = 'target',
               weight_col: str | None = None) -> EdgeListSource:
@@ -312,6 +505,11 @@ class EmbeddingSource:
             thr = -np.inf if self.threshold is None else self.threshold
             out.append(_edges_frame(*_top_k(cos, node[b0:b0 + self.block], node, self.k, thr, False, rank)))
         return pd.concat(out, ignore_index=True) if out else _edges_frame([], [], [])
+    def describe(self) -> str:
+        src = 'a table' if isinstance(self.table, (pd.DataFrame, Mapping)) else str(self.table)
+        rule = ' and '.join(r for r in (self.threshold is not None and f"cosine >= {self.threshold}",
+                                       self.k is not None and f"top {self.k}") if r)
+        return f"gene embedding from {src}, {rule}"
 
 def embedding(table, threshold: float | None = None, k: int | None = None) -> EmbeddingSource:
     "Edges from gene-embedding similarity: cosine >= threshold and/or the k nearest genes."
@@ -398,7 +596,9 @@ def _build(cls, data: PerturbData | None = None,
            extra_genes: Sequence[str] = (),  # more nodes
            self_loops: bool = True, symmetric: bool = True,
            aliases='auto',  # symbol resolution: 'auto' (first GO source), None, GeneOntology, SymbolResolver, dict
-           warn: bool = True) -> 'GeneGraph':
+           warn: bool = True,  # warn about targets without a path to a measured gene
+           verbose: bool = False,  # print describe(): targets connected, and the source of each edge type
+           ) -> 'GeneGraph':
     "A gene graph over the data's genes (in order), unmeasured targets and extras, from the union of `sources`."
     if genes is None:
         if data is None: raise ValueError("Pass data= (a PerturbData) or genes=.")
@@ -413,20 +613,28 @@ def _build(cls, data: PerturbData | None = None,
         f = s.edges(ctx).assign(bits=1 << b)
         frames.append(f); names.append(s.name); info[f'{s.name}_edges'] = len(f)
         if hasattr(s, 'dropped'): info[f'{s.name}_dropped'] = s.dropped
+        info.setdefault('source_descriptions', []).append(s.describe() if hasattr(s, 'describe') else s.name)
     e = _combine(frames, len(nodes), symmetric, self_loops)
     resolved = {g: o for i, g in enumerate(nodes) if (o := ctx.official(i)) != g}
     g = cls(nodes, len(genes), torch.as_tensor(e[['src', 'dst']].to_numpy(np.int64).T.copy()),
             torch.as_tensor(e.weight.to_numpy(np.float32)), torch.as_tensor(e.bits.to_numpy(np.int64)),
             names, targets, index, resolved, info)
     if warn: g._warn_unreachable()
+    if verbose: print(g.describe())
     return g
 
 GeneGraph.build = _build
 
 # %% ../nbs/04_priors.ipynb #ab1477fd
-def hops_to_measured(self: GeneGraph) -> np.ndarray:
-    "Shortest directed path length from each node to a measured gene (0: measured; -1: none)."
+def hops_to_measured(self: GeneGraph, source: str | int | None = None) -> np.ndarray:
+    "Shortest directed path length from each node to a measured gene (0: measured; -1: none), over all edges or one source's."
     src, dst = self.edge_index.numpy()
+    if source is not None:
+        if source not in (self.sources if isinstance(source, str) else range(len(self.sources))):
+            raise KeyError(f"No edge source {source!r}; the graph's sources are {self.sources}.")
+        b = self.sources.index(source) if isinstance(source, str) else source
+        keep = (self.edge_source.numpy() >> b) & 1 == 1
+        src, dst = src[keep], dst[keep]
     A = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(self.n_nodes, self.n_nodes))
     hops = np.full(self.n_nodes, -1); hops[:self.n_measured] = 0
     frontier, h = hops == 0, 0
@@ -444,19 +652,40 @@ def reachable(self: GeneGraph, genes: Sequence[str] | None = None) -> dict[str, 
 GeneGraph.hops_to_measured, GeneGraph.reachable = hops_to_measured, reachable
 
 # %% ../nbs/04_priors.ipynb #6b741e28
+def _by_source(self: GeneGraph) -> list[tuple[str, str, int, int]]:
+    "Per edge source, in order: name, description, edges, unmeasured targets it alone connects to a measured gene."
+    bits, node = self.edge_source.numpy(), np.array([self.index[t] for t in self.targets], dtype=np.int64)
+    unmeasured = node[node >= self.n_measured]
+    described = self.info.get('source_descriptions', self.sources)
+    return [(n, d, int(((bits >> b) & 1).sum()), int((self.hops_to_measured(b)[unmeasured] >= 0).sum()))
+            for b, (n, d) in enumerate(zip(self.sources, described))]
+
 def summary(self: GeneGraph) -> dict:
-    "Nodes, edges per source, in-degree distribution, and targets without a path to measured genes."
+    "Nodes, edges per source (and what each source is), in-degree, targets measured, connected, and by which source."
     src, dst = self.edge_index.numpy()
     loop = src == dst
     deg = np.bincount(dst[~loop], minlength=self.n_nodes)
-    bits = self.edge_source.numpy()
-    unreach = [t for t, ok in self.reachable().items() if not ok]
+    reach, per = self.reachable(), self._by_source()
+    node = np.array([self.index[t] for t in self.targets], dtype=np.int64)
     return dict(nodes=self.n_nodes, measured=self.n_measured, unmeasured=self.n_nodes - self.n_measured,
                 edges=self.n_edges, self_loops=int(loop.sum()),
-                edges_by_source={n: int(((bits >> b) & 1).sum()) for b, n in enumerate(self.sources)},
+                edges_by_source={n: e for n, _, e, _ in per}, sources={n: d for n, d, _, _ in per},
                 in_degree=dict(zip(['min', 'q25', 'median', 'q75', 'max'], np.percentile(deg, [0, 25, 50, 75, 100]).tolist()),
                                mean=float(deg.mean()), isolated=int((deg == 0).sum())),
-                targets=len(self.targets), unreachable_targets=unreach)
+                targets=len(self.targets), targets_measured=int((node < self.n_measured).sum()),
+                targets_connected=sum(reach.values()), unreachable_targets=[t for t, ok in reach.items() if not ok],
+                unmeasured_targets_connected_by_source={n: c for n, _, _, c in per})
+
+def describe(self: GeneGraph) -> str:
+    "The summary in words: how many targets are connected to measured genes, and where each kind of edge comes from."
+    s = self.summary()
+    bad = s['unreachable_targets']
+    lines = [f"Gene graph: {s['nodes']:,} nodes ({s['measured']:,} measured genes), {s['edges']:,} edges "
+             f"({s['self_loops']:,} self-loops).",
+             f"{s['targets']:,} perturbation targets ({s['targets_measured']:,} measured): {s['targets_connected']:,} connected "
+             f"to a measured gene, {len(bad):,} not" + (f" ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''})." if bad else '.')]
+    lines += [f"  {n}: {e:,} edges, alone connect {c:,} unmeasured targets; {d}" for n, d, e, c in self._by_source()]
+    return '\n'.join(lines)
 
 def _warn_unreachable(self: GeneGraph):
     bad = [t for t, ok in self.reachable().items() if not ok]
@@ -469,7 +698,8 @@ def _graph_repr(self: GeneGraph) -> str:
     return (f"GeneGraph: {self.n_nodes} nodes ({self.n_measured} measured), {self.n_edges} edges from "
             f"{self.sources or 'no sources'}; {len(self.targets)} targets")
 
-GeneGraph.summary, GeneGraph._warn_unreachable, GeneGraph.__repr__ = summary, _warn_unreachable, _graph_repr
+GeneGraph._by_source, GeneGraph.summary, GeneGraph.describe = _by_source, summary, describe
+GeneGraph._warn_unreachable, GeneGraph.__repr__ = _warn_unreachable, _graph_repr
 
 # %% ../nbs/04_priors.ipynb #085fbc44
 def node_index(self: GeneGraph, genes: Sequence[str]) -> np.ndarray:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay',
            'ema_initial_share', 'EMA', 'save_checkpoint', 'DistContext', 'distributed_context', 'rank_seed',
-           'distributed_map', 'BatchSequence', 'TrainResult', 'fit']
+           'distributed_map', 'BatchSequence', 'TrainResult', 'TrainingDiverged', 'fit']
 
 # %% ../nbs/10_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -67,6 +67,10 @@ class TrainConfig:
         if self.schedule not in ('linear', 'cosine', 'constant'):
             raise ValueError(f"schedule must be 'linear', 'cosine' or 'constant', got {self.schedule!r}")
         if self.steps is None and self.epochs is None: raise ValueError("Give steps or epochs.")
+        for name in ('steps', 'epochs', 'ckpt_every'):
+            v = getattr(self, name)
+            if v is not None and v < 0: raise ValueError(f"{name} must be >= 0, got {v}.")
+        if self.log_every < 1: raise ValueError(f"log_every must be >= 1 (steps between log rows), got {self.log_every}.")
         if self.ckpt_every and not self.out_dir: raise ValueError("ckpt_every needs out_dir for the checkpoints.")
         if self.resume and not self.out_dir: raise ValueError("resume=True needs out_dir, where the checkpoint is.")
         if self.prefetch < 0: raise ValueError(f"prefetch must be >= 0, got {self.prefetch}.")
@@ -286,6 +290,13 @@ def _mean_over_ranks(values: list[float], ctx: DistContext, device) -> list[floa
     dist.all_reduce(t)
     return (t / ctx.world_size).tolist()
 
+def _checked_loss(loss: torch.Tensor, step: int, cfg: TrainConfig, ctx: DistContext, device, ckpt, saved_at) -> float:
+    "The loss as a float; `TrainingDiverged` on every rank, before any backward pass, if it is not finite on any rank."
+    value = float(loss.detach())
+    mean = _mean_over_ranks([value], ctx, device)[0]  # NaN or inf on one rank makes the mean non-finite on all
+    if not math.isfinite(mean): raise TrainingDiverged(step, mean, cfg.lr, ckpt, saved_at)
+    return value
+
 def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool):
     "loss_fn under autocast, with the DDP unused-parameter error explained."
     try:
@@ -296,6 +307,44 @@ def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool):
                                "loss does not use). Pass find_unused_parameters=True in the TrainConfig (or the model's "
                                "training overrides), or remove the unused parameters.") from e
         raise
+
+# %% ../nbs/10_train.ipynb #7d22bb04
+class TrainingDiverged(RuntimeError):
+    "The loss (or the weights) stopped being finite; raised before the bad state reaches a checkpoint."
+    def __init__(self, step: int, loss: float, lr: float, checkpoint: Path | None = None, saved_at: int | None = None,
+                 weights: bool = False):  # weights: the loss was finite, the weights or optimiser state are not
+        self.step, self.loss, self.lr, self.checkpoint, self.saved_at = step, loss, lr, checkpoint, saved_at
+        what = (f"the weights (or optimiser state) are not finite (last loss {loss:.4g})" if weights
+                else f"the loss is not finite (loss={loss})")
+        kept = (f"the checkpoint of step {saved_at} in {checkpoint} is kept: resume from it with the lower lr"
+                if checkpoint is not None and saved_at is not None else "no checkpoint was written")
+        super().__init__(f"Training diverged at step {step}: {what}. Lower the learning rate (lr={lr:g}) or set "
+                         f"grad_clip, and check the input for NaN or infinite values; {kept}.")
+
+def _all_finite(*state_dicts: dict) -> bool:
+    "Whether every floating-point tensor in (possibly nested) state dicts is finite."
+    def tensors(x):
+        if torch.is_tensor(x): yield x
+        elif isinstance(x, dict): yield from (t for v in x.values() for t in tensors(v))
+        elif isinstance(x, (list, tuple)): yield from (t for v in x for t in tensors(v))
+    return all(bool(torch.isfinite(t).all()) for sd in state_dicts for t in tensors(sd) if t.is_floating_point())
+
+# %% ../nbs/10_train.ipynb #19beee99
+def _append_csv(path: Path, row: dict) -> None:
+    "Append a row to a CSV log, writing the header with the first row."
+    new = not path.exists()
+    with open(path, 'a', newline='') as f:
+        w = csv.DictWriter(f, fieldnames=list(row)); w.writeheader() if new else None; w.writerow(row)
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    "Replace a CSV log by `rows`, atomically, as `_append_csv` would have written them; no rows: no file."
+    tmp = path.with_name(path.name + f'.part-{os.getpid()}')
+    tmp.unlink(missing_ok=True)
+    try:
+        for row in rows: _append_csv(tmp, row)
+        if rows: os.replace(tmp, path)
+        else: path.unlink(missing_ok=True)
+    finally: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/10_train.ipynb #813f6c21
 def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterable], config: TrainConfig,
@@ -319,7 +368,8 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(module, cfg.ema) if cfg.ema else None
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * ctx.rank + 1)
-    step, epoch, skip, history = 0, 0, 0, []
+    step, epoch, skip, history, saved_at = 0, 0, 0, [], None  # saved_at: the step of the checkpoint on disk
+    run_loss, run_n, logs_acc = 0.0, 0, {}  # sums since the last log row
     ckpt = Path(cfg.out_dir) / 'last.pt' if cfg.out_dir else None
     if cfg.resume and ckpt is not None and ckpt.exists():
         st = torch.load(ckpt, map_location=device, weights_only=False)
@@ -329,36 +379,49 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         elif ema is not None: ema = EMA(module, cfg.ema)  # no average saved: start it from the restored weights
         _restore(st, ctx, gen, cfg.seed)
         step, epoch, skip, history = st['step'], st['epoch'], st['batch'], st['history']
+        saved_at, accs = step, st.get('log_sums') or []  # older checkpoints have no sums: the next row starts afresh
+        if len(accs) == ctx.world_size: run_loss, run_n, logs_acc = accs[ctx.rank]
 
     def epoch_batches(ep):
         if on_epoch_start is not None: on_epoch_start(ep)
         return make_batches(ep, ctx.rank, ctx.world_size)
 
+    def guard_finite():  # the weights and optimiser state are the same on every rank: all raise together
+        if not _all_finite(module.state_dict(), opt.state_dict()):
+            raise TrainingDiverged(step, last_loss, cfg.lr, ckpt, saved_at, weights=True)
+
     def checkpoint(ep, pos):  # collective under DDP: every rank calls it
+        nonlocal saved_at
         if ckpt is None: return
-        gens, rngs = [gen.get_state()], [_rng_state()]
-        if ctx.active:
-            both = [None] * ctx.world_size; dist.all_gather_object(both, (gen.get_state(), _rng_state()))
-            gens, rngs = [g for g, _ in both], [r for _, r in both]
+        guard_finite()  # never overwrite the last good checkpoint with a diverged state
+        mine = (gen.get_state(), _rng_state(), (run_loss, run_n, dict(logs_acc)))
+        both = [mine]
+        if ctx.active: both = [None] * ctx.world_size; dist.all_gather_object(both, mine)
+        gens, rngs, sums = [g for g, _, _ in both], [r for _, r, _ in both], [s for _, _, s in both]
         if ctx.is_main:
             save_checkpoint(ckpt, dict(module=module.state_dict(), optimizer=opt.state_dict(),
                                        ema=None if ema is None else ema.shadow,
                                        ema_updates=None if ema is None else ema.num_updates, generators=gens, rng=rngs[0], rngs=rngs,
                                        world_size=ctx.world_size, step=step, epoch=ep, batch=pos, history=history,
-                                       config=asdict(cfg)))
+                                       log_sums=sums, config=asdict(cfg)))
+        saved_at = step
         if ctx.active: dist.barrier()
 
     first = epoch_batches(epoch)
     _check_epoch(first, ctx, device)
     per_epoch = len(first) if hasattr(first, '__len__') else None
     total = _total_steps(cfg, per_epoch)
+    if step > total:
+        raise ValueError(f"The checkpoint {ckpt} is at step {step}, past this run's {total} steps; resume with at least "
+                         f"{step} steps, or start again with resume=False or another out_dir.")
+    if total == 0: warnings.warn(f"{desc}: steps=0 (or epochs=0): nothing is trained; the module is returned as initialised.")
     use_amp = cfg.amp and device.type == 'cuda'
     if cfg.amp and not use_amp: warnings.warn("amp=True is ignored on CPU (bf16 autocast is used on CUDA only).")
     log_path = Path(cfg.out_dir) / 'log.csv' if cfg.out_dir and ctx.is_main else None
-    if log_path is not None: log_path.parent.mkdir(parents=True, exist_ok=True)
-    if log_path is not None and step == 0: log_path.unlink(missing_ok=True)
+    if log_path is not None:  # the checkpoint's rows: drops those an interrupted run logged after its checkpoint
+        log_path.parent.mkdir(parents=True, exist_ok=True); _write_csv(log_path, history)
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (cfg.progress and ctx.is_main), leave=False)
-    run_loss, run_n, t0, done_here, logs_acc = 0.0, 0, time.time(), 0, {}
+    t0, done_here, pos, last_loss = time.time(), 0, skip, math.nan
     module.train()
     while step < total:
         batches = first if first is not None else epoch_batches(epoch)
@@ -366,13 +429,14 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         for i, b in _prefetched(_batches_from(batches, skip), cfg.prefetch):
             for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(step, total, cfg.schedule, cfg.warmup)
             loss, logs = _step_loss(loss_fn, net, _to(b, device), gen, cfg, use_amp)
+            loss_value = _checked_loss(loss, step + 1, cfg, ctx, device, ckpt, saved_at)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             if ema is not None: ema.update(module)
             step += 1; pos = i + 1; done_here += 1
-            run_loss += float(loss.detach()); run_n += 1
+            run_loss += loss_value; run_n += 1; last_loss = loss_value
             for k, v in (logs or {}).items(): logs_acc[k] = logs_acc.get(k, 0.0) + float(v)
             bar.update(1); bar.set_postfix(loss=f'{run_loss / run_n:.4g}')
             if step % cfg.log_every == 0 or step == total:  # every rank: the logged means are over ranks
@@ -390,13 +454,8 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         break  # finished, or stopped by stop_after
     bar.close()
     finished = step >= total
-    if finished: checkpoint(epoch, pos)
+    if done_here: guard_finite()
+    if finished and saved_at != step: checkpoint(epoch, pos)  # a resume at the last step has nothing new to save
     if ema is not None and finished: ema.copy_to(module)
     module.eval()
     return TrainResult(pd.DataFrame(history), step, finished, ema)
-
-def _append_csv(path: Path, row: dict) -> None:
-    "Append a row to a CSV log, writing the header with the first row."
-    new = not path.exists()
-    with open(path, 'a', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(row)); w.writeheader() if new else None; w.writerow(row)

@@ -65,6 +65,9 @@ def test_benchmark_same_as_python(norman_bench, shared, tmp_path):
     (['--models', 'control,unknown_model'], "Unknown model 'unknown_model'"),
     (['--split', 'custom', '--test', 'NOPE+GENE'], "Unknown test condition 'NOPE+GENE'"),
     (['--split', 'no_such_split'], "invalid choice: 'no_such_split'"),  # argparse's errors are one line too
+    (['--set', 'stesp=1'], "No model run has the option 'stesp'"),  # a typo is not dropped for the baselines
+    (['--n-top-genes', '0'], 'argument --n-top-genes: expected an integer >= 1, got 0'),  # not "all genes"
+    (['--test-frac', '1', '--split', 'unseen_perturbation', '--models', 'mean'], 'The training split has no perturbed cells'),
 ])
 def test_bad_input(norman_args, tmp_path, extra, reason):
     p = run('benchmark', *norman_args, '--models', 'control', '--out', tmp_path, '--quiet', *extra)

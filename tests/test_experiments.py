@@ -82,6 +82,9 @@ def test_norman_same_table_as_cli(tmp_path, shared):
     assert list(pd.unique(res.model)) == BASELINES and res.group.nunique() == 15
     assert set(res.subgroup) == {'seen0', 'seen1', 'seen2'}
     assert (tmp_path / 'nb' / 'summary_by_subgroup.csv').exists() and (tmp_path / 'nb' / 'diversity.csv').exists()
+    lad = pd.read_csv(tmp_path / 'nb' / 'ladder.csv', index_col=0)  # the learnability ladder: additive knows the singles
+    assert lad.loc['additive', 'step 1: training singles'] < lad.loc['mean', 'step 1: training singles']
+    assert lad.loc['floor (two halves of the truth)'].notna().all()
     shifts = pd.read_csv(tmp_path / 'nb' / 'shifts.csv')
     assert list(pd.unique(shifts.model)) == BASELINES and {'pcc_delta_de20', 'delta_ratio_de40'} <= set(shifts.columns)
     assert (shifts[shifts.model == 'additive'].delta_ratio_de20 > 0).all()

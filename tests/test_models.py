@@ -162,18 +162,30 @@ def test_pairs_of_trained_singles_within_floor_of_additive(pair_screen, pair_eff
     """Held-out pairs of two trained singles: the anchored quick models come within the sampling floor of the additive
     baseline (E-distance DE20, mean over the pairs; the floor: two random halves of each pair's true cells)."""
     from perturbdiff.baselines import AdditiveBaseline
-    from perturbdiff.metrics import de_rankings, energy_distance, top_de
+    from perturbdiff.metrics import sampling_floor
     _, split, _ = pair_screen
     add = float(evaluate(AdditiveBaseline().fit(split.train).predict(split.test), split.test, split.train).edist_de20.mean())
-    de, rng, fl = de_rankings(split.test, split.train), np.random.default_rng(0), []
-    gid = split.test.obs.group.astype(str).to_numpy()
-    for g in split.test.groups().index:
-        rows = rng.permutation(np.flatnonzero(gid == g)); h = len(rows) // 2
-        X = split.test.dense(rows)[:, top_de(de[g], split.test.genes, 20)]
-        fl.append(energy_distance(X[:h], X[h:2 * h]))
+    fl = sampling_floor(split.test, control=split.train, seed=0)
     ed = pair_effects[name][1]
     print(f'{name}: E-distance DE20 {ed:.3f}, additive {add:.3f}, floor {np.mean(fl):.3f}')
     assert ed < add + float(np.mean(fl)), (ed, add, float(np.mean(fl)))
+
+
+@pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
+def test_ladder_step1_training_singles_beat_mean(pair_screen, pair_effects, name):
+    """Learnability ladder, step 1 (issue 13): a model must reproduce what it was trained on. On the training singles,
+    its E-distance DE20 (mean over singles) beats the mean baseline's, which predicts one shift for every single.
+    A model that fails this has a bug, not a hard task."""
+    from perturbdiff.baselines import MeanBaseline
+    _, split, _ = pair_screen
+    tr, model = split.train, pair_effects['_models'][name]
+    sg = tr.groups()
+    from perturbdiff.metrics import de_rankings
+    de = de_rankings(tr, tr, list(sg.index))
+    ed = float(evaluate(model.predict(sg, seed=0), tr, tr, de_genes=de).edist_de20.mean())
+    mean = float(evaluate(MeanBaseline().fit(tr).predict(sg, seed=0), tr, tr, de_genes=de).edist_de20.mean())
+    print(f'{name}: training singles E-distance DE20 {ed:.3f}, mean baseline {mean:.3f}')
+    assert ed < mean, (ed, mean)
 
 
 def test_anchor_refuses_masks_and_fill(screen):
@@ -182,6 +194,33 @@ def test_anchor_refuses_masks_and_fill(screen):
         Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, use_mask=True, **TINY['Doloris']).fit(split.train)
     with pytest.raises(ValueError, match='use_discrete=False'):
         Departures.from_preset('quick', device='cpu', progress=False, graph=prior, use_discrete=True, **TINY['Departures']).fit(split.train)
+
+
+def test_bridge_depth_refusals_and_identity(screen):
+    """bridge_depth (ours): refused without inversion or below ode_start; a shallow bridge keeps each decoded cell
+    closer to the control cell it was inverted from than the whole chain does (what the option is for)."""
+    _, split, prior = screen
+    with pytest.raises(ValueError, match='use_latent=False'):
+        Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, use_latent=False, bridge_depth=100,
+                            **TINY['Doloris']).fit(split.train)
+    with pytest.raises(ValueError, match='must lie above ode_start'):
+        Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, ode_start=100, bridge_depth=50,
+                            **TINY['Doloris']).fit(split.train)
+    model = Doloris.from_preset('quick', device='cpu', progress=False, graph=prior,
+                                **{**TINY['Doloris'], 'sampling_steps': 50}).fit(split.train)  # chain timesteps 0, 10, 20, ...
+    tr, row = model.train_, split.test.groups().iloc[0]
+    ct = list(model.cond_.cell_types).index(row.cell_type)
+    rows = np.flatnonzero(tr.obs.control.to_numpy() & (tr.obs.cell_type == row.cell_type).to_numpy())[:20]
+    x = torch.as_tensor(tr.dense(rows, scaled=True))
+    moved = {}
+    for d in (None, 10):  # timestep 10 of 500: noise sd 0.08 in model space
+        model.config.bridge_depth = d
+        lat = model._invert(x, ct, torch.Generator().manual_seed(0))
+        out = model._decode(lat, x, ct, model._condition_index(row.condition), row.dose, row['mode'])
+        moved[d] = float((out - x).abs().mean())
+    model.config.bridge_depth = None
+    print(f'mean |decoded - source control| (model space): whole chain {moved[None]:.4f}, depth 10 {moved[10]:.4f}')
+    assert moved[10] < moved[None], moved  # measured: 0.062 against 0.089 (12 training steps)
 
 
 @pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])

@@ -1,5 +1,7 @@
 "Tests of perturbdiff.priors: node order, edge sources, union, reachability, GO, drug features."
+import gzip
 import pickle
+import socket
 import sys
 import warnings
 
@@ -13,7 +15,8 @@ import torch
 from perturbdiff.data import PerturbData
 from perturbdiff.datasets import read_smiles_table, simulate
 from perturbdiff.priors import (GeneGraph, SymbolResolver, coexpression, combination_features, drug_embedding,
-                                drug_features, edge_list, embedding, encode_dose, go, go_db_path, is_vehicle, read_go)
+                                drug_features, edge_list, embedding, encode_dose, go, go_db_path, is_vehicle, parse_gaf,
+                                read_go)
 
 GO_DB = go_db_path()
 needs_go = pytest.mark.skipif(GO_DB is None, reason='org.Hs.eg.db SQLite not found: run tools/fetch_go_db.sh '
@@ -193,6 +196,8 @@ def test_go_db_path_env(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match='fetch_go_db.sh'): go_db_path()
     monkeypatch.delenv('PERTURBDIFF_GO_DB'); monkeypatch.setenv('PERTURBDIFF_CACHE', str(tmp_path))
     assert go_db_path() is None
+    s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
+    monkeypatch.setenv('PERTURBDIFF_GO_URL', f'http://127.0.0.1:{port}/goa_human.gaf.gz')  # offline: nothing listens
     with pytest.raises(FileNotFoundError, match='fetch_go_db.sh'): read_go()
 
 
@@ -210,6 +215,98 @@ def test_norman_go_graph_reaches_every_annotated_target(ontology, shared):
     assert len(annotated) == 30
     hops = g.hops_to_measured()
     assert all(hops[g.index[t]] >= 0 for t in annotated)
+
+
+def _gaf_row(symbol, go_id, evidence='IDA', aspect='F', qualifier='enables', synonyms=''):
+    return '\t'.join(['UniProtKB', 'P_' + symbol, symbol, qualifier, go_id, 'PMID:1', evidence, '', aspect, 'name',
+                      synonyms, 'protein', 'taxon:9606', '20200101', 'UniProt', '', ''])
+
+
+TOY_GAF = '\n'.join([
+    '!gaf-version: 2.2',
+    '!date-generated: 2024-06-17T02:00',
+    '!generated-by: GOC',
+    _gaf_row('GENEA', 'GO:0000001', synonyms='OLDA|A-1'),
+    _gaf_row('GENEA', 'GO:0000002', evidence='IEA', aspect='P', qualifier='involved_in', synonyms='OLDA|A-1'),
+    _gaf_row('GENEB', 'GO:0000001', synonyms='OLDB'),
+    _gaf_row('GENEB', 'GO:0000002', evidence='IMP', aspect='P', qualifier='involved_in'),
+    _gaf_row('GENEB', 'GO:0000009', qualifier='NOT|enables'),  # a NOT annotation: GENEB does *not* have it
+    _gaf_row('GENEC', 'GO:0000009'),
+    _gaf_row('GENEC', 'GO:0005575', evidence='ND', aspect='C', qualifier='is_active_in'),
+    _gaf_row('GENED', 'GO:0005575', evidence='ND', aspect='C', qualifier='is_active_in'),  # ND only: no known function
+    'UniProtKB\tP_GENEE\tGENEE',  # malformed: too few columns
+    '!a comment in the middle',
+    '',
+    _gaf_row('TGT1', 'GO:0000001', synonyms='OLDT1') + '\r',  # a Windows line ending
+    _gaf_row('TGT1', 'GO:0000002', evidence='IDA', aspect='P', qualifier='involved_in'),
+]) + '\n'
+
+
+@pytest.fixture()
+def toy_gaf(tmp_path):
+    path = tmp_path / 'toy.gaf.gz'
+    path.write_bytes(gzip.compress(TOY_GAF.encode()))
+    return path
+
+
+def test_parse_gaf_skips_comments_and_not_rows(toy_gaf):
+    ann, aliases, meta = parse_gaf(toy_gaf)
+    assert list(ann.columns) == ['symbol', 'go_id', 'ontology', 'evidence']
+    assert ('GENEB', 'GO:0000009') not in set(zip(ann.symbol, ann.go_id))  # NOT excluded
+    assert ('GENEC', 'GO:0000009') in set(zip(ann.symbol, ann.go_id))
+    assert len(ann) == 9 and sorted(ann.symbol.unique()) == ['GENEA', 'GENEB', 'GENEC', 'GENED', 'TGT1']
+    assert set(ann.ontology) == {'BP', 'MF', 'CC'} and not ann.go_id.str.contains('\r').any()
+    assert meta['skipped_not'] == 1 and meta['skipped_malformed'] == 1
+    assert meta['gaf-version'] == '2.2' and meta['date-generated'] == '2024-06-17T02:00'
+    assert set(zip(aliases.alias, aliases.symbol)) == {('OLDA', 'GENEA'), ('A-1', 'GENEA'), ('OLDB', 'GENEB'), ('OLDT1', 'TGT1')}
+
+
+def test_read_go_from_a_gaf_file_and_its_evidence_choices(toy_gaf, tmp_path):
+    ont = read_go(toy_gaf, cache=tmp_path / 'cache')
+    assert ont.kind == 'GAF' and '2024-06-17' in ont.label and str(toy_gaf) in ont.label
+    assert ont.terms('GENED') == set()  # ND (no biological data) is excluded by default
+    assert ont.terms('OLDA') == {'GO:0000001', 'GO:0000002'}  # through the GAF's synonyms
+    assert read_go(toy_gaf, exclude_evidence=(), cache=tmp_path / 'cache').terms('GENED') == {'GO:0005575'}
+    assert read_go(toy_gaf, exclude_evidence=('ND', 'IEA'), cache=tmp_path / 'cache').terms('GENEA') == {'GO:0000001'}
+    assert read_go(toy_gaf, ontologies=('BP',), cache=tmp_path / 'cache').terms('GENEB') == {'GO:0000002'}
+    assert not ont.annotations.duplicated().any() and list(ont.annotations.columns) == ['symbol', 'go_id']
+    with pytest.raises(ValueError, match='Unknown GO ontologies'): read_go(toy_gaf, ontologies=('XX',))
+    bad = tmp_path / 'bad.gaf.gz'
+    bad.write_bytes(toy_gaf.read_bytes()[:60])
+    with pytest.raises(ValueError, match='not a complete GAF'): read_go(bad, cache=tmp_path / 'cache')
+    assert bad.exists()  # a user's own file is never deleted
+
+
+def test_summary_counts_connected_targets_and_names_each_source(toy_gaf, tmp_path, capsys):
+    ont = read_go(toy_gaf, cache=tmp_path / 'cache')
+    el = pd.DataFrame({'source': ['GENED'], 'target': ['GENEC']})
+    g = GeneGraph.build(genes=['GENEA', 'GENEB', 'GENEC'], targets=['TGT1', 'GENED', 'OLDA', 'NOPE'],
+                        sources=[go(ont), edge_list(el)], warn=False, verbose=True)
+    s = g.summary()
+    assert (s['targets'], s['targets_measured'], s['targets_connected']) == (4, 1, 3)
+    assert s['unreachable_targets'] == ['NOPE']
+    assert s['unmeasured_targets_connected_by_source'] == {'go': 1, 'edge_list': 1}  # TGT1 by GO, GENED by the list
+    assert s['sources']['go'].startswith('GO GAF') and str(toy_gaf) in s['sources']['go']
+    assert s['sources']['edge_list'].startswith('edge list')
+    out = capsys.readouterr().out
+    assert out == g.describe() + '\n'
+    assert '4 perturbation targets' in out and '3 connected to a measured gene' in out and 'NOPE' in out
+    assert 'GO GAF' in out and 'edge list' in out
+
+
+def test_summary_names_coexpression(sim):
+    g = GeneGraph.build(_data(sim), [coexpression(0.3)], warn=False)
+    s = g.summary()
+    assert s['sources']['coexpression'].startswith('co-expression') and f"{int(_data(sim).obs.control.sum())} control cells" in s['sources']['coexpression']
+    assert s['targets_connected'] + len(s['unreachable_targets']) == s['targets']
+    assert s['unmeasured_targets_connected_by_source'] == {'coexpression': 0}  # co-expression never reaches unmeasured targets
+
+
+@needs_go
+def test_sqlite_source_is_named(ontology):
+    assert ontology.kind == 'sqlite' and ontology.label.startswith('GO sqlite')
+    g = GeneGraph.build(genes=['TARS1', 'KLF1'], targets=['CEBPE'], sources=[go(ontology)], warn=False)
+    assert g.summary()['sources']['go'].startswith('GO sqlite')
 
 
 @needs_go
