@@ -185,7 +185,7 @@ class BridgeConfig:
 BRIDGE_PRESETS = {
     'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
-              direct_effect=True, anchor=True, use_discrete=False),
+              direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25),
     'plain': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
               direct_effect=True),
 }

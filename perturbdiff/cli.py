@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 import perturbdiff
-from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns
+from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns, parse_group_spec
 from .metrics import DEFAULT_METRICS, METRICS, de_rankings, evaluate, metric_columns, summarize
 
 # %% auto #0
@@ -136,15 +136,7 @@ def data_notes(data: PerturbData) -> list[str]:
 # %% ../nbs/11_cli.ipynb #5d0c856f
 def parse_test_group(spec: str | Sequence, delimiter: str = ',', what: str = '--test') -> tuple:
     "(condition[, cell_type[, dose]]) from a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a name with a comma) or a sequence."
-    row = next(csv.reader([spec], delimiter=delimiter, skipinitialspace=True), []) if isinstance(spec, str) else list(spec)
-    row = [r.strip() if isinstance(r, str) else r for r in row]
-    if not 1 <= len(row) <= 3 or not row[0]:
-        raise ValueError(f"{what} {spec!r}: expected COND[,CELL_TYPE[,DOSE]] (quote a name holding a comma: "
-                         f"'COND,\"type, a\"').")
-    if len(row) == 3:
-        try: row[2] = float(row[2])
-        except (TypeError, ValueError): raise ValueError(f"{what} {spec!r}: the dose {row[2]!r} is not a number.") from None
-    return tuple(row)
+    return parse_group_spec(spec, delimiter, what)  # the data layer's rules, named after the CLI option
 
 def read_test_file(path: str | os.PathLike) -> list[tuple]:
     "Test groups from a CSV or TSV file: one COND[,CELL_TYPE[,DOSE]] row per line, `#` comments and blank lines skipped."
@@ -630,7 +622,7 @@ def _check_resumable(out: Path, info: dict, outputs: Sequence[str], names: Seque
         raise ValueError(f"--resume: the data give another split than the run in {str(out)!r}; pass --overwrite to start again.")
     if names:
         had = set(pd.read_csv(out / 'results.csv').model) if (out / 'results.csv').is_file() else set()
-        had |= {q.stem for q in (out / 'predictions').glob('*.h5ad')}
+        had |= {q.stem for q in (out / 'predictions').glob('*.h5ad') if not q.name.startswith('.')}  # not a killed write's .part file
         others = sorted(had - set(names))
         if others: raise ValueError(f"--resume: {str(out)!r} also holds results of {others}, not in --models; add them to "
                                     f"--models, or pass --overwrite to start again.")

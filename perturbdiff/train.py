@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
@@ -331,10 +332,19 @@ def _all_finite(*state_dicts: dict) -> bool:
 
 # %% ../nbs/10_train.ipynb #19beee99
 def _append_csv(path: Path, row: dict) -> None:
-    "Append a row to a CSV log, writing the header with the first row."
-    new = not path.exists()
-    with open(path, 'a', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(row)); w.writeheader() if new else None; w.writerow(row)
+    "Append a row to a CSV log; the file is created atomically with its header and first row (a kill never leaves it empty)."
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(row))
+    if not path.exists():
+        w.writeheader(); w.writerow(row)
+        tmp = path.with_name(f'.{path.name}.part-{os.getpid()}')
+        try:
+            with open(tmp, 'w', newline='') as f: f.write(buf.getvalue())
+            os.replace(tmp, path)
+        finally: tmp.unlink(missing_ok=True)
+        return
+    w.writerow(row)
+    with open(path, 'a', newline='') as f: f.write(buf.getvalue())  # one small write
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     "Replace a CSV log by `rows`, atomically, as `_append_csv` would have written them; no rows: no file."

@@ -1,4 +1,7 @@
-"""Shared pytest fixtures: the ../shared data folder (skipped with a reason when absent) and flags."""
+"""Shared pytest fixtures: the ../shared data folder (skipped with a reason when absent), flags, a loopback HTTP server."""
+import functools
+import http.server
+import threading
 import os
 from pathlib import Path
 
@@ -32,3 +35,37 @@ def shared():
 def _numba_cache(tmp_path_factory, monkeypatch):
     "A persistent numba cache keeps scanpy's JIT from recompiling in every process."
     monkeypatch.setenv('NUMBA_CACHE_DIR', str(ROOT / '.numba_cache'))
+
+
+class LoopbackHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder and counts GETs. Fault paths:
+    /nolength/<file>: half the file, no Content-Length, then close (the client cannot tell it was cut);
+    /truncated/<file>: announces the full length, sends half and closes."""
+    def log_message(self, *a): pass
+
+    def do_GET(self):
+        self.server.gets.append(self.path)
+        for prefix in ('/nolength/', '/truncated/'):
+            if self.path.startswith(prefix):
+                data = (Path(self.directory) / self.path[len(prefix):]).read_bytes()
+                self.send_response(200)
+                if prefix == '/truncated/': self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+        super().do_GET()
+
+
+@pytest.fixture()
+def loopback(tmp_path):
+    "A local HTTP server for download tests (no network): (folder served, base URL, list of GET paths)."
+    www = tmp_path / 'www'
+    www.mkdir()
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(LoopbackHandler, directory=str(www)))
+    srv.gets = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield www, f'http://127.0.0.1:{srv.server_address[1]}', srv.gets
+    srv.shutdown()
+    srv.server_close()

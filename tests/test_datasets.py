@@ -1,8 +1,5 @@
 """The dataset loaders against a loopback HTTP server: success, cache, and every failure path."""
-import functools
-import http.server
 import socket
-import threading
 import zipfile
 from pathlib import Path
 
@@ -14,32 +11,11 @@ from perturbdiff import datasets as D
 from perturbdiff.data import PerturbData
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    "Serves a folder; /truncated/<file> announces the full length but sends half and closes."
-    def log_message(self, *a): pass
-
-    def do_GET(self):
-        if self.path.startswith('/truncated/'):
-            data = (Path(self.directory) / self.path.split('/', 2)[2]).read_bytes()
-            self.send_response(200)
-            self.send_header('Content-Length', str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        super().do_GET()
-
-
 @pytest.fixture()
-def server(tmp_path):
-    www = tmp_path / 'www'
-    www.mkdir()
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(www)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield www, f'http://127.0.0.1:{srv.server_address[1]}'
-    srv.shutdown()
-    srv.server_close()
+def server(loopback):
+    "The loopback server of conftest.py (it also serves /truncated/<file>): (folder served, base URL)."
+    www, url, _ = loopback
+    yield www, url
 
 
 def gears_zip(adata, name, folder):

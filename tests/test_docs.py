@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / 'tools'))
 import build_docs  # noqa: E402
 import screenshot_docs  # noqa: E402
 
-PAGES = ['index', '00_data', '21_norman']
+PAGES = ['index', '00_data', '14_reliability', '21_norman']
 
 
 @pytest.fixture(scope='module')

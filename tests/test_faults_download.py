@@ -3,11 +3,8 @@
 Nothing here touches the internet: every file is served from a temporary folder on 127.0.0.1.
 """
 import dataclasses
-import functools
 import gzip
-import http.server
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,37 +13,10 @@ from perturbdiff import datasets as D
 from perturbdiff import priors as P
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder and counts GETs. Fault paths:
-    /nolength/<file>: half the file, no Content-Length, then close (the client cannot tell it was cut);
-    /truncated/<file>: announces the full length, sends half and closes."""
-    def log_message(self, *a): pass
-
-    def do_GET(self):
-        self.server.gets.append(self.path)
-        for prefix in ('/nolength/', '/truncated/'):
-            if self.path.startswith(prefix):
-                data = (Path(self.directory) / self.path[len(prefix):]).read_bytes()
-                self.send_response(200)
-                if prefix == '/truncated/': self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-        super().do_GET()
-
-
 @pytest.fixture()
-def server(tmp_path):
-    www = tmp_path / 'www'
-    www.mkdir()
-    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(www)))
-    srv.gets = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield www, f'http://127.0.0.1:{srv.server_address[1]}', srv.gets
-    srv.shutdown()
-    srv.server_close()
+def server(loopback):
+    "The loopback server of conftest.py: (folder served, base URL, GET log)."
+    yield loopback
 
 
 def dead_url(name='x'):

@@ -221,6 +221,18 @@ def test_bridge_depth_refusals_and_identity(screen):
     model.config.bridge_depth = None
     print(f'mean |decoded - source control| (model space): whole chain {moved[None]:.4f}, depth 10 {moved[10]:.4f}')
     assert moved[10] < moved[None], moved  # measured: 0.062 against 0.089 (12 training steps)
+    # decode_residual (ours): x + D(z, target) - D(z, source) moves the cell by the condition's change only; the source
+    # model's reconstruction error D(z, source) - x, which dominates a barely trained model, cancels
+    lat = model._invert(x, ct, torch.Generator().manual_seed(0))
+    d = model._decode(lat, x, ct, model._condition_index(row.condition), row.dose, row['mode'])
+    r = model._reconstruct(lat, ct)
+    assert float((d - r).abs().mean()) < float((d - x).abs().mean())
+    g = split.test.groups().iloc[:1]
+    assert model.config.decode_residual  # on in the quick preset
+    resid = model.predict(g, n_cells=10, seed=0).X
+    model.config.decode_residual = False
+    plain = model.predict(g, n_cells=10, seed=0).X
+    assert not np.allclose(plain, resid)
 
 
 @pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
@@ -285,3 +297,28 @@ def test_bad_input(screen):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match='CUDA is not available'):
             Doloris.from_preset('quick', device='cuda', progress=False, graph=prior, **TINY['Doloris']).fit(split.train)
+
+
+def test_control_pairs_bridge_controls_within_their_cell_type():
+    """Departures' control_pairs (ours): extra control -> control pairs of the same cell type, from one random half of
+    its controls to the other (never a cell to itself), as many as control_pairs x the perturbed pairs over the cell
+    types, at most half the controls; conditioned as the control (index -1). 0 (the paper) adds none."""
+    from perturbdiff.bridges import BridgePairs, bridge_config
+    sim = simulate(seed=0, n_genes=40, n_regulators=5, n_single=4, n_combo=0, cells_per_group=20, n_control=60, n_cell_types=2)
+    train = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split('unseen_perturbation', test_frac=0.25, seed=0).train
+    plain = BridgePairs(train, bridge_config('plain'), seed=0)
+    assert plain.n_pairs == plain.n_pert and len(plain.pairs(0)) == plain.n_pert
+    bp = BridgePairs(train, bridge_config('plain', control_pairs=0.25), seed=0)
+    P = bp.pairs(0)
+    ctrl = train.obs.control.to_numpy()
+    extra = P[ctrl[P[:, 1]]]
+    assert len(P) == bp.n_pairs and len(extra) == sum(bp.ctrl_pairs.values()) > 0
+    assert ctrl[extra[:, 0]].all() and (extra[:, 0] != extra[:, 1]).all()
+    ct = train.obs.cell_type.astype(str).to_numpy()
+    assert (ct[extra[:, 0]] == ct[extra[:, 1]]).all()
+    for c, k in bp.ctrl_pairs.items():
+        n_ctrl = int((ctrl & (ct == c)).sum())
+        assert k == min(int(np.ceil(0.25 * bp.n_pert / len(bp.ctrl_pairs))), n_ctrl // 2)
+        src, dst = extra[ct[extra[:, 1]] == c].T
+        assert not set(src) & set(dst)  # two disjoint halves
+    assert (bp.batch(extra)['condition'] == -1).all()
