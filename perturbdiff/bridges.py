@@ -243,16 +243,21 @@ class BridgePairs:
             c = pair_group(ctrl, rows, self.values(ctrl), self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
                            self.cfg.reg, subsample_controls=sub, batch_size=self.cfg.batch_size)
             out.append(np.stack([c, rows], 1))
-        for ct, k in self.ctrl_pairs.items():  # control -> control of the same cell type: two disjoint halves, OT-paired
+        P = np.concatenate(out + self.control_pairs(epoch))
+        P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
+        self.epoch_pairs = {epoch: P}  # keep only the current epoch
+        return P
+
+    def control_pairs(self, epoch: int) -> list[np.ndarray]:
+        "control_pairs > 0: [k, 2] control -> control pairs per cell type, from a random half of its controls to the other, OT-paired."
+        out = []
+        for ct, k in self.ctrl_pairs.items():
             rng = np.random.default_rng([self.seed, epoch, zlib.crc32(f'control|{ct}'.encode())])
             perm = rng.permutation(self.ctrl_of[ct]); src, dst = perm[:len(perm) // 2], perm[len(perm) // 2:][:k]
             c = pair_group(src, dst, self.values(src), self.targets(dst), rng, self.cfg.pairing, self.cfg.cost,
                            self.cfg.reg, subsample_controls=True, batch_size=self.cfg.batch_size)
             out.append(np.stack([c, dst], 1))
-        P = np.concatenate(out)
-        P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
-        self.epoch_pairs = {epoch: P}  # keep only the current epoch
-        return P
+        return out
 
     def __len__(self): return math.ceil(self.n_pairs / self.cfg.batch_size)
 

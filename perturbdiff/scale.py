@@ -504,7 +504,8 @@ class ShardedBridgePairs(BridgePairs):
         def ctrl_values(ct):
             if ct not in cache: cache[ct] = self.values(self.ctrl_of[ct])
             return cache[ct]
-        P = np.concatenate(distributed_map(lambda g: self._pair(epoch, g[0], g[1], ctrl_values), self.groups))
+        P = np.concatenate(distributed_map(lambda g: self._pair(epoch, g[0], g[1], ctrl_values), self.groups)
+                           + self.control_pairs(epoch))  # control -> control pairs (control_pairs > 0): small, on every rank
         P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
         self.epoch_pairs = {epoch: P}
         return P
