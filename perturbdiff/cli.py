@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import fnmatch
 import importlib
 import inspect
 import json
@@ -18,6 +19,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import types
 import typing
@@ -318,7 +320,7 @@ class BenchmarkResult:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     "`write(tmp)` to a temporary file in the folder of `path`, then os.replace: `path` is the old file or the new, never a part."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.part-{os.getpid()}{path.suffix}')
+    tmp = path.with_name(f'.{path.stem}.part-{os.getpid()}-{threading.get_ident()}{path.suffix}')  # per process and thread
     try:
         write(tmp); os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
@@ -341,7 +343,7 @@ def _write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = Tr
 BenchmarkResult.write = _write
 
 # %% ../nbs/11_cli.ipynb #5242b153
-def finished_models(out: str | os.PathLike, names: Sequence[str]) -> dict[str, tuple]:
+def finished_models(out: str | os.PathLike, names: Sequence[str], groups: Sequence[str] | None = None) -> dict[str, tuple]:
     "The models of `names` whose work is complete in `out`: name -> (results rows, timing row, predictions path)."
     out = Path(out)
     if not ((out / 'results.csv').is_file() and (out / 'timing.csv').is_file()): return {}
@@ -351,7 +353,11 @@ def finished_models(out: str | os.PathLike, names: Sequence[str]) -> dict[str, t
     for n in names:
         pred = out / 'predictions' / f'{n}.h5ad'
         if (res.model == n).any() and (timing.model == n).any() and pred.is_file():
-            done[n] = (res[res.model == n].reset_index(drop=True), timing[timing.model == n].iloc[0].to_dict(), pred)
+            rows = res[res.model == n].reset_index(drop=True)
+            if groups is not None and set(rows.group.astype(str)) != set(map(str, groups)):
+                raise ValueError(f"{str(out)!r} holds results of {n!r} on other test groups than this split's (another split or "
+                                 f"seed): resume with the same split, or write to another out= (CLI: --overwrite).")
+            done[n] = (rows, timing[timing.model == n].iloc[0].to_dict(), pred)
     return done
 
 def _fit_options(model, folder: Path | None, resume: bool) -> dict:
@@ -381,7 +387,7 @@ def benchmark(split: Split,
     options = model_overrides(names, overrides)  # every option checked before the first fit
     if resume and out is None: raise ValueError("benchmark(resume=True) needs out=, the folder of the run to resume.")
     out = None if out is None else Path(out)
-    done = finished_models(out, names) if resume else {}
+    done = finished_models(out, names, list(split.test_groups.index)) if resume else {}
     if de_genes is None: de_genes = de_rankings(split.test, split.train)
     results, preds, timing, fitted = {}, {}, {}, {}
     bar = tqdm(names, desc='benchmark', unit='model', disable=not progress, file=sys.stderr)
@@ -583,6 +589,9 @@ def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bo
     if old and not (resume or overwrite):
         raise ValueError(f"--out {str(out)!r} already holds the outputs of an earlier run ({', '.join(old)}); pass --resume to "
                          f"continue it, --overwrite to replace it, or choose another folder.")
+    foreign = [f for o in old for f in _not_ours(out / o)] if overwrite else []
+    if foreign: raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where it "
+                                 f"writes its outputs; nothing was deleted. Choose another --out.")
     return out
 
 def check_out_file(path: str | os.PathLike, suffix: str = '.h5ad') -> Path:
@@ -593,8 +602,18 @@ def check_out_file(path: str | os.PathLike, suffix: str = '.h5ad') -> Path:
     _writable(p.parent, 'The folder of --out')
     return p
 
+_OUR_FILES = ('*.pt', '*.pkl', '*.h5ad', '*.csv', '*.json', '.*.part*', '*.part', '*.png')  # what a run writes
+
+def _not_ours(path: Path) -> list[str]:
+    "Files under `path` that perturbdiff does not write (a user's own files, which --overwrite must not delete)."
+    files = [path] if path.is_file() else [p for p in path.rglob('*') if p.is_file()]
+    return [str(p) for p in files if not any(fnmatch.fnmatch(p.name, pat) for pat in _OUR_FILES)]
+
 def clear_outputs(out: Path, outputs: Sequence[str]) -> None:
-    "Delete the `outputs` of an earlier run in `out` (--overwrite); other files stay."
+    "Delete the `outputs` of an earlier run in `out` (--overwrite); other files stay. Refuses folders holding files not ours."
+    foreign = [f for o in outputs if (out / o).exists() for f in _not_ours(out / o)]
+    if foreign: raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where it "
+                                 f"writes its outputs; nothing was deleted. Choose another --out.")
     for o in outputs:
         if (out / o).is_dir(): shutil.rmtree(out / o)
         elif (out / o).exists(): (out / o).unlink()

@@ -20,13 +20,13 @@ import scipy.sparse as sp
 # %% auto #0
 __all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LOG1P_MAX', 'SPACES', 'SAMPLE_ROWS',
            'INTEGER_SHARE', 'UNIT_CELLS', 'OTHER_CELLS', 'CONSTANT_CV', 'NO_CELL_TYPE', 'DOSE_LIKE', 'SPLITS',
-           'GROUP_COL', 'parse_condition', 'canonical_key', 'control_like', 'normalize_mode', 'Perturbation',
-           'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence', 'guess_space',
-           'detect_space', 'to_log1p', 'gene_symbols', 'group_key', 'dose_like_columns', 'case_mismatches',
-           'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'highly_variable', 'select_genes',
-           'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats', 'Split', 'parse_group_spec',
-           'split', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'CellDataset', 'condition_weights',
-           'cell_loader']
+           'GROUP_COL', 'parse_condition', 'canonical_key', 'control_like', 'control_like_tokens', 'normalize_mode',
+           'Perturbation', 'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence',
+           'guess_space', 'detect_space', 'to_log1p', 'gene_symbols', 'group_key', 'dose_like_columns',
+           'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'highly_variable',
+           'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats', 'Split',
+           'parse_group_spec', 'split', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'CellDataset',
+           'condition_weights', 'cell_loader']
 
 # %% ../nbs/00_data.ipynb #5395826f
 CONTROL_NAMES = ('ctrl', 'control', 'controls', 'non-targeting', 'nontargeting', 'non_targeting', 'dmso',
@@ -65,10 +65,25 @@ def control_like(
     control: Iterable[str] = CONTROL_NAMES,  # the labels taken as controls
     sep: str = '+',
 ) -> list[str]:
-    "Labels that are not controls under `control` but look like one (or hold a target that does)."
+    "Whole labels (not combinations) that are not controls under `control` but look like one."
     ctrl = {c.lower() for c in control}
     looks = lambda t: t.strip().lower() not in ctrl and CONTROL_LIKE.fullmatch(t.strip()) is not None
-    return sorted({str(l) for l in labels if str(l).strip().lower() not in ctrl and any(looks(t) for t in str(l).split(sep))})
+    return sorted({str(l) for l in labels if sep not in str(l) and looks(str(l))})
+
+def control_like_tokens(
+    labels: Iterable[str],  # condition labels
+    control: Iterable[str] = CONTROL_NAMES,  # the labels (and tokens) taken as controls
+    sep: str = '+',
+) -> dict[str, list[str]]:
+    "Combination labels holding a token that looks like a control (e.g. 'A+none'): {label: [tokens]}."
+    ctrl = {c.lower() for c in control}
+    looks = lambda t: t.strip().lower() not in ctrl and CONTROL_LIKE.fullmatch(t.strip()) is not None
+    out = {}
+    for l in map(str, labels):
+        if sep in l:
+            toks = [t.strip() for t in l.split(sep) if looks(t)]
+            if toks: out[l] = toks
+    return dict(sorted(out.items()))
 
 # %% ../nbs/00_data.ipynb #bd59c8d3
 KINDS = ('control', 'gene', 'drug', 'label')
@@ -216,6 +231,9 @@ def _decide(e: dict) -> tuple[str | None, str]:
     if e['row_max'] > LOG1P_MAX:
         return 'counts', (f"non-integer values whose per-cell totals vary (cv {e['cv']:.2g}) and whose median per-cell maximum "
                           f"{e['row_max']:.3g} exceeds any log scale (> {LOG1P_MAX:g}), as ambient-corrected counts")
+    if n < 5 and e['max'] <= LOG1P_MAX:  # too few values per cell to test a unit (low depth, few genes): the old reading
+        return 'log1p', (f"too few values per cell to test a per-cell unit (cells tested: {n}); non-integer values with "
+                         f"maximum {e['max']:.3g} (<= {LOG1P_MAX:g}) read as log1p")
     return None, (f"{e['integer']:.0%} of the nonzero values are whole numbers; on no scale are they whole multiples of a "
                   f"per-cell unit in most cells (best: {best}, {share:.0%} of cells); per-cell totals vary (cv {e['cv']:.2g}, of expm1: "
                   f"{e['cv_expm1']:.2g}); median per-cell maximum {e['row_max']:.3g}")
@@ -430,8 +448,9 @@ class PerturbData:
         # conditions
         ctrl_names = CONTROL_NAMES if control is None else ([control] if isinstance(control, str) else list(control))
         uniq = pd.unique(labels)
-        if control is not None:
-            missing = [c for c in ctrl_names if c not in set(uniq)]
+        if control is not None:  # a declared control is a whole label or a token of a combination ('A+NegCtrl0')
+            tokens = {t.strip() for l in map(str, uniq) for t in l.split(sep)}
+            missing = [c for c in ctrl_names if c not in set(uniq) and c not in tokens]
             if missing: raise ValueError(f"Control label(s) {missing} not found in obs[{condition_key!r}].{_close(missing[0], uniq)}")
         parsed = {l: parse_condition(l, ctrl_names, sep) for l in uniq}
         self._check_controls(parsed, ctrl_names, control is not None, condition_key, sep)
@@ -497,6 +516,12 @@ class PerturbData:
                     f"{cli(odd[:5])})." if odd else " Pass control='<your control label>' (CLI --control).")
             raise ValueError(f"No control cells: none of the labels of obs[{key!r}] (e.g. {[str(l) for l in list(parsed)[:5]]}) "
                              f"is a control name {CONTROL_NAMES}.{hint}")
+        inner = control_like_tokens(parsed, ctrl_names, sep)
+        if inner:
+            toks = sorted({t for ts in inner.values() for t in ts})
+            warnings.warn(f"Combination labels {list(inner)[:5]} of obs[{key!r}] hold tokens {toks[:5]} that look like controls: "
+                          f"they are read as perturbation targets. If they mean 'no perturbation', add them to the control "
+                          f"labels: control={ctrl + toks[:5]} (CLI {cli(ctrl + toks[:5])}).", stacklevel=3)
         if not odd: return
         if not declared:
             raise ValueError(f"Labels {odd[:5]}{' ...' if len(odd) > 5 else ''} of obs[{key!r}] look like controls but the "

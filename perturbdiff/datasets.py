@@ -10,6 +10,7 @@ import functools
 import hashlib
 import http.client
 import os
+import threading
 import shutil
 import socket
 import urllib.error
@@ -54,7 +55,7 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 @contextlib.contextmanager
 def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
     "A temporary path beside `dest`, renamed onto it (atomic on one file system) when the block succeeds, else removed."
-    dest = Path(dest); tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    dest = Path(dest); tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}-{threading.get_ident()}")  # per process and thread
     try:
         yield tmp
         os.replace(tmp, dest)

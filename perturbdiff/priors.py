@@ -5,6 +5,7 @@
 # %% ../nbs/04_priors.ipynb #9fcff822
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import hashlib
@@ -30,10 +31,10 @@ from .datasets import download as _download
 
 # %% auto #0
 __all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'GO_GAF_URL', 'VEHICLE_SMILES', 'VEHICLE_NAMES', 'go_db_path', 'GOUnavailableError',
-           'go_cache_dir', 'gaf_url', 'gaf_cache_path', 'SymbolResolver', 'parse_gaf', 'fetch_gaf', 'GeneOntology',
-           'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'go_if_available', 'EdgeListSource',
-           'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'hops_to_measured', 'reachable', 'summary',
-           'describe', 'node_index', 'edges_frame', 'is_vehicle', 'encode_dose', 'morgan_fingerprints',
+           'go_cache_dir', 'gaf_url', 'gaf_cache_path', 'SymbolResolver', 'parse_gaf', 'fetch_gaf', 'fetch_go_cli',
+           'GeneOntology', 'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'go_if_available',
+           'EdgeListSource', 'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'hops_to_measured', 'reachable',
+           'summary', 'describe', 'node_index', 'edges_frame', 'is_vehicle', 'encode_dose', 'morgan_fingerprints',
            'drug_embedding', 'drug_features', 'combination_features']
 
 # %% ../nbs/04_priors.ipynb #f0c2c732
@@ -78,8 +79,10 @@ def gaf_cache_path(url: str | None = None, cache: str | os.PathLike | None = Non
 
 def _go_help(url: str, dest: Path, by_hand: bool = True) -> str:
     "What to do when GO annotations are missing (one line); `by_hand=False` when the message already says it."
+    fetch = 'python -m perturbdiff.priors fetch-go' + ('' if url == GO_GAF_URL else f' --url {url}')  # works from a pip install
     return ((f"To use GO, download {url} by hand (browser or curl; any OS) and save it as {dest}; or" if by_hand else
-             "Or") + f" run tools/fetch_go_db.sh {dest.parent} (Debian/Ubuntu; it stores {GO_DB_NAME} there), "
+             "Or") + f" run `{fetch}` on a machine with internet and copy the file it prints to {dest}; or, in a clone of "
+            f"the repository, run tools/fetch_go_db.sh {dest.parent} (Debian/Ubuntu; it stores {GO_DB_NAME} there), "
             f"or pass a file: read_go(path) / go('/path/to/goa_human.gaf.gz') (a GAF, {GO_DB_NAME} or a GEARS gene2go "
             f"pickle; or set PERTURBDIFF_GO_DB). To go without GO, leave go() out of the graph's sources "
             f"(e.g. graph=[coexpression()]).")
@@ -189,6 +192,22 @@ def _parsed_gaf(path: Path, cache=None) -> tuple[pd.DataFrame, pd.DataFrame, dic
     meta = dict(meta, sha256=digest, file=str(path))
     _write_table(ann_p, ann, meta); _write_table(ali_p, ali, meta)
     return ann, ali, meta
+
+# %% ../nbs/04_priors.ipynb #ebfdef16
+def fetch_go_cli(argv: Sequence[str] | None = None) -> Path:
+    "`python -m perturbdiff.priors fetch-go [--url URL] [--cache DIR]`: fetch_gaf into the cache; print the file's path."
+    p = argparse.ArgumentParser(prog='python -m perturbdiff.priors', description='Fetch GO annotations for perturbdiff.')
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    f = sub.add_parser('fetch-go', help="download and verify the GO Consortium's human GAF into the cache, for read_go()")
+    f.add_argument('--url', help=f"the GAF to fetch (default: $PERTURBDIFF_GO_URL, else {GO_GAF_URL})")
+    f.add_argument('--cache', help="cache folder; the file goes to <cache>/go (default: $PERTURBDIFF_CACHE, else ~/.cache/perturbdiff)")
+    args = p.parse_args(argv)
+    try: path = fetch_gaf(args.url, args.cache, progress=True)
+    except GOUnavailableError as e: p.exit(1, f"error: {e}\n")
+    print(path)
+    return path
+
+if __name__ == '__main__' and '__file__' in globals(): fetch_go_cli()  # `python -m perturbdiff.priors`, not a notebook kernel
 
 # %% ../nbs/04_priors.ipynb #2caad070
 @dataclass

@@ -9,6 +9,7 @@ import csv
 import io
 import math
 import os
+import threading
 import random
 import time
 import warnings
@@ -317,7 +318,7 @@ class TrainingDiverged(RuntimeError):
         self.step, self.loss, self.lr, self.checkpoint, self.saved_at = step, loss, lr, checkpoint, saved_at
         what = (f"the weights (or optimiser state) are not finite (last loss {loss:.4g})" if weights
                 else f"the loss is not finite (loss={loss})")
-        kept = (f"the checkpoint of step {saved_at} in {checkpoint} is kept: resume from it with the lower lr"
+        kept = (f"the checkpoint of step {saved_at} in {checkpoint} is kept for inspection; refit from the start with the lower lr (CLI: --overwrite)"
                 if checkpoint is not None and saved_at is not None else "no checkpoint was written")
         super().__init__(f"Training diverged at step {step}: {what}. Lower the learning rate (lr={lr:g}) or set "
                          f"grad_clip, and check the input for NaN or infinite values; {kept}.")
@@ -337,7 +338,7 @@ def _append_csv(path: Path, row: dict) -> None:
     w = csv.DictWriter(buf, fieldnames=list(row))
     if not path.exists():
         w.writeheader(); w.writerow(row)
-        tmp = path.with_name(f'.{path.name}.part-{os.getpid()}')
+        tmp = path.with_name(f'.{path.name}.part-{os.getpid()}-{threading.get_ident()}')
         try:
             with open(tmp, 'w', newline='') as f: f.write(buf.getvalue())
             os.replace(tmp, path)
@@ -348,7 +349,7 @@ def _append_csv(path: Path, row: dict) -> None:
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     "Replace a CSV log by `rows`, atomically, as `_append_csv` would have written them; no rows: no file."
-    tmp = path.with_name(path.name + f'.part-{os.getpid()}')
+    tmp = path.with_name(path.name + f'.part-{os.getpid()}-{threading.get_ident()}')
     tmp.unlink(missing_ok=True)
     try:
         for row in rows: _append_csv(tmp, row)

@@ -137,19 +137,23 @@ def tiny_screen(tmp_path_factory):
 def test_ablations(tmp_path, tiny_screen):
     "Training-time variants are fitted anew; prediction-time ones reuse the full model's fit."
     out_nb = execute('23_ablations', tmp_path, data_path=str(tiny_screen), models='unlasting,departures',
-                     variants='full,mask_bernoulli,mask_unmatched,no_fill,no_ot', n_cells=10, overrides=TINY_NETS, **TINY_STEPS)
+                     variants='full,mask_bernoulli,mask_unmatched,no_fill,no_ot,anchor,anchor_residual,control_pairs',
+                     n_cells=10, overrides=TINY_NETS, **TINY_STEPS)
     res = pd.read_csv(tmp_path / 'results.csv')
     assert list(res.drop_duplicates(['model', 'variant'])[['model', 'variant']].itertuples(index=False, name=None)) == [
         ('unlasting', 'full'), ('unlasting', 'mask_bernoulli'), ('unlasting', 'mask_unmatched'), ('unlasting', 'no_fill'),
-        ('departures', 'full'), ('departures', 'no_ot')]
+        ('unlasting', 'anchor'), ('unlasting', 'anchor_residual'),
+        ('departures', 'full'), ('departures', 'no_ot'), ('departures', 'control_pairs')]
     assert (res.groupby(['model', 'variant']).group.nunique() == 4).all() and (res.n_pred == 10).all()
     timing = pd.read_csv(tmp_path / 'timing.csv').set_index(['model', 'variant'])
     assert timing.loc[('unlasting', 'mask_bernoulli'), 'fit'] == 'full'
     assert timing.loc[('unlasting', 'mask_unmatched'), 'fit'] == 'full'
     assert timing.loc[('unlasting', 'no_fill'), 'fit'] == 'no_fill'
     assert timing.loc[('departures', 'no_ot'), 'fit'] == 'no_ot'
+    assert timing.loc[('unlasting', 'anchor_residual'), 'fit'] == 'anchor'  # ours: one anchored fit, two decodings
+    assert timing.loc[('departures', 'control_pairs'), 'fit'] == 'control_pairs'
     summary = pd.read_csv(tmp_path / 'summary.csv', index_col=[0, 1])
-    assert len(summary) == 6 and {'label', 'edist_de20', 'emd_de40', 'n_groups'} <= set(summary.columns)
+    assert len(summary) == 9 and {'label', 'edist_de20', 'emd_de40', 'n_groups'} <= set(summary.columns)
     pngs = {p.name for p in tmp_path.glob('*.png')}
     assert pngs == {f'ablation_{m}_{k}.png' for m in ('unlasting', 'departures') for k in ('edist_de20', 'emd_de20')}
     assert images_shown(out_nb) == len(pngs)

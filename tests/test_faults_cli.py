@@ -338,3 +338,25 @@ def test_fit_resume(files, tmp_path, monkeypatch):
     ok(*argv, '--resume')  # already fitted: nothing to do
     assert len(calls) == 1
     ok('predict', '--run', tmp_path, '--out', tmp_path / 'p.h5ad', '--n-cells', '3', '--quiet')
+
+
+def test_overwrite_never_deletes_files_it_did_not_write(files, tmp_path):
+    "--overwrite clears perturbdiff's outputs only: a folder of the same name holding a user's files is refused, untouched."
+    (tmp_path / 'predictions').mkdir()
+    mine = tmp_path / 'predictions' / 'my_notes.txt'; mine.write_text('keep me')
+    code, _, err = run(*bench(files, *SPLIT, '--out', tmp_path, '--overwrite'))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and 'did not write' in err and 'Traceback' not in err
+    assert mine.read_text() == 'keep me'
+
+
+def test_benchmark_api_resume_refuses_another_split(files, tmp_path):
+    "benchmark(resume=True) reuses a finished model only on the same test groups; another split is refused, not mixed in."
+    data = cli.load_data(files['tiny'], cell_type_key='cell_type', mode_key='perturbation_type')
+    a = cli.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=0)
+    b = cli.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=1)
+    assert set(a.test_groups.index) != set(b.test_groups.index)
+    cli.benchmark(a, 'control', out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match='other test groups'):
+        cli.benchmark(b, 'control,mean', out=tmp_path, resume=True, progress=False)
+    same = cli.benchmark(a, 'control,mean', out=tmp_path, resume=True, progress=False)
+    assert set(same.results.model) == {'control', 'mean'}

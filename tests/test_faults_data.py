@@ -391,3 +391,29 @@ def test_drug_without_dose_key_warns():
     b = a.copy(); b.obs['Concentration_uM'] = b.obs.pop('dose')
     with pytest.warns(UserWarning, match=r"Concentration_uM"):
         _drug_data(b, dose_key=None)
+
+
+def test_control_like_token_in_a_pair_is_a_target_with_a_hint_and_declarable():
+    """Review finding: a combination holding a control-like token ('A+NegCtrl0') was refused with a hint that, if
+    followed, made its cells controls. Now only whole labels count as control look-alikes; a token gets a warning, and
+    declaring the token as a control (control=['ctrl', 'NegCtrl0']) drops it from the combination."""
+    n = 30
+    obs = pd.DataFrame({'condition': ['ctrl'] * n + ['A'] * n + ['A+NegCtrl0'] * n}, index=[f'c{i}' for i in range(3 * n)])
+    X = np.log1p(np.random.default_rng(0).poisson(3.0, (3 * n, 20)).astype(np.float32))
+    a = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=[f'G{i}' for i in range(20)]))
+    with pytest.warns(UserWarning, match="hold tokens \\['NegCtrl0'\\] that look like controls"):
+        d = PerturbData(a, space='log1p')
+    assert int(d.obs.control.sum()) == n and 'A+NegCtrl0' in d.conditions
+    d2 = PerturbData(a, control=['ctrl', 'NegCtrl0'], space='log1p')
+    assert int(d2.obs.control.sum()) == n and set(d2.conditions) == {'A'}
+
+
+def test_low_depth_log1p_subset_read_as_log1p():
+    "Review finding: low-depth log1p data (too few values per cell to test a unit) was refused; it reads as log1p again."
+    rng = np.random.default_rng(0)
+    C = rng.poisson(0.02, (300, 3000)).astype(np.float64)
+    C[C.sum(1) == 0, 0] = 1
+    L = np.log1p(C / C.sum(1, keepdims=True) * 1e4)[:, :100].astype(np.float32)
+    from perturbdiff.data import guess_space
+    space, why = guess_space(L)
+    assert space == 'log1p' and 'too few values per cell' in why
