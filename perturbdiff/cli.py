@@ -19,7 +19,6 @@ import pickle
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import types
 import typing
@@ -34,6 +33,7 @@ import pandas as pd
 
 import perturbdiff
 from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns, parse_group_spec
+from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, METRICS, de_rankings, evaluate, metric_columns, summarize
 
 # %% auto #0
@@ -320,10 +320,7 @@ class BenchmarkResult:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     "`write(tmp)` to a temporary file in the folder of `path`, then os.replace: `path` is the old file or the new, never a part."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.part-{os.getpid()}-{threading.get_ident()}{path.suffix}')  # per process and thread
-    try:
-        write(tmp); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp: write(tmp)
     return path
 
 def _write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = True) -> dict[str, Path]:

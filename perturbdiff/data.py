@@ -67,8 +67,11 @@ def control_like(
 ) -> list[str]:
     "Whole labels (not combinations) that are not controls under `control` but look like one."
     ctrl = {c.lower() for c in control}
-    looks = lambda t: t.strip().lower() not in ctrl and CONTROL_LIKE.fullmatch(t.strip()) is not None
-    return sorted({str(l) for l in labels if sep not in str(l) and looks(str(l))})
+    return sorted({str(l) for l in labels if sep not in str(l) and _looks_control(str(l), ctrl)})
+
+def _looks_control(token: str, ctrl: set) -> bool:
+    "A label or token matching the control patterns that is not one of the (lower-cased) control names `ctrl`."
+    return token.strip().lower() not in ctrl and CONTROL_LIKE.fullmatch(token.strip()) is not None
 
 def control_like_tokens(
     labels: Iterable[str],  # condition labels
@@ -77,11 +80,10 @@ def control_like_tokens(
 ) -> dict[str, list[str]]:
     "Combination labels holding a token that looks like a control (e.g. 'A+none'): {label: [tokens]}."
     ctrl = {c.lower() for c in control}
-    looks = lambda t: t.strip().lower() not in ctrl and CONTROL_LIKE.fullmatch(t.strip()) is not None
     out = {}
     for l in map(str, labels):
         if sep in l:
-            toks = [t.strip() for t in l.split(sep) if looks(t)]
+            toks = [t.strip() for t in l.split(sep) if _looks_control(t, ctrl)]
             if toks: out[l] = toks
     return dict(sorted(out.items()))
 

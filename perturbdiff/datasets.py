@@ -54,8 +54,8 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
-    "A temporary path beside `dest`, renamed onto it (atomic on one file system) when the block succeeds, else removed."
-    dest = Path(dest); tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}-{threading.get_ident()}")  # per process and thread
+    "A temporary path beside `dest` (hidden, same suffix), renamed onto it (atomic on one file system) when the block succeeds, else removed."
+    dest = Path(dest); tmp = dest.with_name(f".{dest.stem}.part-{os.getpid()}-{threading.get_ident()}{dest.suffix}")  # per process and thread
     try:
         yield tmp
         os.replace(tmp, dest)

@@ -332,29 +332,27 @@ def _all_finite(*state_dicts: dict) -> bool:
     return all(bool(torch.isfinite(t).all()) for sd in state_dicts for t in tensors(sd) if t.is_floating_point())
 
 # %% ../nbs/10_train.ipynb #19beee99
+def _csv_text(rows: list[dict], header: bool) -> str:
+    "CSV lines of `rows` (each with its own keys as fields), the first row's keys as the header if asked."
+    buf = io.StringIO()
+    for i, row in enumerate(rows):
+        w = csv.DictWriter(buf, fieldnames=list(row))
+        if header and i == 0: w.writeheader()
+        w.writerow(row)
+    return buf.getvalue()
+
 def _append_csv(path: Path, row: dict) -> None:
     "Append a row to a CSV log; the file is created atomically with its header and first row (a kill never leaves it empty)."
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(row))
-    if not path.exists():
-        w.writeheader(); w.writerow(row)
-        tmp = path.with_name(f'.{path.name}.part-{os.getpid()}-{threading.get_ident()}')
-        try:
-            with open(tmp, 'w', newline='') as f: f.write(buf.getvalue())
-            os.replace(tmp, path)
-        finally: tmp.unlink(missing_ok=True)
-        return
-    w.writerow(row)
-    with open(path, 'a', newline='') as f: f.write(buf.getvalue())  # one small write
+    if not path.exists(): return _write_csv(path, [row])
+    with open(path, 'a', newline='') as f: f.write(_csv_text([row], header=False))  # one small write
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     "Replace a CSV log by `rows`, atomically, as `_append_csv` would have written them; no rows: no file."
-    tmp = path.with_name(path.name + f'.part-{os.getpid()}-{threading.get_ident()}')
-    tmp.unlink(missing_ok=True)
+    if not rows: path.unlink(missing_ok=True); return
+    tmp = path.with_name(f'.{path.name}.part-{os.getpid()}-{threading.get_ident()}')
     try:
-        for row in rows: _append_csv(tmp, row)
-        if rows: os.replace(tmp, path)
-        else: path.unlink(missing_ok=True)
+        with open(tmp, 'w', newline='') as f: f.write(_csv_text(rows, header=True))
+        os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
 
 # %% ../nbs/10_train.ipynb #813f6c21
