@@ -29,11 +29,12 @@ for m in doloris unlasting departures; do
     if [ $m = departures ]; then sets+=(--set "$m.n_steps=$SAMPLING"); else sets+=(--set "$m.sampling_steps=$SAMPLING"); fi
   fi
   for preset in paper quick; do
+    s0=(); if [ $preset = paper ]; then s0=(--no-step0); fi  # step 0 refits the model: only for the quick presets here
     timeout "$LIMIT" "$PY" bench/ladder.py --data "$DATA" --models "$m" --preset $preset --device "$DEVICE" \
-      "${sets[@]}" --out "$OUT/${m}_$preset" > "$OUT/${m}_$preset.log" 2>&1 || echo "$m $preset: failed or timed out" >> "$OUT/failures.txt"
+      "${sets[@]}" "${s0[@]}" --out "$OUT/${m}_$preset" > "$OUT/${m}_$preset.log" 2>&1 || echo "$m $preset: failed or timed out" >> "$OUT/failures.txt"
   done
 done
-"$PY" bench/ladder.py --data "$DATA" --models anchor,additive,linear,mean,control --device cpu --out "$OUT/baselines" > "$OUT/baselines.log" 2>&1
+"$PY" bench/ladder.py --data "$DATA" --models anchor,additive,linear,mean,control --device cpu --no-step0 --out "$OUT/baselines" > "$OUT/baselines.log" 2>&1
 "$PY" - "$OUT" <<'PY'
 import sys, pandas as pd, pathlib
 out = pathlib.Path(sys.argv[1]); rows = []

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .baselines import ShiftBaseline, group_effects
 from .data import CONTROL_KEY, PerturbData
-from .priors import GeneGraph
+from .priors import GeneGraph, build_graph
 
 # %% auto #0
 __all__ = ['ShiftAnchor', 'AnchorBaseline']
@@ -156,8 +156,6 @@ class AnchorBaseline(ShiftBaseline):
         super().__init__(keep_zeros); self.rule, self.graph = rule, graph
     def _fit_more(self, train: PerturbData) -> None:
         graph = None
-        if train.kind == 'gene':
-            from perturbdiff.ddib import build_graph
-            graph = build_graph(train, self.graph)
+        if train.kind == 'gene': graph = build_graph(train, self.graph)
         self.anchor_ = ShiftAnchor(self.rule).fit(train, graph)
     def _shift(self, row: pd.Series) -> np.ndarray: return self.anchor_.shift(row.condition, row.cell_type, row.dose)

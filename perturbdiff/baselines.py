@@ -60,8 +60,7 @@ class ShiftBaseline(PerturbationModel):
             raise ValueError(f"The training data has no perturbed cells; {type(self).__name__} learns from them. Hold out "
                              f"fewer conditions (every condition is in the test part), or use ControlBaseline.")
         self.table_, self.effects_, self.control_mean_ = group_effects(train)
-        ctrl, ct = train.obs.control.to_numpy(), train.obs.cell_type.astype(str).to_numpy()
-        self.control_rows_ = {c: np.flatnonzero(ctrl & (ct == c)) for c in self.control_mean_}
+        self.control_rows_ = {c: train.control_rows(c) for c in self.control_mean_}
         self.train_ = train
         self._fit_more(train)
         return self

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import MODES, PerturbationModel, PerturbData, prediction_anndata, resolve_groups
+from .data import MODES, PerturbationModel, PerturbData, check_choices, prediction_anndata, resolve_groups
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
-from .priors import GeneGraph, drug_features
+from .anchor import ShiftAnchor
+from .priors import GeneGraph, build_graph, drug_features
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
@@ -116,12 +117,13 @@ class BridgeNet(nn.Module):
     def __init__(self, graph: GeneGraph, kind: str, n_cell_types: int, dim: int = 32, heads: int = 2,
                  time_dim: int = 64, layers_continuous: int = 2, layers_discrete: int = 1, dropout: float = 0.1,
                  drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0, residual: bool = False,
-                 shared_readout: bool = False, direct_effect: bool = False):
+                 shared_readout: bool = False, direct_effect: bool = False,
+                 trained_targets: torch.Tensor | None = None):  # ours: bool [N], see BridgeConfig.target_identity
         super().__init__()
         self.time_dim, self.n_ct = time_dim, n_cell_types
         ct = n_cell_types if n_cell_types > 1 else None
         kw = dict(time_dim=time_dim, cell_type_dim=ct, drug_dim=drug_dim, n_labels=n_labels, dropout=dropout, seed=seed,
-                  residual=residual, shared_readout=shared_readout)
+                  residual=residual, shared_readout=shared_readout, trained_targets=trained_targets)
         self.continuous = GRNBlock(graph, dim, heads, kind, layers=layers_continuous, **kw)
         self.discrete = GRNBlock(graph, dim, heads, kind, layers=layers_discrete, **kw) if layers_discrete else None  # None: no discrete bridge
         direct = direct_effect and kind == 'gene'  # perturbdiff.nn.DirectEffect at each target's own output, per head
@@ -170,6 +172,8 @@ class BridgeConfig:
     gat_residual: bool = False  # residual connections around the GAT layers (perturbdiff.nn.GRNBlock)
     shared_readout: bool = False  # a readout vector shared by all genes
     direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.nn.DirectEffect)
+    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.nn.TargetIdentity); False: the paper's
+    decode_residual: bool = False  # ours: cell = control + bridge(target) - bridge(control), same noise; False: bridge(target) (paper)
     dropout: float = 0.1
     graph: object = 'auto'
     coexpression_threshold: float = 0.3
@@ -182,10 +186,13 @@ class BridgeConfig:
     ema: float | None = None
     predict_batch: int = 512
 
+    def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
+        check_choices(self, dict(pairing=('sinkhorn', 'exact', 'random', 'batch'), cost=('euclidean', 'cosine')))
+
 BRIDGE_PRESETS = {
     'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
-              direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25),
+              direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25, decode_residual=True),
     'plain': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
               direct_effect=True),
 }
@@ -207,7 +214,7 @@ class BridgePairs:
         obs = train.obs
         ctrl = obs.control.to_numpy()
         self.groups = [(gid, np.flatnonzero((obs.group == gid).to_numpy())) for gid in pd.unique(obs.group[~ctrl])]
-        self.ctrl_of = {ct: np.flatnonzero(ctrl & (obs.cell_type == ct).to_numpy()) for ct in train.cell_types}
+        self.ctrl_of = {ct: train.control_rows(ct) for ct in train.cell_types}
         self.ct_of = {gid: str(obs.cell_type.iloc[rows[0]]) for gid, rows in self.groups}
         missing = sorted({ct for ct in self.ct_of.values() if not len(self.ctrl_of.get(ct, []))})
         if missing: raise ValueError(f"Cell types {missing} have perturbed but no control training cells: nothing to pair.")
@@ -302,7 +309,6 @@ class Departures(PerturbationModel):
     def fit(self, train: PerturbData, out_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
             **train_overrides) -> 'Departures':
         "Train both bridges jointly, re-pairing cells by OT at every epoch."
-        from perturbdiff.ddib import build_graph
         from perturbdiff.train import TrainConfig, fit as train_fit, resolve_device
         cfg = self.config
         if cfg.scaled and not train.x_max: raise ValueError("scaled=True needs the training scale; use data.split(...).")
@@ -314,13 +320,13 @@ class Departures(PerturbationModel):
         self.net_ = BridgeNet(self.graph_, train.kind, len(self.cell_types_), cfg.dim, cfg.heads, cfg.time_dim,
                               cfg.layers_continuous, cfg.layers_discrete if cfg.use_discrete else 0, cfg.dropout,
                               None if feats is None else feats.shape[1], len(train.vocab) if train.kind == 'label' else None, self.seed,
-                              cfg.gat_residual, cfg.shared_readout, cfg.direct_effect)
+                              cfg.gat_residual, cfg.shared_readout, cfg.direct_effect,
+                              self.table_.trained_nodes(self.graph_.n_nodes) if cfg.target_identity and train.kind == 'gene' else None)
         self.anchor_, frame = None, None
         if cfg.anchor:
             if cfg.use_discrete:
                 raise ValueError("anchor=True bridges to all entries around the anchor's mean shift (zeros included); "
                                  "set use_discrete=False with it (the quick preset does).")
-            from perturbdiff.anchor import ShiftAnchor
             self.anchor_ = ShiftAnchor().fit(train, self.graph_)
             pos, S = self.anchor_.cell_shifts(train)
             frame = (pos, (S / train.x_max if cfg.scaled else S).astype(np.float32))
@@ -346,7 +352,14 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
                              torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown'))).to(dev)
     ct = torch.full((n,), ct_idx, device=dev)
     steps, sig = n_steps or cfg.n_steps, cfg.sigma if sigma is None else sigma
-    z = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
+    if cfg.decode_residual:  # both chains driven by the same noise, so the network's common error cancels
+        s = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
+        g1, g0 = (torch.Generator(device=dev).manual_seed(s) for _ in range(2))
+        none = self.table_.batch(torch.full((n,), -1)).to(dev)
+        z1 = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, g1)
+        z0 = euler_maruyama(lambda z, t: net.end(z, t, ct, none, x_ctrl), x_ctrl, steps, sig, g0)
+        z = x_ctrl + z1 - z0
+    else: z = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
     if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
         a = self.anchor_.shift(self.train_.vocab[cond_idx], self.cell_types_[ct_idx], dose)
         z = z + torch.as_tensor(a / self.train_.x_max if cfg.scaled else a, dtype=z.dtype, device=z.device)
@@ -384,3 +397,24 @@ def _bridge_save(self: Departures, path):
     PerturbationModel.save(self, path)
 
 Departures._sample_cells, Departures.predict, Departures.save = _sample_cells, _bridge_predict, _bridge_save
+
+# %% ../nbs/09_bridges.ipynb #e12e1a4f
+@torch.no_grad()
+def _bridge_controls(self: Departures, cell_type: str, n_cells: int = 100, seed: int = 0) -> np.ndarray:
+    "Control cells of one cell type (log1p, [n_cells, genes]): its control cells bridged under the control condition."
+    self._check_fitted()
+    if cell_type not in self.cell_types_: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {self.cell_types_}.")
+    cfg, dev = self.config, self.device_
+    net = self.net_.to(dev).eval()
+    rng = np.random.default_rng([seed, 13, zlib.crc32(cell_type.encode())])
+    gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+    pool = self.batches_.ctrl_of[cell_type]
+    x = torch.as_tensor(self.batches_.values(rng.choice(pool, int(n_cells), replace=n_cells > len(pool))), device=dev)
+    n, ct = len(x), torch.full((len(x),), self.cell_types_.index(cell_type), device=dev)
+    none = self.table_.batch(torch.full((n,), -1)).to(dev)
+    z = euler_maruyama(lambda z, t: net.end(z, t, ct, none, x), x, cfg.n_steps, cfg.sigma, gen)
+    if cfg.use_discrete: z = z * ctmc_sample(lambda d, t: net.logits(d, t, ct, none), (x > 0).to(x.dtype), cfg.n_steps, gen)
+    z = z.clamp(min=0).cpu().numpy()
+    return self.train_.unscale(z) if cfg.scaled else z.astype(np.float64)
+
+Departures.generate_controls = _bridge_controls

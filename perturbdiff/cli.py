@@ -92,7 +92,8 @@ def subset_obs(adata: ad.AnnData, specs: Sequence[str] = ()) -> ad.AnnData:
     return adata[keep].copy() if wanted else adata
 
 # %% ../nbs/11_cli.ipynb #6c14f595
-DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer', 'space')
+DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer', 'space',
+             'sep')
 
 def load_data(data: str | os.PathLike | ad.AnnData = 'synthetic',  # see read_anndata
               subset: Sequence[str] = (),  # KEY=VALUE obs filters
@@ -440,6 +441,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    "or a public dataset: adamson, norman, replogle_k562_essential, sciplex3 (default: synthetic)")
     g.add_argument('--condition-key', help="obs column of conditions (default: 'condition')")
     g.add_argument('--control', action='append', help='control label (repeatable; default: ctrl, control, DMSO, ...)')
+    g.add_argument('--sep', help="separator between the targets of a combination in the labels (default: '+', as in A+B)")
     g.add_argument('--cell-type-key', help='obs column of cell types (default: one cell type)')
     g.add_argument('--dose-key', help="obs column of doses (drugs); 'none' pools the doses of each drug")
     g.add_argument('--smiles-key', help='obs column of SMILES strings (drugs; the trained models need them)')

@@ -22,11 +22,11 @@ __all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LO
            'INTEGER_SHARE', 'UNIT_CELLS', 'OTHER_CELLS', 'CONSTANT_CV', 'NO_CELL_TYPE', 'DOSE_LIKE', 'SPLITS',
            'GROUP_COL', 'parse_condition', 'canonical_key', 'control_like', 'control_like_tokens', 'normalize_mode',
            'Perturbation', 'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence',
-           'guess_space', 'detect_space', 'to_log1p', 'gene_symbols', 'group_key', 'dose_like_columns',
-           'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'highly_variable',
-           'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats', 'Split',
-           'parse_group_spec', 'split', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'CellDataset',
-           'condition_weights', 'cell_loader']
+           'guess_space', 'detect_space', 'to_log1p', 'check_choices', 'gene_symbols', 'group_key', 'dose_like_columns',
+           'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'control_rows',
+           'highly_variable', 'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats',
+           'Split', 'parse_group_spec', 'split', 'resolve_groups', 'prediction_anndata', 'PerturbationModel',
+           'CellDataset', 'condition_weights', 'cell_loader']
 
 # %% ../nbs/00_data.ipynb #5395826f
 CONTROL_NAMES = ('ctrl', 'control', 'controls', 'non-targeting', 'nontargeting', 'non_targeting', 'dmso',
@@ -322,6 +322,13 @@ def _close(name, options) -> str:
     m = difflib.get_close_matches(str(name), [str(o) for o in options], n=3, cutoff=0.5)
     return f" Did you mean {', '.join(map(repr, m))}?" if m else ''
 
+def check_choices(config, choices: dict) -> None:
+    "Raise if a field of `config` named in `choices` (field -> allowed values) holds another value (configs call it when built)."
+    for key, allowed in choices.items():
+        v = getattr(config, key)
+        if v not in allowed:
+            raise ValueError(f"{type(config).__name__}: {key}={v!r} is not one of {list(allowed)}.{_close(v, allowed)}")
+
 def _require_column(obs: pd.DataFrame, key: str, what: str, allow_missing: bool = False) -> pd.Series:
     "A column of obs, or an error naming the available ones; missing values raise unless `allow_missing`."
     if key not in obs.columns:
@@ -424,7 +431,7 @@ class PerturbData:
                  mode_key: str | None = None,  # ...or an obs column holding the mode per cell
                  layer: str | None = None,  # read expression from adata.layers[layer] instead of X
                  gene_symbol_key: str | None = 'auto',  # var column of gene symbols; 'auto' handles Ensembl ids
-                 sep: str = '+',  # separator of combinations
+                 sep: str = '+',  # separator of combinations in the labels (keys always join targets with '+')
                  normalize: bool = True,  # normalise + log1p counts; if False, non-log1p input is an error
                  target_sum: float = 1e4,  # counts per cell when normalising
                  space: str = 'auto',  # the input's space, one of SPACES; 'auto' decides from the values (one line says what)
@@ -436,7 +443,7 @@ class PerturbData:
                              f"read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); for data larger "
                              f"than memory use perturbdiff.scale.BackedPerturbData(path, ...).")
         self.keys = dict(condition=condition_key, cell_type=cell_type_key, dose=dose_key or None, smiles=smiles_key,
-                         mode=mode_key)
+                         mode=mode_key, sep=sep)
         obs = adata.obs
         labels = _require_column(obs, condition_key, 'Condition').astype(str)
         cell_types = (_require_column(obs, cell_type_key, 'Cell-type').astype(str) if cell_type_key
@@ -460,7 +467,11 @@ class PerturbData:
         if kind == 'auto': kind = infer_kind(uniq, all_targets, genes, smiles_key is not None, ctrl_names)
         if kind not in ('gene', 'drug', 'label'): raise ValueError(f"kind must be 'gene', 'drug', 'label' or 'auto', got {kind!r}")
         self.kind = kind
-        key_of = {l: canonical_key(t, sep) for l, t in parsed.items()}
+        if sep != '+':  # keys join targets with '+' whatever the labels use, so '+' cannot be inside a target
+            plus = sorted({l for l, ts in parsed.items() if any('+' in t for t in ts)})
+            if plus: raise ValueError(f"Condition labels {plus[:3]} have a '+' inside a target with sep={sep!r}; perturbdiff "
+                                      f"keys join targets with '+'. Rename those targets, or use sep='+' if '+' separates them.")
+        key_of = {l: canonical_key(t) for l, t in parsed.items()}  # always '+'-joined: one grammar downstream
         cond = labels.map(key_of).to_numpy()
         is_ctrl = cond == CONTROL_KEY
         doses = self._doses(obs, dose_key, labels, is_ctrl) if dose_key else np.full(adata.n_obs, np.nan)
@@ -663,7 +674,9 @@ def resolve(self: PerturbData, label: str) -> str:
     "Canonical key of a condition given as key, original label ('A+ctrl') or in any target order."
     if label in self.label_of: return label
     key = {l: k for k, l in self.label_of.items()}.get(label)
-    return key or canonical_key(parse_condition(label))
+    if key: return key
+    sep = self.keys.get('sep', '+')  # the labels' separator; keys always join with '+'
+    return canonical_key(parse_condition(label.replace(sep, '+') if sep != '+' else label))
 
 def perturbation(self: PerturbData, label: str) -> Perturbation:
     "The Perturbation of a condition (its mode is that of its cells)."
@@ -696,7 +709,14 @@ def _repr(self: PerturbData) -> str:
         lines.append(f"  targets: {len(self.targets)} ({len(self.measured_targets)} measured, {len(self.unmeasured_targets)} not)")
     return '\n'.join(lines)
 
+def control_rows(self: PerturbData, cell_type: str | None = None) -> np.ndarray:
+    "Positions of the control cells (of one cell type, or of all), ascending; empty when there are none."
+    ctrl = self.obs.control.to_numpy()
+    if cell_type is not None: ctrl = ctrl & (self.obs.cell_type.astype(str) == str(cell_type)).to_numpy()
+    return np.flatnonzero(ctrl)
+
 PerturbData.resolve, PerturbData.perturbation, PerturbData.groups, PerturbData.__repr__ = resolve, perturbation, groups, _repr
+PerturbData.control_rows = control_rows
 
 # %% ../nbs/00_data.ipynb #51863058
 def highly_variable(
@@ -771,7 +791,7 @@ def control_stats(self: PerturbData, scaled: bool = True) -> dict[str, ControlSt
     "Control mean and std (ddof=0) per cell type, in scaled space (or log1p if `scaled=False`)."
     out = {}
     for ct in self.cell_types:
-        cells = np.flatnonzero(self.obs.control.to_numpy() & (self.obs.cell_type == ct).to_numpy())
+        cells = self.control_rows(ct)
         if len(cells) == 0: continue
         x = self.dense(cells, scaled=scaled and bool(self.x_max)).astype(np.float64)
         out[ct] = ControlStats(x.mean(0).astype(np.float32), x.std(0).astype(np.float32), len(cells))
@@ -926,7 +946,7 @@ def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, defau
         if miss: raise KeyError(f"The groups table lacks columns {miss}; it needs condition and cell_type (and dose).")
         g = groups.copy()
     else:
-        cts = [ct for ct in train.cell_types if (train.obs.control & (train.obs.cell_type == ct)).any()]
+        cts = [ct for ct in train.cell_types if len(train.control_rows(ct))]
         rows = []
         for spec in ([groups] if isinstance(groups, str) else list(groups)):
             spec = parse_group_spec(spec)

@@ -22,18 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import (CONTROL_KEY, MODES, PerturbationModel, PerturbData, prediction_anndata,
+from .data import (CONTROL_KEY, MODES, PerturbationModel, PerturbData, check_choices, prediction_anndata,
                               resolve_groups)
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
-from .nn import (DirectEffect, DolorisPerturbationEmbedding, GRNBlock, PerturbationBatch, PerturbationTable,
-                            cell_modes, pseudobulk_pca)
-from .priors import GeneGraph, coexpression, drug_features, go, go_db_path, go_if_available
+from .nn import (DirectEffect, GRNBlock, PerturbationBatch, PerturbationTable, VectorPerturbation, cell_modes, mlp,
+                            pseudobulk_pca)
+from .anchor import ShiftAnchor
+from .priors import GeneGraph, build_graph, coexpression, drug_features, go, go_db_path, go_if_available
 
 # %% auto #0
-__all__ = ['DDIB_PRESETS', 'DDIBConfig', 'ddib_config', 'build_graph', 'Conditioner', 'mlp', 'UnlastingNet', 'VectorPerturbation',
-           'DolorisNet', 'Preconditioned', 'ExpressedStats', 'expressed_stats', 'fill_unexpressed', 'DDIBBatches',
-           'ddib_loss', 'DDIBModel', 'entry_index', 'sampling_schedule', 'Unlasting', 'Doloris', 'reconstruction_error']
+__all__ = ['DDIB_PRESETS', 'DDIBConfig', 'ddib_config', 'Conditioner', 'UnlastingNet', 'DolorisNet', 'Preconditioned',
+           'ExpressedStats', 'expressed_stats', 'fill_unexpressed', 'DDIBBatches', 'ddib_loss', 'DDIBModel',
+           'entry_index', 'sampling_schedule', 'Unlasting', 'Doloris', 'reconstruction_error']
 
 # %% ../nbs/07_ddib.ipynb #3a0aa7ab
 @dataclass
@@ -61,6 +62,7 @@ class DDIBConfig:
     gat_residual: bool = False  # residual connections around the GAT layers (see perturbdiff.nn.GRNBlock)
     shared_readout: bool = False  # a readout vector shared by all genes in the GRN block
     direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.nn.DirectEffect)
+    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.nn.TargetIdentity); False: the papers'
     pca_dim: int = 32  # Doloris: frozen PCA node features
     dropout: float = 0.1
     # conditioning and ablations
@@ -98,6 +100,10 @@ class DDIBConfig:
     n_control: int = 100  # control cells inverted per cell type (authors: 100)
     reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
     predict_batch: int = 1024
+
+    def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
+        check_choices(self, dict(schedule=('linear', 'cosine'), zero_loss=('none', 'source', 'all'),
+                                 mask_strategy=('threshold', 'coherent', 'bernoulli')))
 
 # %% ../nbs/07_ddib.ipynb #58947ca4
 DDIB_PRESETS = {
@@ -139,23 +145,6 @@ def ddib_config(family: str, preset: str = 'quick', **overrides) -> DDIBConfig:
         if isinstance(kw.get(k), list): kw[k] = tuple(kw[k])
     return DDIBConfig(**kw)
 
-# %% ../nbs/07_ddib.ipynb #e8571e58
-def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3, verbose: bool = False) -> GeneGraph:
-    "The model's gene graph: a GeneGraph as given, the union of a list of sources, or 'auto'; verbose: print its summary."
-    if isinstance(spec, GeneGraph):
-        if list(spec.measured) != list(train.genes):
-            raise ValueError("The given GeneGraph's measured genes differ from the training genes (order matters); "
-                             "build it with GeneGraph.build(train, ...).")
-        return spec
-    if isinstance(spec, str) and spec == 'auto':
-        sources = [coexpression(threshold, max_cells=5000)]  # at most 5,000 training control cells
-        if train.kind == 'gene' and (g := go_if_available()) is not None: sources.append(g)  # cached, or fetched once
-    elif isinstance(spec, (list, tuple)): sources = list(spec)
-    else: raise ValueError(f"graph must be 'auto', a GeneGraph or a list of edge sources, got {spec!r}.")
-    graph = GeneGraph.build(train, sources)
-    if verbose: print(graph.describe())
-    return graph
-
 # %% ../nbs/07_ddib.ipynb #c6220511
 class Conditioner:
     "Turns (cell type, condition, dose, mode, control input) into the networks' `cond` dict."
@@ -190,16 +179,6 @@ class Conditioner:
         return mu + sd * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
 
 # %% ../nbs/07_ddib.ipynb #ff77daea
-def mlp(sizes: Sequence[int], act=nn.SiLU, dropout: float = 0.0, last_act: bool = False) -> nn.Sequential:
-    "Linear layers with activations between them."
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2 or last_act:
-            layers.append(act())
-            if dropout: layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
 class _Trunk(nn.Module):
     "x_t, time, cell type and control input -> h [B, hidden] (shared by both denoisers)."
     def __init__(self, G: int, hidden: int, time_dim: int, n_cell_types: int):
@@ -225,7 +204,8 @@ class _Trunk(nn.Module):
 class UnlastingNet(nn.Module):
     "Unlasting's denoiser: trunk + GRN branch (F_GW), fused, decoded with time and cell type; output + control input."
     def __init__(self, graph: GeneGraph, cfg: DDIBConfig, n_cell_types: int, kind: str = 'gene',
-                 drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0):
+                 drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0,
+                 trained_targets: torch.Tensor | None = None):  # ours: see DDIBConfig.target_identity
         super().__init__()
         G = graph.n_measured
         hidden = cfg.hidden or G
@@ -235,9 +215,10 @@ class UnlastingNet(nn.Module):
         if self.use_grn:
             self.grn = GRNBlock(graph, cfg.grn_dim, cfg.heads, kind, time_dim=cfg.time_dim, cell_type_dim=ct_dim,
                                 drug_dim=drug_dim, n_labels=n_labels, layers=cfg.gat_layers, dropout=cfg.dropout, seed=seed,
-                                residual=cfg.gat_residual, shared_readout=cfg.shared_readout)
+                                residual=cfg.gat_residual, shared_readout=cfg.shared_readout, trained_targets=trained_targets)
         else:
-            self.pert = VectorPerturbation(graph, kind, hidden, drug_dim=drug_dim, n_labels=n_labels, seed=seed)
+            self.pert = VectorPerturbation(graph, kind, hidden, drug_dim=drug_dim, n_labels=n_labels, seed=seed,
+                                           trained_targets=trained_targets)
         self.fuse = nn.Linear(hidden, G)
         dec = list(cfg.decoder)
         self.dec_in = nn.Linear(G, dec[0])
@@ -259,53 +240,17 @@ class UnlastingNet(nn.Module):
         if self.direct is not None: out = out + self.direct(x_t, temb, cond['pert'])
         return out + cond['ctrl'] if self.residual else out
 
-# %% ../nbs/07_ddib.ipynb #05d50f02
-class VectorPerturbation(nn.Module):
-    "A perturbation as one vector [B, out_dim] (zero for controls): gene rows, drug MLP x dose gate, or label embedding."
-    def __init__(self, graph: GeneGraph, kind: str, out_dim: int, node_features: torch.Tensor | None = None,
-                 grn_dim: int = 32, heads: int = 2, layers: int = 1, drug_dim: int | None = None,
-                 n_labels: int | None = None, seed: int = 0):
-        super().__init__()
-        self.kind = kind
-        if kind == 'gene':
-            if node_features is not None:  # Doloris: GAT over frozen features
-                self.rows = DolorisPerturbationEmbedding(graph, node_features, grn_dim, heads, layers)
-                d = grn_dim
-            else:  # no GRN: learned per-node embeddings, no graph
-                from perturbdiff.nn import GeneEmbedding
-                self.emb = GeneEmbedding(graph.genes, grn_dim, seed); self.rows = None; d = grn_dim
-            self.decode = mlp([d, out_dim, out_dim])
-            self.mode = nn.Embedding(len(MODES), out_dim)
-            nn.init.zeros_(self.mode.weight)
-        elif kind == 'drug':
-            if not drug_dim: raise ValueError("Drug perturbations need drug_dim.")
-            self.molecule, self.gate = mlp([drug_dim, out_dim, out_dim]), nn.Linear(1, out_dim)
-        elif kind == 'label':
-            self.label = nn.Embedding(n_labels, out_dim)
-        else: raise ValueError(f"kind must be 'gene', 'drug' or 'label', got {kind!r}")
-
-    def forward(self, pert: PerturbationBatch) -> torch.Tensor:
-        on = pert.perturbed[:, None].float()
-        if self.kind == 'gene':
-            T = pert.targets
-            rows = (self.rows(T, reduce=None) if self.rows is not None
-                    else self.emb()[T.clamp(min=0)] * (T >= 0)[..., None].float())
-            dec = self.decode(rows) * (T >= 0)[..., None].float()  # each target decoded, then summed
-            return dec.sum(1) + self.mode(pert.mode) * on
-        if self.kind == 'drug':
-            return self.molecule(pert.drug) * torch.sigmoid(self.gate(pert.dose[:, None])) * on
-        return self.label(pert.label.clamp(min=0)) * on
-
 # %% ../nbs/07_ddib.ipynb #199b8727
 class DolorisNet(nn.Module):
     "Doloris' denoiser: trunk + perturbation vector, decoder MLP; output + control input."
     def __init__(self, graph: GeneGraph, cfg: DDIBConfig, n_cell_types: int, node_features: torch.Tensor | None,
-                 kind: str = 'gene', drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0):
+                 kind: str = 'gene', drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0,
+                 trained_targets: torch.Tensor | None = None):  # ours: see DDIBConfig.target_identity
         super().__init__()
         G = graph.n_measured
         self.trunk = _Trunk(G, cfg.hidden, cfg.time_dim, n_cell_types)
         self.pert = VectorPerturbation(graph, kind, cfg.hidden, node_features if cfg.use_grn else None, cfg.grn_dim,
-                                       cfg.heads, cfg.gat_layers, drug_dim, n_labels, seed)
+                                       cfg.heads, cfg.gat_layers, drug_dim, n_labels, seed, trained_targets)
         self.decoder = mlp([cfg.hidden] + list(cfg.decoder) + [G], dropout=cfg.dropout)
         self.residual = cfg.control_residual
         self.direct = DirectEffect(G, cfg.time_dim) if cfg.direct_effect and kind == 'gene' else None
@@ -351,8 +296,7 @@ def expressed_stats(train: PerturbData, min_cells: int = 3, chunk: int = 4096) -
         return m, np.sqrt(np.maximum(s2 / np.maximum(n, 1) - m * m, 0))
     mean, std = moments(n, s1, s2)
     obs = train.obs
-    ctrl = {ct: int(inv[np.flatnonzero(obs.control.to_numpy() & (obs.cell_type == ct).to_numpy())[0]])
-            for ct in train.cell_types if (obs.control & (obs.cell_type == ct)).any()}
+    ctrl = {ct: int(inv[rows[0]]) for ct in train.cell_types if len(rows := train.control_rows(ct))}
     cell_type_of = pd.Series(obs.cell_type.astype(str).to_numpy()).groupby(inv).first()
     few = n < min_cells
     for i in range(len(ids)):
@@ -457,6 +401,9 @@ class DDIBModel(PerturbationModel):
         "Frozen node features shared by the denoiser and the mask model (None: the family has none)."
         return None
     def _build_net(self, train, graph, cond, node_features=None) -> nn.Module: raise NotImplementedError
+    def _trained_targets(self, train, graph, cond) -> torch.Tensor | None:
+        "Graph nodes with a TargetIdentity vector (targets with training cells), or None (the papers')."
+        return cond.table.trained_nodes(graph.n_nodes) if self.config.target_identity and train.kind == 'gene' else None
 
     def _schedules(self):
         full = Schedule.make(self.config.schedule, self.config.T)
@@ -492,7 +439,6 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
         if cfg.fill_unexpressed or cfg.use_mask:
             raise ValueError("anchor=True models all entries around the anchor's mean shift (zeros included); "
                              "set fill_unexpressed=False and use_mask=False with it (the quick presets do).")
-        from perturbdiff.anchor import ShiftAnchor
         self.anchor_ = ShiftAnchor().fit(train, self.graph_)
         pos, S = self.anchor_.cell_shifts(train)
         frame = (pos, torch.as_tensor(S / train.x_max, dtype=torch.float32))  # model space: x / x_max
@@ -544,7 +490,7 @@ def _denoiser(self: DDIBModel, cond: dict):
 
 def _control_pool(self: DDIBModel, cell_type: str, rng) -> np.ndarray:
     "Positions of the control cells used for one cell type."
-    rows = np.flatnonzero(self.train_.obs.control.to_numpy() & (self.train_.obs.cell_type == cell_type).to_numpy())
+    rows = self.train_.control_rows(cell_type)
     n = min(self.config.n_control, len(rows))
     return np.sort(rng.choice(rows, n, replace=False))
 
@@ -655,6 +601,25 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
 
 DDIBModel._condition_index, DDIBModel.sampling_schedule, DDIBModel.predict = _condition_index, sampling_schedule, _predict
 
+# %% ../nbs/07_ddib.ipynb #f5e4f863
+@torch.no_grad()
+def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0) -> np.ndarray:
+    "Control cells of one cell type (log1p, [n_cells, genes]) sampled by the source model from noise."
+    self._check_fitted()
+    cts = list(self.cond_.cell_types)
+    if cell_type not in cts: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {cts}.")
+    dev = self.device_
+    self.net_.to(dev).eval()
+    rng = np.random.default_rng([seed, 13, zlib.crc32(cell_type.encode())])
+    gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+    z = torch.randn((int(n_cells), self.train_.n_genes), generator=gen, device=dev)
+    cond = self.cond_.cond(torch.full((len(z),), cts.index(cell_type), device=dev), torch.full((len(z),), -1), None, None,
+                           torch.zeros(len(z), dtype=torch.bool, device=dev), torch.zeros_like(z))
+    x = ddim_sample(self._denoiser(cond), z, self.sched_, clip=self.config.clip, start=entry_index(self.sched_, self.config.ode_start))
+    return self.train_.unscale(np.clip(x.cpu().numpy().astype(np.float64), 0, None))
+
+DDIBModel.generate_controls = _generate_controls
+
 # %% ../nbs/07_ddib.ipynb #5f597987
 def _save(self: DDIBModel, path) -> None:
     for m in (getattr(self, 'net_', None), getattr(getattr(self, 'mask_', None), 'net', None)):
@@ -668,7 +633,8 @@ class Unlasting(DDIBModel):
     "Unlasting: DDIB with a GRN (gene-graph attention) branch in its denoiser and its mask model."
     family = 'unlasting'
     def _build_net(self, train, graph, cond, node_features=None):
-        return UnlastingNet(graph, self.config, len(cond.cell_types), train.kind, cond.drug_dim, cond.n_labels, self.seed)
+        return UnlastingNet(graph, self.config, len(cond.cell_types), train.kind, cond.drug_dim, cond.n_labels, self.seed,
+                            self._trained_targets(train, graph, cond))
 
 class Doloris(DDIBModel):
     "Doloris: DDIB conditioned on GAT rows over frozen PCA gene features, with coherent mask sampling."
@@ -677,7 +643,7 @@ class Doloris(DDIBModel):
         return pseudobulk_pca(train, graph, self.config.pca_dim) if train.kind == 'gene' else None
     def _build_net(self, train, graph, cond, node_features=None):
         return DolorisNet(graph, self.config, len(cond.cell_types), node_features, train.kind, cond.drug_dim,
-                          cond.n_labels, self.seed)
+                          cond.n_labels, self.seed, self._trained_targets(train, graph, cond))
 
 # %% ../nbs/07_ddib.ipynb #7f715aba
 @torch.no_grad()

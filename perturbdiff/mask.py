@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import MODES, PerturbData
-from .nn import GRNBlock, PerturbationBatch, cell_modes, pseudobulk_pca
+from .nn import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
 
 # %% auto #0
 __all__ = ['bernoulli_masks', 'threshold_masks', 'MaskBank', 'match_marginals', 'coherent_masks', 'MaskNet', 'MaskModel']
@@ -108,7 +108,6 @@ class MaskNet(nn.Module):
                  heads: int = 2, node_features: torch.Tensor | None = None, drug_dim: int | None = None,
                  n_labels: int | None = None, seed: int = 0, residual: bool = False, shared_readout: bool = False):
         super().__init__()
-        from perturbdiff.ddib import VectorPerturbation, mlp
         self.family, self.n_ct = family, n_cell_types
         self.x = nn.Linear(n_genes, hidden)
         self.ct = nn.Linear(n_cell_types, hidden) if n_cell_types > 1 else None

@@ -231,7 +231,7 @@ def rank_genes(t: np.ndarray, genes: Sequence[str]) -> list[str]:
 
 # %% ../nbs/02_metrics.ipynb #b191dd2c
 def _control_stats(control: PerturbData, cell_type: str, genes: pd.Index) -> tuple:
-    rows = np.flatnonzero(control.obs.control.to_numpy() & (control.obs.cell_type == cell_type).to_numpy())
+    rows = control.control_rows(cell_type)
     if len(rows) < 2: raise ValueError(f"Ranking DE genes and shift metrics need control cells of cell type {cell_type!r}; the control data "
                                        f"has {len(rows)}. Pass the training split (it holds all controls) or de_genes=.")
     X = control.dense(rows)[:, control.gene_index(genes)]

@@ -28,9 +28,9 @@ from .priors import GeneGraph, combination_features
 
 # %% auto #0
 __all__ = ['EdgePlan', 'plan_edges', 'gatv2_reference', 'gatv2_fused', 'BatchedGATv2', 'symbol_normal', 'GeneEmbedding',
-           'PerGeneReadout', 'PerturbationBatch', 'cell_modes', 'PerturbationTable', 'GenePerturbation',
-           'ConditionFusion', 'DrugPerturbation', 'LabelPerturbation', 'PerturbationEncoder', 'GRNBlock',
-           'DirectEffect', 'pseudobulk_pca', 'DolorisPerturbationEmbedding']
+           'PerGeneReadout', 'PerturbationBatch', 'cell_modes', 'PerturbationTable', 'TargetIdentity',
+           'GenePerturbation', 'ConditionFusion', 'DrugPerturbation', 'LabelPerturbation', 'PerturbationEncoder',
+           'GRNBlock', 'DirectEffect', 'pseudobulk_pca', 'DolorisPerturbationEmbedding', 'mlp', 'VectorPerturbation']
 
 # %% ../nbs/05_gat.ipynb #0a2e8b48
 @dataclass(eq=False)
@@ -402,18 +402,47 @@ def _table_batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.T
         cond = torch.where(unseen, -1, cond)
     return PerturbationBatch('label', label=cond)
 
-PerturbationTable.from_data, PerturbationTable.batch = _table_from_data, _table_batch
+def _trained_nodes(self: PerturbationTable, n_nodes: int) -> torch.Tensor:
+    "bool [n_nodes]: graph nodes that are a target of a condition with training cells (gene tables only)."
+    if self.kind != 'gene': raise ValueError(f"Only gene perturbations have target nodes; this table is {self.kind!r}.")
+    rows = self.targets[:-1][self.seen[:-1]]
+    out = torch.zeros(n_nodes, dtype=torch.bool)
+    out[rows[rows >= 0]] = True
+    return out
+
+PerturbationTable.from_data, PerturbationTable.batch, PerturbationTable.trained_nodes = _table_from_data, _table_batch, _trained_nodes
 
 # %% ../nbs/05_gat.ipynb #3ce8ca66
+class TargetIdentity(nn.Module):
+    "Ours (as GEARS): a learned vector per target gene with training cells; zero for every other node."
+    def __init__(self, genes: Sequence[str], trained: torch.Tensor, dim: int, seed: int = 0, std: float = 0.1):
+        super().__init__()
+        trained = torch.as_tensor(trained)
+        if trained.dtype != torch.bool or tuple(trained.shape) != (len(genes),):
+            raise ValueError(f"trained must be a bool tensor with one entry per graph node ({len(genes)}), got "
+                             f"{trained.dtype} {tuple(trained.shape)}; see PerturbationTable.trained_nodes.")
+        self.register_buffer('trained', trained.clone())
+        self.weight = nn.Parameter(symbol_normal(genes, dim, seed + 2, std) * trained[:, None].float())
+    def forward(self, targets: torch.Tensor) -> torch.Tensor:
+        "targets [...] node indices (-1: none) -> [..., dim]; zero rows for padding and for targets without training cells."
+        keep = (targets >= 0) & self.trained[targets.clamp(min=0)]
+        return self.weight[targets.clamp(min=0)] * keep[..., None].to(self.weight.dtype)
+
 class GenePerturbation(nn.Module):
-    "Eq. 10 of Unlasting: mask each target's embedding; add a learned direction for the perturbation mode."
-    def __init__(self, dim: int, n_modes: int = len(MODES)):
+    "Eq. 10 of Unlasting: mask each target's embedding; add a learned direction for the perturbation mode (+ identity, ours)."
+    def __init__(self, dim: int, n_modes: int = len(MODES), identity: TargetIdentity | None = None):
         super().__init__()
         self.direction = nn.Parameter(torch.zeros(n_modes, dim))  # u_m; zero = pure masking
+        self.identity = identity  # None: the paper's eq. 10
+        self.fusion = ConditionFusion(dim) if identity is not None else None
     def forward(self, h: torch.Tensor, node_emb: torch.Tensor, batch: PerturbationBatch) -> torch.Tensor:
         b, j = torch.nonzero(batch.targets >= 0, as_tuple=True)
         t = batch.targets[b, j]
-        return h.index_put((b, t), self.direction[batch.mode[b]] - node_emb[t], accumulate=True)
+        v = self.direction[batch.mode[b]] - node_emb[t]
+        if self.identity is None: return h.index_put((b, t), v, accumulate=True)
+        h = h.index_put((b, t), v + self.identity(t), accumulate=True)  # at the target's node: reaches its neighbours
+        z = self.identity(batch.targets).sum(1)  # the cell's targets together, fused into every gene: reaches all
+        return h + self.fusion(node_emb, z, batch.perturbed)
 
 class ConditionFusion(nn.Module):
     "phi(e_i, z_b) = W3 SiLU(W1 e_i + W2 z_b + c): a condition vector fused with every gene's embedding."
@@ -449,10 +478,11 @@ class LabelPerturbation(nn.Module):
 # %% ../nbs/05_gat.ipynb #99af0c6f
 class PerturbationEncoder(nn.Module):
     "The perturbation term of the GRN block for one kind: 'gene', 'drug' (needs drug_dim) or 'label' (needs n_labels)."
-    def __init__(self, kind: str, dim: int, drug_dim: int | None = None, n_labels: int | None = None):
+    def __init__(self, kind: str, dim: int, drug_dim: int | None = None, n_labels: int | None = None,
+                 identity: TargetIdentity | None = None):  # genes only: learned per-target vectors (ours)
         super().__init__()
         self.kind = kind
-        if kind == 'gene': self.encoder = GenePerturbation(dim)
+        if kind == 'gene': self.encoder = GenePerturbation(dim, identity=identity)
         elif kind == 'drug':
             if not drug_dim: raise ValueError("A drug encoder needs drug_dim (the number of drug features).")
             self.encoder = DrugPerturbation(drug_dim, dim)
@@ -475,7 +505,8 @@ class GRNBlock(nn.Module):
                  layers: int = 1, dropout: float = 0.1, use_edge_weight: bool = False, seed: int = 0,
                  chunk_elements: int | None = None, num_threads: int | None = None,
                  residual: bool = False,  # h <- h + GAT layer(h) (False: the paper's h <- GAT layer(h))
-                 shared_readout: bool = False):  # add a readout vector shared by all genes to the per-gene W_i
+                 shared_readout: bool = False,  # add a readout vector shared by all genes to the per-gene W_i
+                 trained_targets: torch.Tensor | None = None):  # ours: bool [N], targets given a TargetIdentity vector
         super().__init__()
         self.graph, self.dim, self.n_measured, self.residual = graph, dim, graph.n_measured, residual
         self.embedding = GeneEmbedding(graph.genes, dim, seed)
@@ -483,7 +514,8 @@ class GRNBlock(nn.Module):
         self.unmeasured = nn.Parameter(torch.zeros(dim))
         self.time = nn.Linear(time_dim, dim) if time_dim else None
         self.cell_type = nn.Linear(cell_type_dim, dim) if cell_type_dim else None
-        self.perturbation = PerturbationEncoder(kind, dim, drug_dim, n_labels)
+        identity = TargetIdentity(graph.genes, trained_targets, dim, seed) if trained_targets is not None and kind == 'gene' else None
+        self.perturbation = PerturbationEncoder(kind, dim, drug_dim, n_labels, identity)
         self.gat = nn.ModuleList([BatchedGATv2(dim, dim, heads, concat=False, edge_dim=1 if use_edge_weight else None,
                                                chunk_elements=chunk_elements, num_threads=num_threads) for _ in range(layers)])
         self.norm = nn.ModuleList([nn.LayerNorm(dim) for _ in range(layers)])
@@ -606,3 +638,53 @@ class DolorisPerturbationEmbedding(nn.Module):
         if reduce is None: return rows
         if reduce == 'sum': return rows.sum(1)
         raise ValueError(f"reduce must be 'sum' or None, got {reduce!r}")
+
+# %% ../nbs/05_gat.ipynb #vp0code1
+def mlp(sizes: Sequence[int], act=nn.SiLU, dropout: float = 0.0, last_act: bool = False) -> nn.Sequential:
+    "Linear layers with activations between them."
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or last_act:
+            layers.append(act())
+            if dropout: layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+class VectorPerturbation(nn.Module):
+    "A perturbation as one vector [B, out_dim] (zero for controls): gene rows, drug MLP x dose gate, or label embedding."
+    def __init__(self, graph: GeneGraph, kind: str, out_dim: int, node_features: torch.Tensor | None = None,
+                 grn_dim: int = 32, heads: int = 2, layers: int = 1, drug_dim: int | None = None,
+                 n_labels: int | None = None, seed: int = 0,
+                 trained_targets: torch.Tensor | None = None):  # ours: bool [N], targets given a TargetIdentity vector
+        super().__init__()
+        self.kind = kind
+        self.identity = (TargetIdentity(graph.genes, trained_targets, grn_dim, seed)
+                         if trained_targets is not None and kind == 'gene' else None)
+        if kind == 'gene':
+            if node_features is not None:  # Doloris: GAT over frozen features
+                self.rows = DolorisPerturbationEmbedding(graph, node_features, grn_dim, heads, layers)
+                d = grn_dim
+            else:  # no GRN: learned per-node embeddings, no graph
+                self.emb = GeneEmbedding(graph.genes, grn_dim, seed); self.rows = None; d = grn_dim
+            self.decode = mlp([d, out_dim, out_dim])
+            self.mode = nn.Embedding(len(MODES), out_dim)
+            nn.init.zeros_(self.mode.weight)
+        elif kind == 'drug':
+            if not drug_dim: raise ValueError("Drug perturbations need drug_dim.")
+            self.molecule, self.gate = mlp([drug_dim, out_dim, out_dim]), nn.Linear(1, out_dim)
+        elif kind == 'label':
+            self.label = nn.Embedding(n_labels, out_dim)
+        else: raise ValueError(f"kind must be 'gene', 'drug' or 'label', got {kind!r}")
+
+    def forward(self, pert: PerturbationBatch) -> torch.Tensor:
+        on = pert.perturbed[:, None].float()
+        if self.kind == 'gene':
+            T = pert.targets
+            rows = (self.rows(T, reduce=None) if self.rows is not None
+                    else self.emb()[T.clamp(min=0)] * (T >= 0)[..., None].float())
+            if self.identity is not None: rows = rows + self.identity(T)
+            dec = self.decode(rows) * (T >= 0)[..., None].float()  # each target decoded, then summed
+            return dec.sum(1) + self.mode(pert.mode) * on
+        if self.kind == 'drug':
+            return self.molecule(pert.drug) * torch.sigmoid(self.gate(pert.dose[:, None])) * on
+        return self.label(pert.label.clamp(min=0)) * on

@@ -35,7 +35,7 @@ __all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'GO_GAF_URL', 'VEHICLE_SMILES', 'VEHIC
            'GeneOntology', 'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'go_if_available',
            'EdgeListSource', 'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'hops_to_measured', 'reachable',
            'summary', 'describe', 'node_index', 'edges_frame', 'is_vehicle', 'encode_dose', 'morgan_fingerprints',
-           'drug_embedding', 'drug_features', 'combination_features']
+           'drug_embedding', 'drug_features', 'combination_features', 'build_graph']
 
 # %% ../nbs/04_priors.ipynb #f0c2c732
 GO_DB_NAME = 'org.Hs.eg.sqlite'
@@ -806,3 +806,20 @@ def combination_features(features: pd.DataFrame, conditions: Sequence[str], sep:
         if miss: raise KeyError(f"Condition {c!r}: no features for {miss}. Compute them with drug_features().")
         if parts: out[i] = features.loc[parts].to_numpy().sum(0)
     return pd.DataFrame(out, index=pd.Index(list(conditions), name='condition'), columns=features.columns)
+
+# %% ../nbs/04_priors.ipynb #bg0code1
+def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3, verbose: bool = False) -> GeneGraph:
+    "The model's gene graph: a GeneGraph as given, the union of a list of sources, or 'auto'; verbose: print its summary."
+    if isinstance(spec, GeneGraph):
+        if list(spec.measured) != list(train.genes):
+            raise ValueError("The given GeneGraph's measured genes differ from the training genes (order matters); "
+                             "build it with GeneGraph.build(train, ...).")
+        return spec
+    if isinstance(spec, str) and spec == 'auto':
+        sources = [coexpression(threshold, max_cells=5000)]  # at most 5,000 training control cells
+        if train.kind == 'gene' and (g := go_if_available()) is not None: sources.append(g)  # cached, or fetched once
+    elif isinstance(spec, (list, tuple)): sources = list(spec)
+    else: raise ValueError(f"graph must be 'auto', a GeneGraph or a list of edge sources, got {spec!r}.")
+    graph = GeneGraph.build(train, sources)
+    if verbose: print(graph.describe())
+    return graph

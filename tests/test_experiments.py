@@ -167,8 +167,7 @@ def test_ablation_reuse_is_exact(tiny_screen):
     import numpy as np
     import torch
     from perturbdiff import cli
-    from perturbdiff.ddib import build_graph
-    from perturbdiff.priors import coexpression
+    from perturbdiff.priors import build_graph, coexpression
     data = cli.load_data(ad.read_h5ad(tiny_screen), cell_type_key='cell_type', mode_key='perturbation_type')
     split = cli.make_split(data, 'unseen_combo', test_frac=1.0)
     graph = build_graph(split.train, [coexpression(0.3)])

@@ -1,0 +1,58 @@
+"""Same seed, same predictions across a refactor (issue 15): each model fitted on the simulator with few steps and its
+predictions saved; run at the commit before a change and after it, then compare.
+
+    git worktree add /tmp/before HEAD && (cd /tmp/before && PYTHONPATH=$PWD python /work/main/bench/equivalence.py --out /tmp/eq_before)
+    python bench/equivalence.py --out /tmp/eq_after --compare /tmp/eq_before
+
+Models: the baselines, Unlasting and Doloris (quick and plain presets), Departures (plain preset: its quick preset
+changed on purpose with residual decoding). Prints, per model, whether the predictions are bit-identical and the
+largest absolute difference; exits 1 if any differ by more than --atol (default 0: bit-identical).
+"""
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+RUNS = [('control', 'quick', {}), ('mean', 'quick', {}), ('additive', 'quick', {}), ('linear', 'quick', {}),
+        ('anchor', 'quick', {}),
+        ('unlasting', 'quick', dict(steps=30)), ('doloris', 'quick', dict(steps=30)),
+        ('unlasting', 'plain', dict(steps=30, mask_steps=10)), ('doloris', 'plain', dict(steps=30, mask_steps=10)),
+        ('departures', 'plain', dict(steps=30))]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--out', required=True)
+    ap.add_argument('--compare', default=None, help='a folder written by this script at another commit')
+    ap.add_argument('--atol', type=float, default=0.0)
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    from perturbdiff.cli import load_data, make_model, make_split
+    warnings.filterwarnings('ignore')
+    data = load_data('synthetic')
+    split = make_split(data, 'unseen_combo', test_frac=0.5, seed=0)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    bad = 0
+    for name, preset, over in RUNS:
+        key = f'{name}_{preset}'
+        model = make_model(name, preset=preset, seed=0, device='cpu', progress=False, overrides={name: over})
+        pred = model.fit(split.train).predict(split.test, seed=0)
+        X = np.asarray(pred.X, dtype=np.float32)
+        np.save(out / f'{key}.npy', X)
+        if a.compare:
+            ref = np.load(Path(a.compare) / f'{key}.npy')
+            same = ref.shape == X.shape and np.array_equal(ref, X)
+            diff = float(np.abs(ref - X).max()) if ref.shape == X.shape else float('inf')
+            ok = same or diff <= a.atol
+            bad += not ok
+            print(f'{key:22s} {"bit-identical" if same else f"max |diff| {diff:.3g}"}{"" if ok else "  <- DIFFERS"}', flush=True)
+        else:
+            print(f'{key:22s} saved {X.shape}', flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
