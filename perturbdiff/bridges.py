@@ -22,6 +22,7 @@ from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
 from .priors import GeneGraph, build_graph, drug_features
+from .train import BatchSequence, TrainConfig, fit as train_fit, resolve_device
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
@@ -275,7 +276,6 @@ class BridgePairs:
                     condition=t(self.condition[p]), dose=t(self.dose[p]), mode=t(self.mode[p]))
 
     def __call__(self, epoch: int, rank: int = 0, world_size: int = 1):
-        from perturbdiff.train import BatchSequence
         P, bs = self.pairs(epoch), self.cfg.batch_size
         return BatchSequence([P[s:s + bs] for s in range(0, len(P), bs)], lambda q: self.batch(q[rank::world_size]))
 
@@ -309,7 +309,6 @@ class Departures(PerturbationModel):
     def fit(self, train: PerturbData, out_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
             **train_overrides) -> 'Departures':
         "Train both bridges jointly, re-pairing cells by OT at every epoch."
-        from perturbdiff.train import TrainConfig, fit as train_fit, resolve_device
         cfg = self.config
         if cfg.scaled and not train.x_max: raise ValueError("scaled=True needs the training scale; use data.split(...).")
         torch.manual_seed(self.seed)

@@ -35,6 +35,7 @@ import perturbdiff
 from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns, parse_group_spec
 from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, METRICS, de_rankings, evaluate, metric_columns, summarize
+from .train import resolve_device
 
 # %% auto #0
 __all__ = ['SYNTHETIC', 'DATA_KEYS', 'MODELS', 'BASELINES', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'EXAMPLES',
@@ -227,7 +228,7 @@ def model_options(cls) -> dict[str, object]:
 # %% ../nbs/11_cli.ipynb #ff71caff
 AT_LEAST_ONE = {'n_dims', 'batch_size', 'mask_batch_size', 'n_steps', 'sampling_steps', 'T', 'epochs', 'mask_epochs',
                 'predict_batch', 'n_control', 'heads', 'dim', 'time_dim', 'hidden', 'grn_dim', 'pca_dim', 'mask_hidden',
-                'mask_k', 'layers_continuous'}  # sizes and counts (other integers: >= 0; `steps=0` trains nothing, see 10_train)
+                'mask_k', 'layers_continuous'}  # sizes and counts (other integers: >= 0; `steps=0` trains nothing, see 02a_train)
 POSITIVE = {'lr', 'mask_lr'}  # numbers > 0 (other numbers: >= 0)
 FRACTIONS = {'dropout', 'source_fraction', 'mask_tau', 'mask_high', 'mask_low', 'ema', 'coexpression_threshold', 't_eps'}
 _WANT = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'text', tuple: 'a list like [1, 2]',
@@ -659,7 +660,6 @@ def check_task(data: PerturbData, split: Split, names: Sequence[str]) -> None:
 # %% ../nbs/11_cli.ipynb #f7dfe15c
 def run_benchmark(args, argv=()) -> BenchmarkResult:
     "`perturbdiff benchmark`: fit, predict and evaluate every model of --models; write the tables as each finishes."
-    from perturbdiff.train import resolve_device
     names, metrics = model_names(args.models), _metrics(args)
     overrides = parse_overrides(args.set); model_overrides(names, overrides)  # fail fast: names, options, values
     resolve_device(args.device)
@@ -680,7 +680,6 @@ def run_benchmark(args, argv=()) -> BenchmarkResult:
 
 def run_fit(args, argv=()) -> None:
     "`perturbdiff fit`: fit one model on the training split and save it with run.json."
-    from perturbdiff.train import resolve_device
     overrides = parse_overrides(args.set); model_overrides([args.model], overrides); resolve_device(args.device)
     out = prepare_out(args.out, FIT_OUTPUTS, args.resume, args.overwrite)
     data = _data_from(args); split = _split_from(args, data)
@@ -718,7 +717,6 @@ def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
 
 def run_predict(args, argv=()) -> None:
     "`perturbdiff predict`: predicted cells of a saved model, for its test split or the --test groups."
-    from perturbdiff.train import resolve_device
     out = check_out_file(args.out); resolve_device(args.device)
     saved = _saved_args(args.run)
     model = load_model(args.run, saved.model, args.device)

@@ -29,6 +29,8 @@ from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample
 from .nn import (DirectEffect, GRNBlock, PerturbationBatch, PerturbationTable, VectorPerturbation, cell_modes, mlp,
                             pseudobulk_pca)
 from .anchor import ShiftAnchor
+from .mask import MaskModel
+from .train import BatchSequence, TrainConfig, fit as train_fit, resolve_device
 from .priors import GeneGraph, build_graph, coexpression, drug_features, go, go_db_path, go_if_available
 
 # %% auto #0
@@ -95,7 +97,7 @@ class DDIBConfig:
     mask_k: int = 5  # threshold strategy: control inputs per predicted cell
     mask_high: float = 0.95  # coherent strategy
     mask_low: float = 0.05
-    mask_match_marginals: bool = False  # coherent strategy: match each gene's on-fraction to the predicted mean (08_mask)
+    mask_match_marginals: bool = False  # coherent strategy: match each gene's on-fraction to the predicted mean (06a_mask)
     # inference
     n_control: int = 100  # control cells inverted per cell type (authors: 100)
     reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
@@ -361,7 +363,6 @@ class DDIBBatches:
         return out
 
     def __call__(self, epoch: int, rank: int = 0, world_size: int = 1):
-        from perturbdiff.train import BatchSequence
         return BatchSequence(self.rows(epoch), lambda r: self.batch(r[rank::world_size]))
 
 # %% ../nbs/07_ddib.ipynb #d62759de
@@ -414,7 +415,6 @@ class DDIBModel(PerturbationModel):
 def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume: bool = False,
          stop_after: int | None = None, **train_overrides) -> DDIBModel:
     "Train the denoiser, then the mask model, on the training split."
-    from perturbdiff.train import TrainConfig, fit as train_fit, resolve_device
     cfg = self.config
     if not train.x_max: raise ValueError("The training data has no fitted scale; use data.split(...) or data.fit_scale().")
     torch.manual_seed(self.seed)
@@ -454,7 +454,6 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
     self.device_ = resolve_device(self.device)
     self.mask_ = None
     if cfg.use_mask and (stop_after is None):
-        from perturbdiff.mask import MaskModel
         self.mask_ = MaskModel.for_family(self.family, train, self.graph_, self.cond_, cfg, self.seed, feats).fit(
             device=self.device, progress=self.progress,
             out_dir=None if out_dir is None else str(Path(out_dir) / 'mask'), resume=resume)

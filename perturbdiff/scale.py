@@ -28,7 +28,9 @@ import torch
 from .bridges import BridgePairs, pair_group
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, resolve_groups, to_log1p)
-from .train import BatchSequence, distributed_map
+from .cli import MODELS, SPLITS, make_model, model_class, paper_table, parse_overrides
+from .metrics import de_rankings, evaluate
+from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
 # %% auto #0
 __all__ = ['CHUNK_NNZ', 'DATA_KEYS', 'H5Matrix', 'read', 'BackedMatrix', 'read_csr', 'read_dense', 'Moments', 'rows_key',
@@ -615,7 +617,6 @@ def predict_to_h5ad(model, groups, path: str | os.PathLike, n_cells: int | None 
 def evaluate_h5ad(pred: str | os.PathLike, truth: PerturbData, control: PerturbData | None = None,
                   groups_per_chunk: int = 64, de_genes=None, groups: Sequence[str] | None = None, **kwargs) -> pd.DataFrame:
     "`perturbdiff.metrics.evaluate` of an h5ad of predicted cells, read and scored `groups_per_chunk` groups at a time."
-    from perturbdiff.metrics import de_rankings, evaluate
     m = H5Matrix(pred, space='log1p')
     obs, var = _read_frame(m._file()['obs']), _read_frame(m._file()['var'])
     if GROUP_COL not in obs: raise KeyError(f"{pred} has no obs column {GROUP_COL!r}; write predictions with predict_to_h5ad or model.predict.")
@@ -638,7 +639,6 @@ def evaluate_h5ad(pred: str | os.PathLike, truth: PerturbData, control: PerturbD
 DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer')
 
 def _parser() -> argparse.ArgumentParser:
-    from perturbdiff.cli import MODELS, SPLITS
     p = argparse.ArgumentParser(prog='python -m perturbdiff.scale', description='Out-of-core and distributed (torchrun) '
                                 'training, chunked prediction and evaluation on h5ad files.')
     sub = p.add_subparsers(dest='command', required=True)
@@ -670,8 +670,6 @@ def run_train(args) -> None:
     "`train`: open the h5ad backed, split, fit (DDP under torchrun), save from rank 0."
     import inspect
     import torch.distributed as dist
-    from perturbdiff.cli import make_model, parse_overrides
-    from perturbdiff.train import distributed_context, resolve_device
     ctx = distributed_context(resolve_device(args.device))  # joins the process group under torchrun
     keys = {k: getattr(args, k) for k in DATA_KEYS if getattr(args, k) is not None}
     if isinstance(keys.get('control'), list) and len(keys['control']) == 1: keys['control'] = keys['control'][0]
@@ -696,7 +694,6 @@ def run_train(args) -> None:
 # %% ../nbs/13_scale.ipynb #e60396ea
 def _load_run(run: str | os.PathLike):
     "The fitted model, the run's record and its test groups (a table indexed by group id)."
-    from perturbdiff.cli import model_class
     info = json.loads((Path(run) / 'run.json').read_text())
     model = model_class(info['args']['model']).load(Path(run) / 'model')
     tg = pd.DataFrame(info['test_groups']).set_index('group')
@@ -712,7 +709,6 @@ def run_predict(args) -> None:
 
 def run_evaluate(args) -> pd.DataFrame:
     "`evaluate`: score --pred against the run's test cells (read from the h5ad), chunk by chunk."
-    from perturbdiff.cli import paper_table
     model, info, tg = _load_run(args.run)
     train = model.train_
     data = BackedPerturbData(info['data'], **info['keys'])
