@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import PerturbationModel, PerturbData, _close, prediction_anndata, resolve_groups
+from .contract import PerturbationModel, prediction_anndata, resolve_groups
+from .data import PerturbData, _close
 
 # %% auto #0
 __all__ = ['group_means', 'group_effects', 'ShiftBaseline', 'check_vocabulary', 'ControlBaseline', 'mean_shift', 'MeanBaseline',

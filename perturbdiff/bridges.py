@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import MODES, PerturbationModel, PerturbData, check_choices, prediction_anndata, resolve_groups
+from .contract import PerturbationModel, prediction_anndata, resolve_groups
+from .data import MODES, PerturbData, check_choices
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor

@@ -19,14 +19,13 @@ import scipy.sparse as sp
 
 # %% auto #0
 __all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LOG1P_MAX', 'SPACES', 'SAMPLE_ROWS',
-           'INTEGER_SHARE', 'UNIT_CELLS', 'OTHER_CELLS', 'CONSTANT_CV', 'NO_CELL_TYPE', 'DOSE_LIKE', 'SPLITS',
-           'GROUP_COL', 'parse_condition', 'canonical_key', 'control_like', 'control_like_tokens', 'normalize_mode',
+           'INTEGER_SHARE', 'UNIT_CELLS', 'OTHER_CELLS', 'CONSTANT_CV', 'NO_CELL_TYPE', 'GROUP_COL', 'DOSE_LIKE',
+           'SPLITS', 'parse_condition', 'canonical_key', 'control_like', 'control_like_tokens', 'normalize_mode',
            'Perturbation', 'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence',
            'guess_space', 'detect_space', 'to_log1p', 'check_choices', 'gene_symbols', 'group_key', 'dose_like_columns',
            'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'control_rows',
            'highly_variable', 'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats',
-           'Split', 'parse_group_spec', 'split', 'resolve_groups', 'prediction_anndata', 'PerturbationModel',
-           'CellDataset', 'condition_weights', 'cell_loader']
+           'Split', 'parse_group_spec', 'split', 'CellDataset', 'condition_weights', 'cell_loader']
 
 # %% ../nbs/00_data.ipynb #5395826f
 CONTROL_NAMES = ('ctrl', 'control', 'controls', 'non-targeting', 'nontargeting', 'non_targeting', 'dmso',
@@ -359,6 +358,8 @@ def gene_symbols(adata: ad.AnnData, gene_symbol_key: str | None = 'auto') -> pd.
     return names
 
 # %% ../nbs/00_data.ipynb #880a091b
+GROUP_COL = 'perturbdiff_group'  # obs column of predictions naming each cell's group
+
 def group_key(condition: str, cell_type: str, dose: float = float('nan')) -> str:
     "String id of a (condition, cell type, dose) group."
     d = '' if dose is None or (isinstance(dose, float) and np.isnan(dose)) else repr(float(dose))
@@ -934,94 +935,6 @@ def split(self: PerturbData,
     return Split(train, test_part, kind, seed, tg)
 
 PerturbData.split = split
-
-# %% ../nbs/00_data.ipynb #b5ac24cc
-GROUP_COL = 'perturbdiff_group'  # obs column of predictions naming each cell's group
-
-def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
-    "A table (index: group id) of condition, cell_type, dose, mode, n_targets, n_cells to predict."
-    if isinstance(groups, PerturbData): g = groups.groups()
-    elif isinstance(groups, pd.DataFrame):
-        miss = [c for c in ('condition', 'cell_type') if c not in groups.columns]
-        if miss: raise KeyError(f"The groups table lacks columns {miss}; it needs condition and cell_type (and dose).")
-        g = groups.copy()
-    else:
-        cts = [ct for ct in train.cell_types if len(train.control_rows(ct))]
-        rows = []
-        for spec in ([groups] if isinstance(groups, str) else list(groups)):
-            spec = parse_group_spec(spec)
-            for ct in ([spec[1]] if len(spec) > 1 else cts):
-                rows.append(dict(condition=train.resolve(spec[0]), cell_type=ct, dose=float(spec[2]) if len(spec) > 2 else np.nan))
-        g = pd.DataFrame(rows)
-    g['condition'] = [train.resolve(c) for c in g['condition'].astype(str)]
-    g['cell_type'] = g['cell_type'].astype(str)
-    g['dose'] = g['dose'].astype(float) if 'dose' in g else np.nan
-    if (g.condition == CONTROL_KEY).any(): raise ValueError("Predicting the control group is not a perturbation; drop it.")
-    known = set(train.obs.cell_type[train.obs.control])
-    unknown = sorted(set(g.cell_type) - known)
-    if unknown: raise ValueError(f"No training control cells for cell types {unknown}; models predict from the "
-                                 f"controls of the same cell type (training cell types: {sorted(known)}).")
-    modes = train.obs.loc[~train.obs.control, 'mode'].astype(str)
-    default_mode = modes.mode().iloc[0] if len(modes) else 'unknown'
-    if 'mode' not in g: g['mode'] = default_mode
-    g['n_targets'] = [len(c.split('+')) for c in g.condition]
-    if n_cells is not None: g['n_cells'] = int(n_cells)
-    elif 'n_cells' not in g: g['n_cells'] = default_n
-    g.index = [group_key(c, t, d) for c, t, d in zip(g.condition, g.cell_type, g.dose)]
-    return g[['condition', 'cell_type', 'dose', 'mode', 'n_targets', 'n_cells']]
-
-# %% ../nbs/00_data.ipynb #50fa4e19
-def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataFrame, train: PerturbData,
-                       model: str) -> ad.AnnData:
-    "Predicted cells (log1p, cells x training genes) as an AnnData in the input's conventions."
-    X = np.asarray(X, dtype=np.float32)
-    if X.shape != (len(group_ids), train.n_genes):
-        raise ValueError(f"Prediction has shape {X.shape}, expected ({len(group_ids)}, {train.n_genes}).")
-    bad = ~np.isfinite(X)
-    if bad.any():  # never hand out (or write) cells with NaN/inf: a diverged or broken model says so instead
-        rows = np.flatnonzero(bad.any(1))
-        raise RuntimeError(f"{model} predicted non-finite values in {len(rows)} of {len(X)} cells (groups "
-                                 f"{sorted(set(np.asarray(group_ids)[rows]))[:3]}): the model is broken or diverged. "
-                                 f"Refit with a lower lr or check the training data; nothing was written.")
-    g = groups.loc[list(group_ids)]
-    obs = pd.DataFrame({GROUP_COL: pd.Categorical(list(group_ids))})
-    keys = train.keys
-    obs[keys['condition']] = pd.Categorical([train.label_of.get(c, c) for c in g.condition])
-    if keys['cell_type']: obs[keys['cell_type']] = pd.Categorical(g.cell_type.to_numpy())
-    if keys['dose']: obs[keys['dose']] = g.dose.to_numpy()
-    obs.index = [f'pred{i}' for i in range(len(obs))]
-    out = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=pd.Index(train.genes, name=None)))
-    out.uns['perturbdiff'] = dict(model=model, space='log1p')
-    return out
-
-# %% ../nbs/00_data.ipynb #badb134c
-import pickle
-
-class PerturbationModel:
-    "Base of every model: fit(train) -> self, predict(groups) -> AnnData of cells, save / load."
-    name = 'model'
-    def fit(self, train: PerturbData) -> 'PerturbationModel': raise NotImplementedError
-    def predict(self, groups, n_cells: int | None = None, seed: int = 0) -> ad.AnnData: raise NotImplementedError
-    def _check_fitted(self):
-        if getattr(self, 'train_', None) is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train) first.")
-    def save(self, path: str | 'os.PathLike') -> None:
-        "Write the model to the folder `path`."
-        from pathlib import Path
-        p = Path(path); p.mkdir(parents=True, exist_ok=True)
-        tmp = p / 'model.pkl.part'
-        with open(tmp, 'wb') as f: pickle.dump(self, f)
-        tmp.replace(p / 'model.pkl')
-    @classmethod
-    def load(cls, path: str | 'os.PathLike', device: str = 'auto') -> 'PerturbationModel':
-        "Read a model written by `save`; a model that runs on a device (a `device` attribute) is set to `device`."
-        from pathlib import Path
-        with open(Path(path) / 'model.pkl', 'rb') as f: m = pickle.load(f)
-        if not isinstance(m, cls): raise TypeError(f"{path} holds a {type(m).__name__}, not a {cls.__name__}.")
-        if hasattr(m, 'device'):
-            from perturbdiff.train import resolve_device
-            m.device, m.device_ = device, resolve_device(device)
-        return m
 
 # %% ../nbs/00_data.ipynb #175fdbd0
 import torch

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import (CONTROL_KEY, MODES, PerturbationModel, PerturbData, check_choices, prediction_anndata,
-                              resolve_groups)
+from .contract import PerturbationModel, prediction_anndata, resolve_groups
+from .data import CONTROL_KEY, MODES, PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
 from .nn import (DirectEffect, GRNBlock, PerturbationBatch, PerturbationTable, VectorPerturbation, cell_modes, mlp,

@@ -306,7 +306,7 @@ def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str, check:
     "Pred expression (cells x truth genes) and its group ids, after checking it."
     if not isinstance(pred, ad.AnnData): raise TypeError(f"pred must be the AnnData a model's predict returns, got {type(pred).__name__}.")
     if GROUP_COL not in pred.obs: raise KeyError(f"pred.obs has no {GROUP_COL!r} column naming each cell's test group; "
-                                                 f"predict() writes it (see perturbdiff.data.prediction_anndata).")
+                                                 f"predict() writes it (see perturbdiff.contract.prediction_anndata).")
     genes = pd.Index(pred.var_names.astype(str))
     missing, extra = truth.genes.difference(genes), genes.difference(truth.genes)
     if len(missing) or len(extra) or genes.has_duplicates:

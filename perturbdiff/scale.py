@@ -27,7 +27,8 @@ import torch
 
 from .bridges import BridgePairs, pair_group
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
-                              detect_space, resolve_groups, to_log1p)
+                              detect_space, to_log1p)
+from .contract import resolve_groups
 from .cli import MODELS, SPLITS, make_model, model_class, paper_table, parse_overrides
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device

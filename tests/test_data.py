@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from perturbdiff.data import SPLITS, PerturbData, cell_loader, resolve_groups
+from perturbdiff.contract import resolve_groups
+from perturbdiff.data import SPLITS, PerturbData, cell_loader
 from perturbdiff.datasets import simulate
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from perturbdiff import cli, datasets, train
-from perturbdiff.data import PerturbationModel
+from perturbdiff.contract import PerturbationModel
 
 DATA = ['--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type']
 SPLIT = ['--split', 'unseen_combo', '--test-frac', '1']

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from perturbdiff.data import InputSpaceWarning, PerturbData, detect_space, resolve_groups, to_log1p
+from perturbdiff.contract import resolve_groups
+from perturbdiff.data import InputSpaceWarning, PerturbData, detect_space, to_log1p
 from perturbdiff.datasets import simulate
 
 

@@ -166,7 +166,8 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
 def test_non_finite_predictions_are_refused_not_written():
     """Issue #14 item 4: a model whose output holds NaN/inf gets an error naming the cells, never an AnnData (so nothing
     is written). `prediction_anndata` is where every model builds its output."""
-    from perturbdiff.data import PerturbData, prediction_anndata
+    from perturbdiff.contract import prediction_anndata
+    from perturbdiff.data import PerturbData
     from perturbdiff.datasets import simulate
     sim = simulate(n_genes=20, n_regulators=4, n_single=4, n_combo=0, cells_per_group=10, n_cell_types=1, seed=0)
     split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type', space='log1p').split(

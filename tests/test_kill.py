@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from perturbdiff import cli, datasets
-from perturbdiff.data import PerturbationModel
+from perturbdiff.contract import PerturbationModel
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name('perturbdiff')

@@ -8,7 +8,8 @@ import scipy.stats
 from scipy.spatial.distance import cdist, pdist
 
 from perturbdiff import metrics as M
-from perturbdiff.data import GROUP_COL, PerturbData, prediction_anndata, resolve_groups
+from perturbdiff.contract import prediction_anndata, resolve_groups
+from perturbdiff.data import GROUP_COL, PerturbData
 from perturbdiff.datasets import simulate
 
 
