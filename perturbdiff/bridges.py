@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import PerturbationModel, prediction_anndata, resolve_groups
+from .contract import TrainedModel, prediction_anndata, resolve_groups
 from .data import MODES, PerturbData, check_choices
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
 from .priors import GeneGraph, build_graph, drug_features
-from .train import BatchSequence, TrainConfig, fit as train_fit, resolve_device
+from .train import BatchSequence, fit as train_fit, resolve_device
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
@@ -296,16 +296,11 @@ def bridge_loss(net: BridgeNet, b: dict, generator, table: PerturbationTable, cf
     return cont + disc, dict(continuous=cont.detach(), discrete=disc.detach())
 
 # %% ../nbs/09_bridges.ipynb #342d502a
-class Departures(PerturbationModel):
+class Departures(TrainedModel):
     "Departures: OT-paired Schrödinger bridges, continuous (expression) and discrete (on/off), trained jointly."
     family = 'departures'
-    def __init__(self, config: BridgeConfig | None = None, seed: int = 0, device: str = 'auto', progress: bool = True):
-        self.config, self.seed, self.device, self.progress = config or bridge_config(), seed, device, progress
-        self.train_ = None
-
     @classmethod
-    def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **overrides):
-        return cls(bridge_config(preset, **overrides), seed, device, progress)
+    def make_config(cls, preset: str = 'quick', **overrides) -> BridgeConfig: return bridge_config(preset, **overrides)
 
     def fit(self, train: PerturbData, out_dir: str | None = None, resume: bool = False, stop_after: int | None = None,
             **train_overrides) -> 'Departures':
@@ -331,11 +326,9 @@ class Departures(PerturbationModel):
             pos, S = self.anchor_.cell_shifts(train)
             frame = (pos, (S / train.x_max if cfg.scaled else S).astype(np.float32))
         self.batches_ = BridgePairs(train, cfg, self.seed, frame)
-        tc = TrainConfig(**{**dict(steps=cfg.steps, epochs=None if cfg.steps else cfg.epochs, batch_size=cfg.batch_size,
-                                   lr=cfg.lr, weight_decay=cfg.weight_decay, ema=cfg.ema, grad_clip=cfg.grad_clip,
-                                   schedule='linear', device=self.device, seed=self.seed, progress=self.progress,
-                                   log_every=max(1, len(self.batches_) // 2), out_dir=out_dir,
-                                   ckpt_every=len(self.batches_) if out_dir else None, resume=resume), **train_overrides})
+        tc = self.train_config(resume, **{**dict(steps=cfg.steps, epochs=None if cfg.steps else cfg.epochs, schedule='linear',
+                                                 log_every=max(1, len(self.batches_) // 2), out_dir=out_dir,
+                                                 ckpt_every=len(self.batches_) if out_dir else None), **train_overrides})
         loss = lambda net, b, g: bridge_loss(net, b, g, self.table_, cfg)
         self.history_ = train_fit(self.net_, loss, self.batches_, tc, stop_after=stop_after, desc='departures').history
         self.device_ = resolve_device(self.device)
@@ -378,9 +371,7 @@ def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: 
     for gid, row in g.iterrows():
         if row.condition not in voc:
             raise ValueError(f"Condition {row.condition!r} is not in the data's vocabulary; the gene graph has no nodes for it.")
-        key = zlib.crc32(str(gid).encode())
-        rng = np.random.default_rng([seed, key])
-        gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+        rng, gen = self.generators(seed, str(gid))
         pool = self.batches_.ctrl_of[row.cell_type]
         pick = rng.choice(pool, row.n_cells, replace=row.n_cells > len(pool))
         outs = []
@@ -392,11 +383,7 @@ def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: 
         X.append(self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)); ids += [gid] * len(pick)
     return prediction_anndata(np.vstack(X), ids, g, self.train_, 'departures')
 
-def _bridge_save(self: Departures, path):
-    if getattr(self, 'net_', None) is not None: self.net_.cpu()
-    PerturbationModel.save(self, path)
-
-Departures._sample_cells, Departures.predict, Departures.save = _sample_cells, _bridge_predict, _bridge_save
+Departures._sample_cells, Departures.predict = _sample_cells, _bridge_predict
 
 # %% ../nbs/09_bridges.ipynb #e12e1a4f
 @torch.no_grad()
@@ -406,8 +393,7 @@ def _bridge_controls(self: Departures, cell_type: str, n_cells: int = 100, seed:
     if cell_type not in self.cell_types_: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {self.cell_types_}.")
     cfg, dev = self.config, self.device_
     net = self.net_.to(dev).eval()
-    rng = np.random.default_rng([seed, 13, zlib.crc32(cell_type.encode())])
-    gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+    rng, gen = self.generators(seed, 13, cell_type)
     pool = self.batches_.ctrl_of[cell_type]
     x = torch.as_tensor(self.batches_.values(rng.choice(pool, int(n_cells), replace=n_cells > len(pool))), device=dev)
     n, ct = len(x), torch.full((len(x),), self.cell_types_.index(cell_type), device=dev)

@@ -210,8 +210,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict]:
 
 # %% ../nbs/11_cli.ipynb #3ad7b1a8
 def _config_class(cls):
-    "The config dataclass of a model made by from_preset: the type of its constructor's `config` (None if none)."
-    hint = typing.get_type_hints(cls.__init__).get('config')
+    "The config dataclass of a model made by from_preset: what its `make_config` returns, else its constructor's `config` type."
+    hint = typing.get_type_hints(cls.make_config).get('return') if hasattr(cls, 'make_config') else None
+    hint = hint or typing.get_type_hints(cls.__init__).get('config')
     return next((t for t in (typing.get_args(hint) or (hint,)) if is_dataclass(t)), None)
 
 def model_options(cls) -> dict[str, object]:

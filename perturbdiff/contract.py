@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import math
 import pickle
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import torch
 
 from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_spec
-from .train import resolve_device
+from .train import TrainConfig, resolve_device
 
 # %% auto #0
-__all__ = ['resolve_groups', 'prediction_anndata', 'PerturbationModel']
+__all__ = ['resolve_groups', 'prediction_anndata', 'PerturbationModel', 'seeded_rng', 'TrainedModel']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -100,3 +102,47 @@ class PerturbationModel:
         if hasattr(m, 'device'):
             m.device, m.device_ = device, resolve_device(device)
         return m
+
+# %% ../nbs/02b_contract.ipynb #02ca0365
+def seeded_rng(seed: int, *parts) -> np.random.Generator:
+    "A numpy generator keyed by the seed and `parts` (ints as they are, strings by their CRC32)."
+    return np.random.default_rng([seed, *(zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts)])
+
+class TrainedModel(PerturbationModel):
+    "Base of the trained models: config from a preset, seed, device, progress; training config; seeded generators; save."
+    family = 'trained'
+    def __init__(self, config=None, seed: int = 0, device: str = 'auto', progress: bool = True):
+        self.config = config if config is not None else self.make_config()
+        self.seed, self.device, self.progress = seed, device, progress
+        self.train_ = None
+
+    @classmethod
+    def make_config(cls, preset: str = 'quick', **overrides):
+        "The model's configuration for a preset, with overrides (unknown options raise)."
+        raise NotImplementedError
+
+    @classmethod
+    def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **overrides):
+        "A model with a preset's configuration and overrides."
+        return cls(cls.make_config(preset, **overrides), seed, device, progress)
+
+    def train_config(self, resume: bool = False, **fields) -> TrainConfig:
+        "The trainer's configuration: the fields every model config has, then the model's own (`fields`)."
+        c = self.config
+        return TrainConfig(**{**dict(batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, ema=c.ema,
+                                     grad_clip=c.grad_clip, device=self.device, seed=self.seed, progress=self.progress,
+                                     resume=resume), **fields})
+
+    def generators(self, seed: int, *parts) -> tuple[np.random.Generator, torch.Generator]:
+        "A numpy generator keyed by (seed, *parts) and a torch generator on the model's device seeded from it."
+        rng = seeded_rng(seed, *parts)
+        return rng, torch.Generator(device=self.device_).manual_seed(int(rng.integers(2 ** 62)))
+
+    def networks(self) -> list:
+        "The torch modules that save() moves to the CPU."
+        return [getattr(self, 'net_', None)]
+
+    def save(self, path: str | 'os.PathLike') -> None:
+        for m in self.networks():
+            if m is not None: m.cpu()
+        PerturbationModel.save(self, path)

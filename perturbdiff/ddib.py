@@ -10,7 +10,6 @@ import math
 import os
 import time
 import warnings
-import zlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import PerturbationModel, prediction_anndata, resolve_groups
+from .contract import TrainedModel, prediction_anndata, resolve_groups
 from .data import CONTROL_KEY, MODES, PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
@@ -30,7 +29,7 @@ from .nn import (DirectEffect, GRNBlock, PerturbationBatch, PerturbationTable, V
                             pseudobulk_pca)
 from .anchor import ShiftAnchor
 from .mask import MaskModel
-from .train import BatchSequence, TrainConfig, fit as train_fit, resolve_device
+from .train import BatchSequence, fit as train_fit, resolve_device
 from .priors import GeneGraph, build_graph, coexpression, drug_features, go, go_db_path, go_if_available
 
 # %% auto #0
@@ -385,18 +384,12 @@ def ddib_loss(net, batch: dict, generator, sched: Schedule, conditioner: Conditi
     return loss, dict(expressed=expressed.float().mean())
 
 # %% ../nbs/07_ddib.ipynb #1800b8ce
-class DDIBModel(PerturbationModel):
-    "Shared skeleton of Unlasting and Doloris: fit (denoiser + mask model), DDIB predict, save/load."
+class DDIBModel(TrainedModel):
+    "Shared skeleton of Unlasting and Doloris: fit (denoiser + mask model), DDIB predict; the rest from TrainedModel."
     family = 'ddib'
-    def __init__(self, config: DDIBConfig | None = None, seed: int = 0, device: str = 'auto', progress: bool = True):
-        self.config = config or ddib_config(self.family)
-        self.seed, self.device, self.progress = seed, device, progress
-        self.train_ = None
-
     @classmethod
-    def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **overrides):
-        "A model with a preset's configuration and overrides."
-        return cls(ddib_config(cls.family, preset, **overrides), seed, device, progress)
+    def make_config(cls, preset: str = 'quick', **overrides) -> DDIBConfig: return ddib_config(cls.family, preset, **overrides)
+    def networks(self) -> list: return [getattr(self, 'net_', None), getattr(getattr(self, 'mask_', None), 'net', None)]
 
     def _node_features(self, train, graph) -> torch.Tensor | None:
         "Frozen node features shared by the denoiser and the mask model (None: the family has none)."
@@ -443,12 +436,9 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
         pos, S = self.anchor_.cell_shifts(train)
         frame = (pos, torch.as_tensor(S / train.x_max, dtype=torch.float32))  # model space: x / x_max
     batches = DDIBBatches(train, cfg.batch_size, cfg.source_fraction, self.seed, self.fill_, frame)
-    tc = TrainConfig(**{**dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               ema=cfg.ema, grad_clip=cfg.grad_clip, device=self.device, seed=self.seed,
-                               progress=self.progress, log_every=max(1, cfg.steps // 20),
-                               out_dir=None if out_dir is None else str(Path(out_dir) / 'denoiser'),
-                               ckpt_every=None if out_dir is None else max(1, cfg.steps // 10), resume=resume),
-                        **train_overrides})
+    tc = self.train_config(resume, **{**dict(steps=cfg.steps, log_every=max(1, cfg.steps // 20),
+                                             out_dir=None if out_dir is None else str(Path(out_dir) / 'denoiser'),
+                                             ckpt_every=None if out_dir is None else max(1, cfg.steps // 10)), **train_overrides})
     loss = lambda net, b, g: ddib_loss(net, b, g, self.sched_train_, self.cond_)
     self.history_ = train_fit(self.net_, loss, batches, tc, stop_after=stop_after, desc=f'{self.family} denoiser').history
     self.device_ = resolve_device(self.device)
@@ -565,8 +555,7 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
     cts = list(self.cond_.cell_types)
     X, ids, raw = [], [], []
     for ct in pd.unique(g.cell_type):
-        rng = np.random.default_rng([seed, 7, zlib.crc32(ct.encode())])
-        gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+        rng, gen = self.generators(seed, 7, ct)
         pool = self._control_pool(ct, rng)
         x_pool = torch.as_tensor(self.train_.dense(pool, scaled=True), device=dev)
         x_in = self._fill_controls(x_pool, ct, gen)  # what is inverted (x_pool itself unless fill_unexpressed)
@@ -574,8 +563,7 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
         res = self.config.decode_residual
         rec = self._reconstruct(lat, cts.index(ct), sched) if (res and lat is not None) else None  # D(z, source), once
         for gid, row in g[g.cell_type == ct].iterrows():
-            rng = np.random.default_rng([seed, 11, zlib.crc32(str(gid).encode())])  # per group: independent of the others
-            gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+            rng, gen = self.generators(seed, 11, str(gid))  # per group: independent of the others
             pick = np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[:row.n_cells]
             outs = []
             for s in range(0, len(pick), self.config.predict_batch):
@@ -609,8 +597,7 @@ def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed
     if cell_type not in cts: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {cts}.")
     dev = self.device_
     self.net_.to(dev).eval()
-    rng = np.random.default_rng([seed, 13, zlib.crc32(cell_type.encode())])
-    gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2 ** 62)))
+    rng, gen = self.generators(seed, 13, cell_type)
     z = torch.randn((int(n_cells), self.train_.n_genes), generator=gen, device=dev)
     cond = self.cond_.cond(torch.full((len(z),), cts.index(cell_type), device=dev), torch.full((len(z),), -1), None, None,
                            torch.zeros(len(z), dtype=torch.bool, device=dev), torch.zeros_like(z))
@@ -618,14 +605,6 @@ def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed
     return self.train_.unscale(np.clip(x.cpu().numpy().astype(np.float64), 0, None))
 
 DDIBModel.generate_controls = _generate_controls
-
-# %% ../nbs/07_ddib.ipynb #5f597987
-def _save(self: DDIBModel, path) -> None:
-    for m in (getattr(self, 'net_', None), getattr(getattr(self, 'mask_', None), 'net', None)):
-        if m is not None: m.cpu()
-    PerturbationModel.save(self, path)
-
-DDIBModel.save = _save
 
 # %% ../nbs/07_ddib.ipynb #f46f7209
 class Unlasting(DDIBModel):

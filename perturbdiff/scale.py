@@ -29,15 +29,14 @@ from .bridges import BridgePairs, pair_group
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, to_log1p)
 from .contract import resolve_groups
-from .cli import MODELS, SPLITS, make_model, model_class, paper_table, parse_overrides
+from .cli import DATA_KEYS, MODELS, SPLITS, make_model, model_class, paper_table, parse_overrides
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
 # %% auto #0
-__all__ = ['CHUNK_NNZ', 'DATA_KEYS', 'H5Matrix', 'read', 'BackedMatrix', 'read_csr', 'read_dense', 'Moments', 'rows_key',
-           'StreamStats', 'stream_stats', 'seurat_hvg', 'BackedPerturbData', 'block_order', 'CellBatches',
-           'ShardedBridgePairs', 'H5adWriter', 'predict_to_h5ad', 'evaluate_h5ad', 'run_train', 'run_predict',
-           'run_evaluate', 'main']
+__all__ = ['CHUNK_NNZ', 'H5Matrix', 'read', 'BackedMatrix', 'read_csr', 'read_dense', 'Moments', 'rows_key', 'StreamStats',
+           'stream_stats', 'seurat_hvg', 'BackedPerturbData', 'block_order', 'CellBatches', 'ShardedBridgePairs',
+           'H5adWriter', 'predict_to_h5ad', 'evaluate_h5ad', 'run_train', 'run_predict', 'run_evaluate', 'main']
 
 # %% ../nbs/13_scale.ipynb #532a068f
 def _attr(node, name: str, default=None):
@@ -637,8 +636,6 @@ def evaluate_h5ad(pred: str | os.PathLike, truth: PerturbData, control: PerturbD
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/13_scale.ipynb #afed9553
-DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer')
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m perturbdiff.scale', description='Out-of-core and distributed (torchrun) '
                                 'training, chunked prediction and evaluation on h5ad files.')

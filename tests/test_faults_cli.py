@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from perturbdiff import cli, datasets, train
+from perturbdiff import bridges, cli, datasets, ddib, mask, train
 from perturbdiff.contract import PerturbationModel
 
 DATA = ['--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type']
@@ -291,7 +291,7 @@ def _stop_training_after(monkeypatch, steps: int) -> None:
     real = train.fit
     def fit(*a, stop_after=None, **k):
         real(*a, stop_after=steps, **k); raise KeyboardInterrupt
-    monkeypatch.setattr(train, 'fit', fit)
+    _patch_trainer(monkeypatch, fit)
 
 
 def _record_training(monkeypatch) -> list:
@@ -301,8 +301,13 @@ def _record_training(monkeypatch) -> list:
         ck = Path(config.out_dir) / 'last.pt' if config.out_dir else None
         calls.append((config.resume, config.out_dir, torch.load(ck, weights_only=False)['step'] if ck and ck.exists() else None))
         return real(module, loss_fn, make_batches, config, *a, **k)
-    monkeypatch.setattr(train, 'fit', fit)
+    _patch_trainer(monkeypatch, fit)
     return calls
+
+
+def _patch_trainer(monkeypatch, fit) -> None:
+    "Replace the trainer where the models call it (each model module imports `perturbdiff.train.fit` as `train_fit`)."
+    for mod in (ddib, bridges, mask): monkeypatch.setattr(mod, 'train_fit', fit)
 
 
 TRAINED = ['--set', 'steps=4', '--n-cells', '5', '--device', 'cpu']

@@ -65,3 +65,14 @@ def test_ddib_model_from_backed_data(splits, family, tmp_path):
     predict_to_h5ad(again, bk.test, tmp_path / 'pred.h5ad', seed=0, groups_per_chunk=1000)  # one chunk: = predict
     import anndata as ad
     assert np.array_equal(ad.read_h5ad(tmp_path / 'pred.h5ad').X.toarray(), pred.X)
+
+
+def test_scale_train_takes_the_cli_data_keys():
+    """`python -m perturbdiff.scale train` reads the data with the same keys as `perturbdiff` (one list, in cli): the
+    expression space and the combination separator included."""
+    from perturbdiff.cli import DATA_KEYS
+    from perturbdiff.scale import _parser
+    args = _parser().parse_args(['train', '--data', 'x.h5ad', '--model', 'control', '--out', 'o', '--sep', '_',
+                                 '--space', 'log1p'])
+    assert {'sep', 'space'} <= set(DATA_KEYS)
+    assert (args.sep, args.space) == ('_', 'log1p')
