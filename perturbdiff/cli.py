@@ -9,7 +9,6 @@ import argparse
 import ast
 import csv
 import fnmatch
-import importlib
 import inspect
 import json
 import linecache
@@ -32,19 +31,19 @@ import numpy as np
 import pandas as pd
 
 import perturbdiff
+from .contract import BASELINES, MODELS, model_class
 from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns, parse_group_spec
 from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, METRICS, de_rankings, evaluate, metric_columns, summarize
 from .train import resolve_device
 
 # %% auto #0
-__all__ = ['SYNTHETIC', 'DATA_KEYS', 'MODELS', 'BASELINES', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'EXAMPLES',
-           'BENCHMARK_OUTPUTS', 'FIT_OUTPUTS', 'USER_ERRORS', 'read_anndata', 'subset_obs', 'load_data', 'data_notes',
-           'parse_test_group', 'read_test_file', 'make_split', 'model_class', 'model_names', 'parse_value',
-           'parse_overrides', 'model_options', 'check_option', 'model_overrides', 'make_model', 'paper_table',
-           'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark', 'build_parser', 'prepare_out',
-           'check_out_file', 'clear_outputs', 'check_task', 'run_benchmark', 'run_fit', 'load_model', 'run_predict',
-           'run_evaluate', 'is_user_error', 'main']
+__all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'EXAMPLES', 'BENCHMARK_OUTPUTS', 'FIT_OUTPUTS',
+           'USER_ERRORS', 'read_anndata', 'subset_obs', 'load_data', 'data_notes', 'parse_test_group', 'read_test_file',
+           'make_split', 'model_names', 'parse_value', 'parse_overrides', 'model_options', 'check_option',
+           'model_overrides', 'make_model', 'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models',
+           'benchmark', 'build_parser', 'prepare_out', 'check_out_file', 'clear_outputs', 'check_task', 'run_benchmark',
+           'run_fit', 'load_model', 'run_predict', 'run_evaluate', 'is_user_error', 'main']
 
 # %% ../nbs/11_cli.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -162,23 +161,6 @@ def make_split(data: PerturbData, kind: str = 'unseen_perturbation', test_frac: 
                       n_top_genes=n_top_genes)
 
 # %% ../nbs/11_cli.ipynb #f856dbee
-MODELS = {
-    'unlasting': 'perturbdiff.models:Unlasting', 'doloris': 'perturbdiff.models:Doloris',
-    'departures': 'perturbdiff.models:Departures',
-    'control': 'perturbdiff.baselines:ControlBaseline', 'mean': 'perturbdiff.baselines:MeanBaseline',
-    'additive': 'perturbdiff.baselines:AdditiveBaseline', 'linear': 'perturbdiff.baselines:LinearBaseline',
-    'anchor': 'perturbdiff.anchor:AnchorBaseline',
-}
-BASELINES = ('control', 'mean', 'additive', 'linear')
-
-def model_class(name: str):
-    "The class registered under `name` in MODELS."
-    if name not in MODELS: raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODELS)}.")
-    mod, cls = MODELS[name].split(':')
-    try: return getattr(importlib.import_module(mod), cls)
-    except (ImportError, AttributeError) as e:
-        raise ImportError(f"Model {name!r} ({MODELS[name]}) is not available in this installation: {e}.") from None
-
 def model_names(models: str | Sequence[str]) -> list[str]:
     "Model names from 'a,b,c' or a list, checked to exist and be importable."
     names = [m.strip() for m in (models.split(',') if isinstance(models, str) else models) if m.strip()]

@@ -5,6 +5,7 @@
 # %% ../nbs/02b_contract.ipynb #ct0000a2
 from __future__ import annotations
 
+import importlib
 import math
 import pickle
 import zlib
@@ -20,7 +21,8 @@ from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_sp
 from .train import TrainConfig, resolve_device
 
 # %% auto #0
-__all__ = ['resolve_groups', 'prediction_anndata', 'PerturbationModel', 'seeded_rng', 'TrainedModel']
+__all__ = ['MODELS', 'BASELINES', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'seeded_rng', 'TrainedModel',
+           'model_class']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -146,3 +148,21 @@ class TrainedModel(PerturbationModel):
         for m in self.networks():
             if m is not None: m.cpu()
         PerturbationModel.save(self, path)
+
+# %% ../nbs/02b_contract.ipynb #a64a72a7
+MODELS = {
+    'unlasting': 'perturbdiff.models:Unlasting', 'doloris': 'perturbdiff.models:Doloris',
+    'departures': 'perturbdiff.models:Departures',
+    'control': 'perturbdiff.baselines:ControlBaseline', 'mean': 'perturbdiff.baselines:MeanBaseline',
+    'additive': 'perturbdiff.baselines:AdditiveBaseline', 'linear': 'perturbdiff.baselines:LinearBaseline',
+    'anchor': 'perturbdiff.anchor:AnchorBaseline',
+}
+BASELINES = ('control', 'mean', 'additive', 'linear')
+
+def model_class(name: str):
+    "The class registered under `name` in MODELS."
+    if name not in MODELS: raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODELS)}.")
+    mod, cls = MODELS[name].split(':')
+    try: return getattr(importlib.import_module(mod), cls)
+    except (ImportError, AttributeError) as e:
+        raise ImportError(f"Model {name!r} ({MODELS[name]}) is not available in this installation: {e}.") from None
