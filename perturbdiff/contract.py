@@ -149,7 +149,7 @@ class TrainedModel(PerturbationModel):
             if m is not None: m.cpu()
         PerturbationModel.save(self, path)
 
-# %% ../nbs/02b_contract.ipynb #a64a72a7
+# %% ../nbs/02b_contract.ipynb #dd5d3b13
 MODELS = {
     'unlasting': 'perturbdiff.models:Unlasting', 'doloris': 'perturbdiff.models:Doloris',
     'departures': 'perturbdiff.models:Departures',

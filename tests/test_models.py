@@ -404,3 +404,21 @@ def test_config_choices_fail_when_built():
         Departures.from_preset('quick', pairing='sinkorn')
     with pytest.raises(ValueError, match="cost='l2'"):
         BridgeConfig(cost='l2')
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures])
+def test_generate_controls(cls):
+    """Ladder step 0's generator (`generate_controls`): the model's own control cells of a cell type, log1p, finite and
+    non-negative, the same for the same seed and different for another; an unknown cell type is refused by name."""
+    sim = simulate(seed=0, n_genes=40, n_regulators=2, n_single=3, n_combo=0, cells_per_group=8, n_control=30,
+                   n_cell_types=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        data = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').fit_scale()
+        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=[coexpression(0.3)], steps=2).fit(data)
+    ct = data.cell_types[0]
+    a, b, c = (model.generate_controls(ct, 12, seed=s) for s in (0, 0, 1))
+    assert a.shape == (12, data.n_genes) and np.isfinite(a).all() and (a >= 0).all()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="no training control cells"):
+        model.generate_controls('no such type', 3)
