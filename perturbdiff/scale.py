@@ -29,7 +29,8 @@ from .bridges import BridgePairs, pair_group
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, to_log1p)
 from .contract import resolve_groups
-from .cli import DATA_KEYS, MODELS, SPLITS, make_model, model_class, paper_table, parse_overrides
+from .cli import (DATA_KEYS, MODELS, SPLITS, _one_line, is_user_error, make_model, model_class, paper_table,
+                             parse_overrides)
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
@@ -655,6 +656,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument('--out', required=True); q.add_argument('--seed', type=int, default=0)
         q.add_argument('--device', default='auto'); q.add_argument('--quiet', action='store_true')
         q.add_argument('--groups-per-chunk', type=int, default=64)
+        q.add_argument('--traceback', action='store_true', help='show the whole traceback of an error')
     for q in (pr, e): q.add_argument('--run', required=True, help='folder written by `train`')
     pr.add_argument('--n-cells', type=int); pr.add_argument('--dense', action='store_true', help='write X dense, not CSR')
     e.add_argument('--pred', required=True)
@@ -718,9 +720,14 @@ def run_evaluate(args) -> pd.DataFrame:
     return res
 
 def main(argv: Sequence[str] | None = None) -> int:
-    "Entry point of `python -m perturbdiff.scale` (also under torchrun)."
-    args = _parser().parse_args(argv)
-    dict(train=run_train, predict=run_predict, evaluate=run_evaluate)[args.command](args)
+    "Entry point of `python -m perturbdiff.scale` (also under torchrun): input errors in one line (exit 2), Ctrl-C 130."
+    p = _parser()
+    args = p.parse_args(argv)
+    try: dict(train=run_train, predict=run_predict, evaluate=run_evaluate)[args.command](args)
+    except KeyboardInterrupt: p.exit(130, f"python -m perturbdiff.scale {args.command}: interrupted\n")
+    except Exception as e:  # the same rule as the `perturbdiff` command: input and system errors in one line
+        if args.traceback or not is_user_error(e): raise
+        p.exit(2, f"python -m perturbdiff.scale {args.command}: error: {_one_line(e)}\n")
     return 0
 
 # %% ../nbs/13_scale.ipynb #79cf42d6

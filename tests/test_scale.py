@@ -76,3 +76,18 @@ def test_scale_train_takes_the_cli_data_keys():
                                  '--space', 'log1p'])
     assert {'sep', 'space'} <= set(DATA_KEYS)
     assert (args.sep, args.space) == ('_', 'log1p')
+
+
+def test_scale_errors_in_one_line(tmp_path, capsys):
+    """`python -m perturbdiff.scale` reports an input or system error in one line with exit status 2, as `perturbdiff`
+    does (`--traceback` shows the whole traceback instead)."""
+    from perturbdiff.scale import main
+    argv = ['train', '--data', str(tmp_path / 'missing.h5ad'), '--model', 'control', '--out', str(tmp_path / 'o'),
+            '--device', 'cpu']
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('python -m perturbdiff.scale train: error:') and '\n' not in err and 'missing.h5ad' in err, err
+    with pytest.raises(OSError):
+        main(argv + ['--traceback'])
