@@ -14,13 +14,12 @@ beside. The variant is chosen on validation only (smallest mean E-distance DE20)
         [--set doloris.target_identity=true ...]
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from perturbdiff.cli import load_data, make_model, make_split
+from perturbdiff.cli import load_data, make_model, make_split, parse_overrides
 from perturbdiff.metrics import de_rankings, evaluate_models
 
 GENES = ['MAP2K3', 'MAP2K6', 'MAP3K21', 'MAP4K3', 'MAP4K5', 'MAPK1', 'PLK4', 'SGK1', 'TGFBR2']
@@ -84,13 +83,10 @@ def main(argv=None):
     ap.add_argument('--control-pairs', default='0', help='departures: control -> control pairs in training, e.g. 0,0.25,0.5')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--tasks', default='validation,test', help='any of validation, test, norman')
-    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=JSON, e.g. doloris.target_identity=true')
+    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=VALUE (as perturbdiff --set), e.g. doloris.target_identity=true')
     ap.add_argument('--out', default=None)
     a = ap.parse_args(argv)
-    over = {}
-    for s in a.set:
-        k, v = s.split('=', 1); m, key = k.split('.', 1)
-        over.setdefault(m, {})[key] = json.loads(v)
+    over = parse_overrides(a.set)  # {model: {key: value}}, values as `perturbdiff --set` reads them
     sigmas = [float(x) for x in a.sigmas.split(',')]
     cps = [float(x) for x in a.control_pairs.split(',')]
     kinds = {'res': True, 'zero': 'zero'}

@@ -16,14 +16,13 @@ controls; mean over groups. Step 4 of the issue (unseen singles on the simulator
         --out results/ladder [--set doloris.steps=1200 ...]
 """
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from perturbdiff.cli import load_data, make_model, make_split
+from perturbdiff.cli import load_data, make_model, make_split, parse_overrides
 from perturbdiff.metrics import de_rankings, edist_options, energy_distance, evaluate_models, sampling_floor
 
 
@@ -52,14 +51,11 @@ def main(argv=None):
     ap.add_argument('--preset', default='quick')
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=JSON, e.g. doloris.steps=1200')
+    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=VALUE (as perturbdiff --set), e.g. doloris.steps=1200')
     ap.add_argument('--no-step0', action='store_true', help='skip step 0 (a second fit of each model)')
     ap.add_argument('--out', default=None)
     a = ap.parse_args(argv)
-    over = {}
-    for s in a.set:
-        k, v = s.split('=', 1); m, key = k.split('.', 1)
-        over.setdefault(m, {})[key] = json.loads(v)
+    over = parse_overrides(a.set)  # {model: {key: value}}, values as `perturbdiff --set` reads them
     data = load_data(a.data, subset=['dataset=norman19'], cell_type_key='cell_type', mode='CRISPRa')
     split = make_split(data, 'unseen_combo', test_frac=1.0, seed=a.seed)
     train, test = split.train, split.test
