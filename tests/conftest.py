@@ -31,6 +31,16 @@ def shared():
     return SHARED
 
 
+@pytest.fixture(scope='session')
+def tiny_h5ad(tmp_path_factory) -> Path:
+    "A tiny simulated CRISPRi screen (40 genes, 6 singles, 3 pairs, one cell type, seed 1) written once; tests only read it."
+    from perturbdiff import datasets
+    path = tmp_path_factory.mktemp('tiny') / 'tiny.h5ad'
+    datasets.simulate(n_genes=40, n_regulators=5, n_cell_types=1, n_single=6, n_combo=3, cells_per_group=15, n_control=60,
+                      seed=1).write_h5ad(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _numba_cache(tmp_path_factory, monkeypatch):
     "A persistent numba cache keeps scanpy's JIT from recompiling in every process."

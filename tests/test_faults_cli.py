@@ -37,20 +37,17 @@ def ok(*argv) -> str:
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory) -> dict:
-    "A tiny gene screen, drug screens with and without SMILES, broken files and a fitted baseline run."
+def files(tmp_path_factory, tiny_h5ad) -> dict:
+    "The tiny gene screen (conftest), drug screens with and without SMILES, broken files and a fitted baseline run."
     d = tmp_path_factory.mktemp('faults_cli')
-    sim = datasets.simulate(n_genes=40, n_regulators=5, n_cell_types=1, n_single=6, n_combo=3, cells_per_group=15,
-                            n_control=60, seed=1)
-    sim.write_h5ad(d / 'tiny.h5ad')
     drug = datasets.simulate(kind='drug', n_drugs=3, n_genes=30, n_cell_types=1, cells_per_group=5, n_control=20, seed=0)
     drug.write_h5ad(d / 'drug.h5ad')
     del drug.obs['SMILES']; drug.write_h5ad(d / 'drug_nosmiles.h5ad')
-    (d / 'broken.h5ad').write_bytes((d / 'tiny.h5ad').read_bytes()[:3000])
+    (d / 'broken.h5ad').write_bytes(tiny_h5ad.read_bytes()[:3000])
     (d / 'a_file').write_text('not a folder')
     (d / 'bad_dose.csv').write_text('G0004,type0,abc\n')
     run_dir = d / 'run'
-    ok('fit', '--data', d / 'tiny.h5ad', *DATA, *SPLIT, '--model', 'additive', '--out', run_dir, '--quiet')
+    ok('fit', '--data', tiny_h5ad, *DATA, *SPLIT, '--model', 'additive', '--out', run_dir, '--quiet')
     bad_runs = {}
     for name, content in [('empty', b''), ('truncated', (run_dir / 'model' / 'model.pkl').read_bytes()[:200]), ('missing', None)]:
         r = d / f'run_{name}'; (r / 'model').mkdir(parents=True)
@@ -61,7 +58,7 @@ def files(tmp_path_factory) -> dict:
     (r / 'run.json').write_text((run_dir / 'run.json').read_text()[:50])
     bad_runs['badjson'] = r
     used = d / 'used'; used.mkdir(); (used / 'results.csv').write_text('model\nold\n')
-    return dict(dir=d, tiny=str(d / 'tiny.h5ad'), run=run_dir, used=used, **{f'run_{k}': v for k, v in bad_runs.items()})
+    return dict(dir=d, tiny=str(tiny_h5ad), run=run_dir, used=used, **{f'run_{k}': v for k, v in bad_runs.items()})
 
 
 def bench(f, *extra):

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import torch
 
-from perturbdiff import cli, datasets
+from perturbdiff import cli
 from perturbdiff.contract import PerturbationModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,13 +178,10 @@ def logs(out: Path) -> dict:
 
 
 @pytest.fixture(scope='module')
-def ref(tmp_path_factory) -> dict:
-    "The tiny screen and the uninterrupted fit and benchmark runs: their outputs, logs, predictions and durations."
+def ref(tmp_path_factory, tiny_h5ad) -> dict:
+    "The uninterrupted fit and benchmark runs on the tiny screen (conftest): their outputs, logs, predictions and durations."
     d = tmp_path_factory.mktemp('kill')
-    sim = datasets.simulate(n_genes=40, n_regulators=5, n_cell_types=1, n_single=6, n_combo=3, cells_per_group=15,
-                            n_control=60, seed=1)
-    sim.write_h5ad(d / 'tiny.h5ad')
-    refs = dict(dir=d, data=['--data', str(d / 'tiny.h5ad')])
+    refs = dict(dir=d, data=['--data', str(tiny_h5ad)])
     for name, argv in (('fit', FIT), ('benchmark', BENCH)):
         t0 = time.monotonic()
         assert run([*argv, *refs['data']], d / name) == 'finished'
