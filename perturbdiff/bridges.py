@@ -338,14 +338,14 @@ class Departures(TrainedModel):
 @torch.no_grad()
 def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx: int, dose: float, mode: str, gen,
                   n_steps: int | None = None, sigma: float | None = None) -> torch.Tensor:
-    "x̂_T ⊙ d̂_T for control cells x_ctrl under one condition."
+    "x̂_T ⊙ d̂_T for control cells x_ctrl under one condition (cond_idx -1: the control condition, no residual, no anchor)."
     cfg, net = self.config, self.net_
     n, dev = len(x_ctrl), x_ctrl.device
     pert = self.table_.batch(torch.full((n,), cond_idx), torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                              torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown'))).to(dev)
     ct = torch.full((n,), ct_idx, device=dev)
     steps, sig = n_steps or cfg.n_steps, cfg.sigma if sigma is None else sigma
-    if cfg.decode_residual:  # both chains driven by the same noise, so the network's common error cancels
+    if cfg.decode_residual and cond_idx >= 0:  # both chains driven by the same noise, so the network's common error cancels
         s = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
         g1, g0 = (torch.Generator(device=dev).manual_seed(s) for _ in range(2))
         none = self.table_.batch(torch.full((n,), -1)).to(dev)
@@ -353,7 +353,7 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
         z0 = euler_maruyama(lambda z, t: net.end(z, t, ct, none, x_ctrl), x_ctrl, steps, sig, g0)
         z = x_ctrl + z1 - z0
     else: z = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
-    if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
+    if getattr(self, 'anchor_', None) is not None and cond_idx >= 0:  # back from the anchor's frame
         a = self.anchor_.shift(self.train_.vocab[cond_idx], self.cell_types_[ct_idx], dose)
         z = z + torch.as_tensor(a / self.train_.x_max if cfg.scaled else a, dtype=z.dtype, device=z.device)
     if not cfg.use_discrete: return z.clamp(min=0)
@@ -391,16 +391,12 @@ def _bridge_controls(self: Departures, cell_type: str, n_cells: int = 100, seed:
     "Control cells of one cell type (log1p, [n_cells, genes]): its control cells bridged under the control condition."
     self._check_fitted()
     if cell_type not in self.cell_types_: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {self.cell_types_}.")
-    cfg, dev = self.config, self.device_
-    net = self.net_.to(dev).eval()
+    dev = self.device_
+    self.net_.to(dev).eval()
     rng, gen = self.generators(seed, 13, cell_type)
     pool = self.batches_.ctrl_of[cell_type]
     x = torch.as_tensor(self.batches_.values(rng.choice(pool, int(n_cells), replace=n_cells > len(pool))), device=dev)
-    n, ct = len(x), torch.full((len(x),), self.cell_types_.index(cell_type), device=dev)
-    none = self.table_.batch(torch.full((n,), -1)).to(dev)
-    z = euler_maruyama(lambda z, t: net.end(z, t, ct, none, x), x, cfg.n_steps, cfg.sigma, gen)
-    if cfg.use_discrete: z = z * ctmc_sample(lambda d, t: net.logits(d, t, ct, none), (x > 0).to(x.dtype), cfg.n_steps, gen)
-    z = z.clamp(min=0).cpu().numpy()
-    return self.train_.unscale(z) if cfg.scaled else z.astype(np.float64)
+    z = self._sample_cells(x, self.cell_types_.index(cell_type), -1, float('nan'), 'unknown', gen).cpu().numpy()
+    return self.train_.unscale(z) if self.config.scaled else z.astype(np.float64)
 
 Departures.generate_controls = _bridge_controls

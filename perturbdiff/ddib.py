@@ -509,14 +509,14 @@ def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: 
                        stop=self._stop_index(sched))
 
 @torch.no_grad()
-def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None) -> torch.Tensor:
-    "Source-model decoding of latents: the control cells back again, up to the model's reconstruction error."
+def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None, whole_chain: bool = False) -> torch.Tensor:
+    "Source-model decoding of latents (from `bridge_depth`, or from the chain's end with `whole_chain`): the control cells."
     sched = sched or self.sched_
     n, dev = len(latents), latents.device
     cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.full((n,), -1), None, None,
                            torch.zeros(n, dtype=torch.bool, device=dev), torch.zeros_like(latents))
     return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
-                       stop=self._stop_index(sched))
+                       stop=None if whole_chain else self._stop_index(sched))
 
 def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -> torch.Tensor:
     "Control cells as they are inverted: unexpressed entries filled from their control group (fill_unexpressed), else as given."
@@ -599,9 +599,7 @@ def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed
     self.net_.to(dev).eval()
     rng, gen = self.generators(seed, 13, cell_type)
     z = torch.randn((int(n_cells), self.train_.n_genes), generator=gen, device=dev)
-    cond = self.cond_.cond(torch.full((len(z),), cts.index(cell_type), device=dev), torch.full((len(z),), -1), None, None,
-                           torch.zeros(len(z), dtype=torch.bool, device=dev), torch.zeros_like(z))
-    x = ddim_sample(self._denoiser(cond), z, self.sched_, clip=self.config.clip, start=entry_index(self.sched_, self.config.ode_start))
+    x = self._reconstruct(z, cts.index(cell_type), self.sched_, whole_chain=True)  # from noise: the whole chain
     return self.train_.unscale(np.clip(x.cpu().numpy().astype(np.float64), 0, None))
 
 DDIBModel.generate_controls = _generate_controls
