@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import warnings
-import zlib
 
 import anndata as ad
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .contract import PerturbationModel, prediction_anndata, resolve_groups
-from .data import PerturbData, _close
+from .data import PerturbData, _close, seeded_rng
 
 # %% auto #0
 __all__ = ['group_means', 'group_effects', 'ShiftBaseline', 'check_vocabulary', 'ControlBaseline', 'mean_shift', 'MeanBaseline',
@@ -47,7 +46,7 @@ def group_effects(train: PerturbData) -> tuple[pd.DataFrame, np.ndarray, dict]:
 # %% ../nbs/03_baselines.ipynb #2ec21dbc
 def _group_rng(seed: int, group_id: str) -> np.random.Generator:
     "A generator seeded by (seed, group id): a group's cells do not depend on the other groups."
-    return np.random.default_rng([seed, zlib.crc32(group_id.encode())])
+    return seeded_rng(seed, group_id)
 
 class ShiftBaseline(PerturbationModel):
     "Predicted cells = control cells of the cell type + a predicted mean shift (log1p), clipped at 0."

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import TrainedModel, prediction_anndata, resolve_groups
-from .data import MODES, PerturbData, check_choices
+from .data import MODES, PerturbData, check_choices, seeded_rng
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
@@ -246,7 +245,7 @@ class BridgePairs:
         if epoch in self.epoch_pairs: return self.epoch_pairs[epoch]
         out = []
         for gid, rows in self.groups:
-            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(gid.encode())])
+            rng = seeded_rng(self.seed, epoch, gid)
             ctrl = self.ctrl_of[self.ct_of[gid]]
             sub = self.train.kind == 'gene'  # genes: a control subset of the group's size; drugs: all controls
             c = pair_group(ctrl, rows, self.values(ctrl), self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
@@ -261,7 +260,7 @@ class BridgePairs:
         "control_pairs > 0: [k, 2] control -> control pairs per cell type, from a random half of its controls to the other, OT-paired."
         out = []
         for ct, k in self.ctrl_pairs.items():
-            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(f'control|{ct}'.encode())])
+            rng = seeded_rng(self.seed, epoch, f'control|{ct}')
             perm = rng.permutation(self.ctrl_of[ct]); src, dst = perm[:len(perm) // 2], perm[len(perm) // 2:][:k]
             c = pair_group(src, dst, self.values(src), self.targets(dst), rng, self.cfg.pairing, self.cfg.cost,
                            self.cfg.reg, subsample_controls=True, batch_size=self.cfg.batch_size)

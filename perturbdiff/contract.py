@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import math
 import pickle
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -17,12 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_spec
+from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rng
 from .train import TrainConfig, resolve_device
 
 # %% auto #0
-__all__ = ['MODELS', 'BASELINES', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'seeded_rng', 'TrainedModel',
-           'model_class']
+__all__ = ['MODELS', 'BASELINES', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'TrainedModel', 'model_class']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -106,10 +104,6 @@ class PerturbationModel:
         return m
 
 # %% ../nbs/02b_contract.ipynb #02ca0365
-def seeded_rng(seed: int, *parts) -> np.random.Generator:
-    "A numpy generator keyed by the seed and `parts` (ints as they are, strings by their CRC32)."
-    return np.random.default_rng([seed, *(zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts)])
-
 class TrainedModel(PerturbationModel):
     "Base of the trained models: config from a preset, seed, device, progress; training config; seeded generators; save."
     family = 'trained'

@@ -9,6 +9,7 @@ import csv
 import difflib
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -22,10 +23,10 @@ __all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LO
            'INTEGER_SHARE', 'UNIT_CELLS', 'OTHER_CELLS', 'CONSTANT_CV', 'NO_CELL_TYPE', 'GROUP_COL', 'DOSE_LIKE',
            'SPLITS', 'parse_condition', 'canonical_key', 'control_like', 'control_like_tokens', 'normalize_mode',
            'Perturbation', 'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence',
-           'guess_space', 'detect_space', 'to_log1p', 'check_choices', 'gene_symbols', 'group_key', 'dose_like_columns',
-           'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups', 'control_rows',
-           'highly_variable', 'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats', 'control_stats',
-           'Split', 'parse_group_spec', 'split', 'CellDataset', 'condition_weights', 'cell_loader']
+           'guess_space', 'detect_space', 'to_log1p', 'check_choices', 'gene_symbols', 'group_key', 'seeded_rng',
+           'dose_like_columns', 'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups',
+           'control_rows', 'highly_variable', 'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats',
+           'control_stats', 'Split', 'parse_group_spec', 'split', 'CellDataset', 'condition_weights', 'cell_loader']
 
 # %% ../nbs/00_data.ipynb #5395826f
 CONTROL_NAMES = ('ctrl', 'control', 'controls', 'non-targeting', 'nontargeting', 'non_targeting', 'dmso',
@@ -395,6 +396,10 @@ def _parse_dose(values: pd.Series, key: str, labels=None) -> np.ndarray:
     out = pd.Series(raw, dtype=object).map(uniq).to_numpy(dtype=np.float64)  # missing values stay NaN
     if (out < 0).any(): raise ValueError(f"obs[{key!r}] has negative doses ({sorted(set(out[out < 0].tolist()))[:5]}) in {_cells_of(labels, out < 0)}.")
     return out
+
+def seeded_rng(seed: int, *parts) -> np.random.Generator:
+    "A numpy generator keyed by the seed and `parts` (ints as they are, strings by their CRC32): one stream per key."
+    return np.random.default_rng([seed, *(zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts)])
 
 # %% ../nbs/00_data.ipynb #e9a5879a
 DOSE_LIKE = re.compile(r'dose|dosage|concentration|(^|[^a-z])conc([^a-z]|$)', re.IGNORECASE)  # names of dose columns

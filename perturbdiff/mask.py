@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import MODES, PerturbData
+from .data import MODES, PerturbData, seeded_rng
 from .nn import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
 from .train import BatchSequence, TrainConfig, fit as train_fit
 
@@ -208,7 +207,7 @@ def _masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: p
     uniq, inv = np.unique(ctrl_rows, return_inverse=True)
     self.net.to(model.device_)
     P = self.probabilities(self.train.dense(uniq, scaled=True), cell_type, row.condition, row.dose, row['mode'])
-    rng = np.random.default_rng([seed, zlib.crc32(str(row.name).encode())])
+    rng = seeded_rng(seed, str(row.name))
     if c.mask_strategy == 'threshold':
         k = min(c.mask_k, len(uniq))
         others = np.stack([inv] + [rng.integers(0, len(uniq), len(inv)) for _ in range(k - 1)], 1)

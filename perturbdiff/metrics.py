@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import GROUP_COL, PerturbData, canonical_key, gene_symbols, group_key, parse_condition
+from .data import GROUP_COL, PerturbData, canonical_key, gene_symbols, group_key, parse_condition, seeded_rng
 
 # %% auto #0
 __all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'same_distribution',
@@ -469,7 +468,7 @@ def sampling_floor(truth: PerturbData, groups: Sequence[str] | None = None, de_g
     opts, out = edist_options(edist), {}
     gid = truth.obs.group.astype(str).to_numpy()
     for g in groups:  # each group its own seeded halves: its floor does not depend on which other groups are asked for
-        rng = np.random.default_rng([seed, zlib.crc32(g.encode())])
+        rng = seeded_rng(seed, g)
         rows = rng.permutation(np.flatnonzero(gid == g)); h = len(rows) // 2
         if h < 2: out[g] = np.nan; continue
         X = truth.dense(rows[:2 * h]).astype(np.float64)

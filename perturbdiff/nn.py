@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -23,7 +22,7 @@ from torch_geometric.utils import remove_self_loops as _pyg_remove_self_loops
 from torch_geometric.utils import scatter as _pyg_scatter
 from torch_geometric.utils import softmax as _pyg_softmax
 
-from .data import MODES, PerturbData
+from .data import MODES, PerturbData, seeded_rng
 from .priors import GeneGraph, combination_features
 
 # %% auto #0
@@ -295,7 +294,7 @@ BatchedGATv2.from_pyg = _from_pyg
 # %% ../nbs/05_gat.ipynb #0e782aad
 def symbol_normal(symbols: Sequence[str], dim: int, seed: int = 0, std: float = 1.0) -> torch.Tensor:
     "A [len(symbols), dim] float32 matrix whose row for a symbol depends only on (seed, symbol)."
-    rows = [np.random.default_rng([seed, zlib.crc32(str(s).encode())]).standard_normal(dim) for s in symbols]
+    rows = [seeded_rng(seed, str(s)).standard_normal(dim) for s in symbols]
     return torch.as_tensor(np.array(rows, dtype=np.float32).reshape(len(symbols), dim) * std)
 
 class GeneEmbedding(nn.Module):

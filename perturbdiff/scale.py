@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,7 +26,7 @@ import torch
 
 from .bridges import BridgePairs, pair_group
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
-                              detect_space, to_log1p)
+                              detect_space, to_log1p, seeded_rng)
 from .contract import resolve_groups
 from .cli import (DATA_KEYS, MODELS, SPLITS, _one_line, is_user_error, make_model, model_class, paper_table,
                              parse_overrides)
@@ -494,7 +493,7 @@ class ShardedBridgePairs(BridgePairs):
     "BridgePairs whose per-epoch OT pairing is split across the DDP ranks and whose batches are built on demand."
     def _pair(self, epoch: int, gid: str, rows: np.ndarray, ctrl_values: Callable) -> np.ndarray:
         "(control, perturbed) rows of one group: BridgePairs' pairing, seeded by (seed, epoch, group)."
-        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(gid.encode())])
+        rng = seeded_rng(self.seed, epoch, gid)
         ct = self.ct_of[gid]
         c = pair_group(self.ctrl_of[ct], rows, ctrl_values(ct), self.values(rows), rng, self.cfg.pairing, self.cfg.cost,
                        self.cfg.reg, subsample_controls=self.train.kind == 'gene', batch_size=self.cfg.batch_size)
