@@ -6,7 +6,7 @@
 #   OUT=/tmp/dry DEVICE=cpu STEPS=3 SAMPLING=5 bench/gpu_run.sh   # the dry run on a CPU: tiny steps, same code path
 #
 # Environment: OUT (default results/gpu), DEVICE (cuda), STEPS (unset: the presets' steps), SAMPLING (unset: the presets'
-# sampling steps; DDIB: sampling_steps, Departures: n_steps), LIMIT (seconds per model, 600),
+# sampling_steps of every trained model), LIMIT (seconds per model, 600),
 # DATA (../shared/data/perturbench_devel.h5ad), PY (python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ for m in doloris unlasting departures; do
     if [ $m = departures ]; then sets=(--set "$m.steps=$STEPS"); else sets=(--set "$m.steps=$STEPS" --set "$m.mask_steps=$STEPS"); fi
   fi
   if [ -n "${SAMPLING:-}" ]; then
-    if [ $m = departures ]; then sets+=(--set "$m.n_steps=$SAMPLING"); else sets+=(--set "$m.sampling_steps=$SAMPLING"); fi
+    sets+=(--set "$m.sampling_steps=$SAMPLING")
   fi
   for preset in paper quick; do
     s0=(); if [ $preset = paper ]; then s0=(--no-step0); fi  # step 0 refits the model: only for the quick presets here

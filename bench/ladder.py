@@ -3,7 +3,8 @@
   step 0  the model's own control cells (`generate_controls`) against held-out control cells: each model is fitted a
           second time with a random half of the control cells removed, generates as many controls as were held out,
           and is scored by E-distance on all genes against that half; the floor is the other half against it
-          (--no-step0 skips the second fits);
+          (--no-step0 skips the second fits); DDIB models are scored again with zeros drawn at the controls'
+          expression rates (their denoisers are not the papers' zero model; see 07_ddib);
   step 1  the training singles themselves (a model that cannot reproduce what it was trained on has a bug);
   step 2  held-out pairs of two trained singles (seen2);
   step 3  all held-out pairs (seen0, seen1, seen2).
@@ -23,25 +24,30 @@ import numpy as np
 import pandas as pd
 
 from perturbdiff.cli import load_data, make_model, make_split, parse_overrides
+from perturbdiff.ddib import DDIBModel
 from perturbdiff.metrics import de_rankings, edist_options, energy_distance, evaluate_models, sampling_floor
 
 
 def step0(name, train, preset, seed, device, overrides):
-    "E-distance (all genes) of a model's generated controls to held-out controls, and the floor; per cell type, mean."
+    """E-distance (all genes) of a model's generated controls to held-out controls, the same with zeros drawn at the
+    controls' expression rates (DDIB models only: `generate_controls(zeros='control_rate')`), and the floor; mean over
+    cell types."""
     ctrl = np.flatnonzero(train.obs.control.to_numpy())
     held = np.sort(np.random.default_rng([seed, 0]).permutation(ctrl)[: len(ctrl) // 2])
     model = make_model(name, preset=preset, seed=seed, device=device, progress=False, overrides={name: overrides})
-    if not hasattr(model, 'generate_controls'): return np.nan, np.nan
+    if not hasattr(model, 'generate_controls'): return np.nan, np.nan, np.nan
     model.fit(train.subset(np.setdiff1d(np.arange(train.n_cells), held)))
-    opts, ours, floor = edist_options('paper'), [], []
+    opts, ours, rated, floor = edist_options('paper'), [], [], []
+    ddib = isinstance(model, DDIBModel)
     for ct in train.cell_types:
         b = held[(train.obs.cell_type.iloc[held] == ct).to_numpy()]
         a = np.setdiff1d(ctrl[(train.obs.cell_type.iloc[ctrl] == ct).to_numpy()], b)
         if len(b) < 2: continue
         B = train.dense(b).astype(np.float64)
         ours.append(energy_distance(model.generate_controls(ct, len(b), seed=seed), B, **opts))
+        if ddib: rated.append(energy_distance(model.generate_controls(ct, len(b), seed=seed, zeros='control_rate'), B, **opts))
         floor.append(energy_distance(train.dense(a).astype(np.float64), B, **opts))
-    return float(np.mean(ours)), float(np.mean(floor))
+    return float(np.mean(ours)), float(np.mean(rated)) if rated else np.nan, float(np.mean(floor))
 
 
 def main(argv=None):
@@ -77,9 +83,9 @@ def main(argv=None):
         r_test = evaluate_models({name: model.predict(tg, seed=a.seed)}, test, train, de_genes=de_test, metrics=('edist', 'emd'))
         r_train = evaluate_models({name: model.predict(sg, seed=a.seed)}, train, train, de_genes=de_train, metrics=('edist', 'emd'))
         r_test['seen'] = r_test['group'].map(seen)
-        s0, fl0 = (np.nan, np.nan) if a.no_step0 else step0(name, train, a.preset, a.seed, a.device, over.get(name, {}))
+        s0, s0r, fl0 = (np.nan,) * 3 if a.no_step0 else step0(name, train, a.preset, a.seed, a.device, over.get(name, {}))
         floor0 = fl0 if np.isfinite(fl0) else floor0
-        rows.append(dict(model=name, step0_controls_all_genes=s0, step1_train_singles=r_train.edist_de20.mean(),
+        rows.append(dict(model=name, step0_controls_all_genes=s0, step0_control_rate_zeros=s0r, step1_train_singles=r_train.edist_de20.mean(),
                          step2_seen2=r_test.edist_de20[r_test.seen == 2].mean(), step3_all_pairs=r_test.edist_de20.mean(),
                          seen0=r_test.edist_de20[r_test.seen == 0].mean(), seen1=r_test.edist_de20[r_test.seen == 1].mean(),
                          emd_de20_all_pairs=r_test.emd_de20.mean(), edist_de40_all_pairs=r_test.edist_de40.mean(),

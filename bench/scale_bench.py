@@ -93,7 +93,6 @@ def write_file(path: Path, n_cells: int, n_genes: int, density: float) -> dict:
 # ---------------------------------------------------------------- 2. one training process (run under torchrun)
 def worker(args) -> None:
     warnings.simplefilter('ignore')
-    import pandas as pd
     import torch
     from perturbdiff.ddib import Conditioner, UnlastingNet, ddib_config, ddib_loss
     from perturbdiff.diffusion import Schedule

@@ -53,7 +53,8 @@ class ShiftBaseline(PerturbationModel):
     name = 'shift'
     learns_effects = True  # False: needs no perturbed training cells (ControlBaseline)
     def __init__(self, keep_zeros: bool = False): self.keep_zeros = keep_zeros
-    def fit(self, train: PerturbData) -> 'ShiftBaseline':
+    def fit(self, train: PerturbData, out_dir: str | None = None, resume: bool = False) -> 'ShiftBaseline':
+        "Effects of the training groups (`out_dir`, `resume`: the contract's checkpoint options; a baseline has none to write)."
         if not isinstance(train, PerturbData): raise TypeError(f"fit expects a PerturbData, got {type(train).__name__}.")
         if not train.obs.control.any(): raise ValueError("The training data has no control cells; baselines shift controls.")
         if self.learns_effects and train.obs.control.all():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import TrainedModel, prediction_anndata, resolve_groups
+from .contract import TrainedModel, prediction_anndata, renamed_hint, resolve_groups
 from .data import MODES, PerturbData, check_choices, seeded_rng
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
 from .priors import GeneGraph, build_graph, drug_features
-from .train import BatchSequence, fit as train_fit, resolve_device
+from .train import BatchSequence, distributed_map, fit as train_fit, resolve_device
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
@@ -156,7 +155,7 @@ class BridgeNet(nn.Module):
 class BridgeConfig:
     "Hyper-parameters of a Departures model."
     sigma: float = 0.2
-    n_steps: int = 50
+    sampling_steps: int = 50  # Euler–Maruyama (and CTMC) steps of the sampler
     t_eps: float = 1e-3
     pairing: str = 'sinkhorn'  # 'sinkhorn', 'exact', 'random' or 'batch'
     cost: str = 'euclidean'  # 'euclidean' (squared, divided by max) or 'cosine'
@@ -190,12 +189,16 @@ class BridgeConfig:
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
         check_choices(self, dict(pairing=('sinkhorn', 'exact', 'random', 'batch'), cost=('euclidean', 'cosine')))
 
+    def __setstate__(self, state):  # model files written while the sampler's steps were `n_steps`
+        if 'n_steps' in state: state['sampling_steps'] = state.pop('n_steps')
+        self.__dict__.update(state)
+
 BRIDGE_PRESETS = {
     'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
-    'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
-              direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25, decode_residual=True),
-    'plain': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, n_steps=25, gat_residual=True, shared_readout=True,
-              direct_effect=True),
+    'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
+              shared_readout=True, direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25, decode_residual=True),
+    'plain': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
+              shared_readout=True, direct_effect=True),
 }
 
 def bridge_config(preset: str = 'quick', **overrides) -> BridgeConfig:
@@ -203,7 +206,7 @@ def bridge_config(preset: str = 'quick', **overrides) -> BridgeConfig:
     if preset not in BRIDGE_PRESETS: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(BRIDGE_PRESETS)}.")
     valid = {f.name for f in fields(BridgeConfig)}
     bad = sorted(set(overrides) - valid)
-    if bad: raise TypeError(f"Unknown options {bad} for departures; valid: {sorted(valid)}.")
+    if bad: raise TypeError(f"Unknown options {bad} for departures;{renamed_hint(bad)} valid: {sorted(valid)}.")
     return BridgeConfig(**{**BRIDGE_PRESETS[preset], **overrides})
 
 # %% ../nbs/09_bridges.ipynb #44b8eb91
@@ -241,17 +244,18 @@ class BridgePairs:
         return x if self.anchor is None else (x - self.anchor[1][self.anchor[0][rows]]).astype(np.float32)
 
     def pairs(self, epoch: int) -> np.ndarray:
-        "[n, 2] (control row, perturbed row) pairs of an epoch, shuffled."
+        "[n, 2] (control row, perturbed row) pairs of an epoch, shuffled; under DDP each rank pairs its share of the groups."
         if epoch in self.epoch_pairs: return self.epoch_pairs[epoch]
-        out = []
-        for gid, rows in self.groups:
-            rng = seeded_rng(self.seed, epoch, gid)
-            ctrl = self.ctrl_of[self.ct_of[gid]]
+        ctrl_values = {}  # a cell type's controls, read once per epoch (on a rank: once it pairs one of its groups)
+        def pair(group):
+            gid, rows = group
+            rng, ct = seeded_rng(self.seed, epoch, gid), self.ct_of[gid]
+            if ct not in ctrl_values: ctrl_values[ct] = self.values(self.ctrl_of[ct])
             sub = self.train.kind == 'gene'  # genes: a control subset of the group's size; drugs: all controls
-            c = pair_group(ctrl, rows, self.values(ctrl), self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
+            c = pair_group(self.ctrl_of[ct], rows, ctrl_values[ct], self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
                            self.cfg.reg, subsample_controls=sub, batch_size=self.cfg.batch_size)
-            out.append(np.stack([c, rows], 1))
-        P = np.concatenate(out + self.control_pairs(epoch))
+            return np.stack([c, rows], 1)
+        P = np.concatenate(distributed_map(pair, self.groups) + self.control_pairs(epoch))  # control pairs: small, every rank
         P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
         self.epoch_pairs = {epoch: P}  # keep only the current epoch
         return P
@@ -336,14 +340,14 @@ class Departures(TrainedModel):
 # %% ../nbs/09_bridges.ipynb #c6ddecd8
 @torch.no_grad()
 def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx: int, dose: float, mode: str, gen,
-                  n_steps: int | None = None, sigma: float | None = None) -> torch.Tensor:
+                  sampling_steps: int | None = None, sigma: float | None = None) -> torch.Tensor:
     "x̂_T ⊙ d̂_T for control cells x_ctrl under one condition (cond_idx -1: the control condition, no residual, no anchor)."
     cfg, net = self.config, self.net_
     n, dev = len(x_ctrl), x_ctrl.device
     pert = self.table_.batch(torch.full((n,), cond_idx), torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                              torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown'))).to(dev)
     ct = torch.full((n,), ct_idx, device=dev)
-    steps, sig = n_steps or cfg.n_steps, cfg.sigma if sigma is None else sigma
+    steps, sig = sampling_steps or cfg.sampling_steps, cfg.sigma if sigma is None else sigma
     if cfg.decode_residual and cond_idx >= 0:  # both chains driven by the same noise, so the network's common error cancels
         s = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
         g1, g0 = (torch.Generator(device=dev).manual_seed(s) for _ in range(2))
@@ -359,13 +363,13 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
     d = ctmc_sample(lambda d, t: net.logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)
     return (z * d).clamp(min=0)
 
-def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0, n_steps: int | None = None,
+def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0, sampling_steps: int | None = None,
                     sigma: float | None = None):
     "Predicted cells (log1p) for each requested group."
     self._check_fitted()
     g = resolve_groups(groups, self.train_, n_cells)
-    net, dev = self.net_.to(self.device_).eval(), self.device_
-    voc = self.train_.vocab
+    self.net_.to(self.device_).eval()
+    dev, voc = self.device_, self.train_.vocab
     X, ids = [], []
     for gid, row in g.iterrows():
         if row.condition not in voc:
@@ -377,7 +381,7 @@ def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: 
         for s in range(0, len(pick), self.config.predict_batch):
             xc = torch.as_tensor(self.batches_.values(pick[s:s + self.config.predict_batch]), device=dev)
             outs.append(self._sample_cells(xc, self.cell_types_.index(row.cell_type), voc.index(row.condition),
-                                           row.dose, row['mode'], gen, n_steps, sigma))
+                                           row.dose, row['mode'], gen, sampling_steps, sigma))
         x = torch.cat(outs).cpu().numpy()
         X.append(self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)); ids += [gid] * len(pick)
     return prediction_anndata(np.vstack(X), ids, g, self.train_, 'departures')

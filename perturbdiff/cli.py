@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import fnmatch
-import inspect
 import json
 import linecache
 import math
@@ -22,7 +20,7 @@ import time
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -31,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import perturbdiff
-from .contract import BASELINES, MODELS, model_class
+from .contract import BASELINES, MODELS, model_class, renamed_hint
 from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns, parse_group_spec
 from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, METRICS, de_rankings, evaluate, metric_columns, summarize
@@ -40,10 +38,10 @@ from .train import resolve_device
 # %% auto #0
 __all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'EXAMPLES', 'BENCHMARK_OUTPUTS', 'FIT_OUTPUTS',
            'USER_ERRORS', 'read_anndata', 'subset_obs', 'load_data', 'data_notes', 'parse_test_group', 'read_test_file',
-           'make_split', 'model_names', 'parse_value', 'parse_overrides', 'model_options', 'check_option',
-           'model_overrides', 'make_model', 'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models',
-           'benchmark', 'build_parser', 'prepare_out', 'check_out_file', 'clear_outputs', 'check_task', 'run_benchmark',
-           'run_fit', 'load_model', 'run_predict', 'run_evaluate', 'is_user_error', 'main']
+           'make_split', 'model_names', 'parse_value', 'parse_overrides', 'check_option', 'model_overrides',
+           'make_model', 'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark',
+           'build_parser', 'prepare_out', 'check_out_file', 'clear_outputs', 'check_task', 'run_benchmark', 'run_fit',
+           'load_model', 'run_predict', 'run_evaluate', 'is_user_error', 'main']
 
 # %% ../nbs/11_cli.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -190,26 +188,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict]:
         out.setdefault(m, {})[k] = parse_value(v)
     return out
 
-# %% ../nbs/11_cli.ipynb #3ad7b1a8
-def _config_class(cls):
-    "The config dataclass of a model made by from_preset: what its `make_config` returns, else its constructor's `config` type."
-    hint = typing.get_type_hints(cls.make_config).get('return') if hasattr(cls, 'make_config') else None
-    hint = hint or typing.get_type_hints(cls.__init__).get('config')
-    return next((t for t in (typing.get_args(hint) or (hint,)) if is_dataclass(t)), None)
-
-def model_options(cls) -> dict[str, object]:
-    "Option name -> type, of a model class: the fields of its config dataclass, or its constructor's parameters."
-    cfg = _config_class(cls) if hasattr(cls, 'from_preset') else None
-    if cfg is not None:
-        hints = typing.get_type_hints(cfg)
-        return {f.name: hints.get(f.name, object) for f in fields(cfg)}
-    fn = cls.from_preset if hasattr(cls, 'from_preset') else cls.__init__
-    hints = typing.get_type_hints(fn)
-    return {p.name: hints.get(p.name, object) for p in inspect.signature(fn).parameters.values()
-            if p.name not in ('self', 'cls', 'preset', 'seed', 'device', 'progress') and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
 # %% ../nbs/11_cli.ipynb #ff71caff
-AT_LEAST_ONE = {'n_dims', 'batch_size', 'mask_batch_size', 'n_steps', 'sampling_steps', 'T', 'epochs', 'mask_epochs',
+AT_LEAST_ONE = {'n_dims', 'batch_size', 'mask_batch_size', 'sampling_steps', 'T', 'epochs', 'mask_epochs',
                 'predict_batch', 'n_control', 'heads', 'dim', 'time_dim', 'hidden', 'grn_dim', 'pca_dim', 'mask_hidden',
                 'mask_k', 'layers_continuous'}  # sizes and counts (other integers: >= 0; `steps=0` trains nothing, see 02a_train)
 POSITIVE = {'lr', 'mask_lr'}  # numbers > 0 (other numbers: >= 0)
@@ -253,20 +233,21 @@ def check_option(model: str, key: str, value, tp=object):
 def model_overrides(names: Sequence[str], overrides: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
     "Per model of `names`, its checked options: its own ({name: ...}) and the shared ones ({'*': ...}) it has."
     overrides = overrides or {}
-    opts = {n: model_options(model_class(n)) for n in names}
+    opts = {n: model_class(n).options() for n in names}
     stray = [m for m in overrides if m != '*' and overrides[m] and m not in opts]
     if stray: raise ValueError(f"Options for {stray[0]!r}, which is not among the models run ({', '.join(names)}).")
     out = {}
     for n in names:
         mine = dict(overrides.get(n, {}))
         bad = [k for k in mine if k not in opts[n]]
-        if bad: raise ValueError(f"Model {n!r} has no options {bad}.{_close(bad[0], opts[n])} It takes {sorted(opts[n])}.")
+        if bad: raise ValueError(f"Model {n!r} has no options {bad}.{renamed_hint(bad) or _close(bad[0], opts[n])} "
+                                 f"It takes {sorted(opts[n])}.")
         given = {**{k: v for k, v in overrides.get('*', {}).items() if k in opts[n]}, **mine}
         out[n] = {k: check_option(n, k, v, opts[n][k]) for k, v in given.items()}
     nowhere = [k for k in overrides.get('*', {}) if not any(k in o for o in opts.values())]
     if nowhere:
         every = sorted({k for o in opts.values() for k in o})
-        raise ValueError(f"No model run has the option {nowhere[0]!r}.{_close(nowhere[0], every)} Options: "
+        raise ValueError(f"No model run has the option {nowhere[0]!r}.{renamed_hint(nowhere) or _close(nowhere[0], every)} Options: "
                          + '; '.join(f"{n}: {', '.join(sorted(o)) or '(none)'}" for n, o in opts.items()) + '.')
     return out
 
@@ -274,13 +255,12 @@ def model_overrides(names: Sequence[str], overrides: Mapping[str, Mapping] | Non
 def make_model(name: str, preset: str = 'quick', seed: int = 0, device: str = 'auto',
                overrides: Mapping[str, Mapping] | None = None,  # {'*': {...}, name: {...}} (see parse_overrides)
                progress: bool = True):
-    "A model by name, built from a preset (trained models) or its constructor (baselines), with its checked options."
+    "A model by name, built by its class's from_preset with its checked options."
     cls, overrides = model_class(name), overrides or {}
-    takes = model_options(cls)
+    takes = cls.options()
     shared = {k: v for k, v in overrides.get('*', {}).items() if k in takes}  # the other models' options are theirs
     kw = model_overrides([name], {'*': shared, name: overrides.get(name, {})})[name]
-    if hasattr(cls, 'from_preset'): return cls.from_preset(preset, seed=seed, device=device, progress=progress, **kw)
-    return cls(**kw)
+    return cls.from_preset(preset, seed=seed, device=device, progress=progress, **kw)
 
 # %% ../nbs/11_cli.ipynb #36acdb98
 def paper_table(results: pd.DataFrame, by: str | Sequence[str] = 'model', digits: int = 3) -> pd.DataFrame:
@@ -342,10 +322,6 @@ def finished_models(out: str | os.PathLike, names: Sequence[str], groups: Sequen
             done[n] = (rows, timing[timing.model == n].iloc[0].to_dict(), pred)
     return done
 
-def _fit_options(model, folder: Path | None, resume: bool) -> dict:
-    "Checkpoint options of a model whose fit takes them (the trained models): checkpoints in `folder`, resumed on request."
-    if folder is None or 'out_dir' not in inspect.signature(model.fit).parameters: return {}
-    return dict(out_dir=str(folder), resume=resume)
 
 # %% ../nbs/11_cli.ipynb #01ff7132
 def benchmark(split: Split,
@@ -378,8 +354,8 @@ def benchmark(split: Split,
         if name in done:
             results[name], timing[name], path = done[name]; preds[name] = ad.read_h5ad(path); continue
         model = make_model(name, preset, seed, device, {name: options[name]}, progress=progress)
-        ckpt = None if out is None else out / 'checkpoints' / name
-        t0 = time.perf_counter(); model.fit(split.train, **_fit_options(model, ckpt, resume)); t1 = time.perf_counter()
+        ckpt = None if out is None else str(out / 'checkpoints' / name)  # the trained models checkpoint there
+        t0 = time.perf_counter(); model.fit(split.train, out_dir=ckpt, resume=resume); t1 = time.perf_counter()
         if keep_models: fitted[name] = model
         pred = model.predict(split.test, n_cells=n_cells, seed=seed); t2 = time.perf_counter()
         res = evaluate(pred, split.test, split.train, de_genes=de_genes, metrics=metrics, edist=edist,
@@ -675,7 +651,7 @@ def run_fit(args, argv=()) -> None:
     if args.overwrite: clear_outputs(out, FIT_OUTPUTS)
     if not resumed: _write_json(out / 'run.json', info)
     model = make_model(args.model, args.preset, args.seed, args.device, overrides, progress=not args.quiet)
-    model.fit(split.train, **_fit_options(model, out / 'checkpoints', resumed))
+    model.fit(split.train, out_dir=str(out / 'checkpoints'), resume=resumed)
     model.save(out / 'model')
     _say(args, f"saved {args.model} to {out / 'model'}")
 

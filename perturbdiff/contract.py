@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import importlib
-import math
+import inspect
+import os
 import pickle
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +23,8 @@ from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_sp
 from .train import TrainConfig, resolve_device
 
 # %% auto #0
-__all__ = ['MODELS', 'BASELINES', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'TrainedModel', 'model_class']
+__all__ = ['MODELS', 'BASELINES', 'RENAMED_OPTIONS', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'TrainedModel',
+           'model_class', 'renamed_hint']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -81,9 +85,28 @@ def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataF
 
 # %% ../nbs/02b_contract.ipynb #badb134c
 class PerturbationModel:
-    "Base of every model: fit(train) -> self, predict(groups) -> AnnData of cells, save / load."
+    "Base of every model: from_preset, options, fit(train) -> self, predict(groups) -> AnnData of cells, save / load."
     name = 'model'
-    def fit(self, train: PerturbData) -> 'PerturbationModel': raise NotImplementedError
+    seed, device, progress = 0, 'cpu', False  # what from_preset sets (the trained models use them)
+
+    @classmethod
+    def options(cls) -> dict[str, object]:
+        "Option name -> annotated type: what from_preset takes besides preset, seed, device and progress."
+        hints = typing.get_type_hints(cls.__init__)
+        return {p.name: hints.get(p.name, object) for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+    @classmethod
+    def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **options):
+        "The model with `options` (a baseline: the same for every preset)."
+        bad = sorted(set(options) - set(cls.options()))
+        if bad: raise TypeError(f"Unknown options {bad} for {cls.__name__}; valid: {sorted(cls.options())}.")
+        m = cls(**options)
+        m.seed, m.device, m.progress = seed, device, progress
+        return m
+
+    def fit(self, train: PerturbData, out_dir: str | None = None, resume: bool = False) -> 'PerturbationModel':
+        raise NotImplementedError
     def predict(self, groups, n_cells: int | None = None, seed: int = 0) -> ad.AnnData: raise NotImplementedError
     def _check_fitted(self):
         if getattr(self, 'train_', None) is None:
@@ -116,6 +139,13 @@ class TrainedModel(PerturbationModel):
     def make_config(cls, preset: str = 'quick', **overrides):
         "The model's configuration for a preset, with overrides (unknown options raise)."
         raise NotImplementedError
+
+    @classmethod
+    def options(cls) -> dict[str, object]:
+        "Option name -> type: the fields of the model's configuration."
+        cfg = type(cls.make_config())
+        hints = typing.get_type_hints(cfg)
+        return {f.name: hints.get(f.name, object) for f in fields(cfg)}
 
     @classmethod
     def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **overrides):
@@ -160,3 +190,10 @@ def model_class(name: str):
     try: return getattr(importlib.import_module(mod), cls)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"Model {name!r} ({MODELS[name]}) is not available in this installation: {e}.") from None
+
+# %% ../nbs/02b_contract.ipynb #d97b647d
+RENAMED_OPTIONS = {'n_steps': 'sampling_steps'}  # old name -> new: the sampler's steps have one name in every model
+
+def renamed_hint(names) -> str:
+    "' X is now Y.' for each renamed option among `names` (empty when none is)."
+    return ''.join(f" {n} is now {RENAMED_OPTIONS[n]} (renamed)." for n in names if n in RENAMED_OPTIONS)

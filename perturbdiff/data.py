@@ -10,7 +10,7 @@ import difflib
 import re
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import anndata as ad

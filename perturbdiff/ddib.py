@@ -5,37 +5,32 @@
 # %% ../nbs/07_ddib.ipynb #12909718
 from __future__ import annotations
 
-import copy
 import math
-import os
-import time
-import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import TrainedModel, prediction_anndata, resolve_groups
-from .data import CONTROL_KEY, MODES, PerturbData, check_choices
+from .contract import TrainedModel, prediction_anndata, renamed_hint, resolve_groups
+from .data import MODES, PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
-from .nn import (DirectEffect, GRNBlock, PerturbationBatch, PerturbationTable, VectorPerturbation, cell_modes, mlp,
-                            pseudobulk_pca)
+from .nn import DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
 from .anchor import ShiftAnchor
-from .mask import MaskModel
+from .mask import DolorisMaskNet, MaskModel, MaskNet, UnlastingMaskNet
 from .train import BatchSequence, fit as train_fit, resolve_device
-from .priors import GeneGraph, build_graph, coexpression, drug_features, go, go_db_path, go_if_available
+from .priors import GeneGraph, build_graph, drug_features
 
 # %% auto #0
-__all__ = ['DDIB_PRESETS', 'DDIBConfig', 'ddib_config', 'Conditioner', 'UnlastingNet', 'DolorisNet', 'Preconditioned',
-           'ExpressedStats', 'expressed_stats', 'fill_unexpressed', 'DDIBBatches', 'ddib_loss', 'DDIBModel',
-           'entry_index', 'sampling_schedule', 'Unlasting', 'Doloris', 'reconstruction_error']
+__all__ = ['DDIB_PRESETS', 'ZEROS', 'DDIBConfig', 'ddib_config', 'Conditioner', 'UnlastingNet', 'DolorisNet', 'Preconditioned',
+           'expressed_std', 'ExpressedStats', 'expressed_stats', 'fill_unexpressed', 'DDIBBatches', 'ddib_loss',
+           'DDIBModel', 'entry_index', 'sampling_schedule', 'expression_rate', 'Unlasting', 'Doloris',
+           'reconstruction_error']
 
 # %% ../nbs/07_ddib.ipynb #3a0aa7ab
 @dataclass
@@ -140,7 +135,7 @@ def ddib_config(family: str, preset: str = 'quick', **overrides) -> DDIBConfig:
     if preset not in DDIB_PRESETS[family]: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(DDIB_PRESETS[family])}.")
     valid = {f.name for f in fields(DDIBConfig)}
     bad = sorted(set(overrides) - valid)
-    if bad: raise TypeError(f"Unknown options {bad} for {family}; valid: {sorted(valid)}.")
+    if bad: raise TypeError(f"Unknown options {bad} for {family};{renamed_hint(bad)} valid: {sorted(valid)}.")
     kw = {**DDIB_PRESETS[family][preset], **overrides}
     for k in ('decoder', 'clip'):
         if isinstance(kw.get(k), list): kw[k] = tuple(kw[k])
@@ -274,6 +269,18 @@ class Preconditioned(nn.Module):
         s2, d2 = (1 - a) / a, self.sigma_data ** 2
         return d2 / (s2 + d2) * x_t / a.sqrt() + (s2.sqrt() * self.sigma_data / (s2 + d2).sqrt()) * self.net(x_t, t, cond)
 
+def expressed_std(train: PerturbData, chunk: int = 4096) -> float:
+    "σ_data: std (ddof 0) of the expressed (> 0) scaled training values, streamed in chunks (1.0 when none is expressed)."
+    n, mean, m2 = 0, 0.0, 0.0
+    for a in range(0, train.n_cells, chunk):
+        x = train.dense(np.arange(a, min(a + chunk, train.n_cells)), scaled=True)
+        v = x[x > 0].astype(np.float64)
+        if not v.size: continue
+        nb, mb = v.size, float(v.mean())
+        d, n_new = mb - mean, n + nb  # Chan et al.'s update: merge this chunk's mean and squared deviations
+        mean, m2, n = mean + d * nb / n_new, m2 + float(((v - mb) ** 2).sum()) + d * d * n * nb / n_new, n_new
+    return float(np.sqrt(m2 / n)) if n else 1.0
+
 # %% ../nbs/07_ddib.ipynb #9df8ead5
 @dataclass
 class ExpressedStats:
@@ -395,6 +402,7 @@ class DDIBModel(TrainedModel):
         "Frozen node features shared by the denoiser and the mask model (None: the family has none)."
         return None
     def _build_net(self, train, graph, cond, node_features=None) -> nn.Module: raise NotImplementedError
+    def _build_mask_net(self, train, graph, cond, node_features=None) -> MaskNet: raise NotImplementedError
     def _trained_targets(self, train, graph, cond) -> torch.Tensor | None:
         "Graph nodes with a TargetIdentity vector (targets with training cells), or None (the papers')."
         return cond.table.trained_nodes(graph.n_nodes) if self.config.target_identity and train.kind == 'gene' else None
@@ -417,8 +425,7 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
     self.net_ = self._build_net(train, self.graph_, self.cond_, feats)
     self.sched_train_, self.sched_ = self._schedules()
     if cfg.precondition:
-        X = train.dense(scaled=True)
-        self.net_ = Preconditioned(self.net_, Schedule.make(cfg.schedule, cfg.T), float(X[X > 0].std()) if (X > 0).any() else 1.0)
+        self.net_ = Preconditioned(self.net_, Schedule.make(cfg.schedule, cfg.T), expressed_std(train))  # streamed: backed data fit
     self.fill_ = expressed_stats(train) if cfg.fill_unexpressed else None
     self.anchor_, frame = None, None
     if cfg.bridge_depth is not None:
@@ -444,7 +451,8 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
     self.device_ = resolve_device(self.device)
     self.mask_ = None
     if cfg.use_mask and (stop_after is None):
-        self.mask_ = MaskModel.for_family(self.family, train, self.graph_, self.cond_, cfg, self.seed, feats).fit(
+        torch.manual_seed(self.seed + 17)
+        self.mask_ = MaskModel(self._build_mask_net(train, self.graph_, self.cond_, feats), train, self.cond_, cfg, self.seed).fit(
             device=self.device, progress=self.progress,
             out_dir=None if out_dir is None else str(Path(out_dir) / 'mask'), resume=resume)
     return self
@@ -551,7 +559,8 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
     self._check_fitted()
     g = resolve_groups(groups, self.train_, n_cells)
     sched = self.sampling_schedule(sampling_steps)
-    net, dev = self.net_.to(self.device_).eval(), self.device_
+    self.net_.to(self.device_).eval()
+    dev = self.device_
     cts = list(self.cond_.cell_types)
     X, ids, raw = [], [], []
     for ct in pd.unique(g.cell_type):
@@ -589,10 +598,19 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
 DDIBModel._condition_index, DDIBModel.sampling_schedule, DDIBModel.predict = _condition_index, sampling_schedule, _predict
 
 # %% ../nbs/07_ddib.ipynb #f5e4f863
+ZEROS = ('auto', 'none', 'control_rate')
+
+def expression_rate(data: PerturbData, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    "Share of the given cells in which each gene is expressed (> 0), streamed in chunks."
+    n = np.zeros(data.n_genes)
+    for a in range(0, len(rows), chunk): n += (data.dense(rows[a:a + chunk]) > 0).sum(0)
+    return n / max(len(rows), 1)
+
 @torch.no_grad()
-def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0) -> np.ndarray:
-    "Control cells of one cell type (log1p, [n_cells, genes]) sampled by the source model from noise."
+def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0, zeros: str = 'auto') -> np.ndarray:
+    "Control cells of one cell type (log1p, [n_cells, genes]) sampled by the source model from noise; `zeros`: see above."
     self._check_fitted()
+    if zeros not in ZEROS: raise ValueError(f"zeros={zeros!r} is not one of {list(ZEROS)}.")
     cts = list(self.cond_.cell_types)
     if cell_type not in cts: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {cts}.")
     dev = self.device_
@@ -600,7 +618,12 @@ def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed
     rng, gen = self.generators(seed, 13, cell_type)
     z = torch.randn((int(n_cells), self.train_.n_genes), generator=gen, device=dev)
     x = self._reconstruct(z, cts.index(cell_type), self.sched_, whole_chain=True)  # from noise: the whole chain
-    return self.train_.unscale(np.clip(x.cpu().numpy().astype(np.float64), 0, None))
+    x = np.clip(x.cpu().numpy().astype(np.float64), 0, None)
+    if zeros == 'auto': zeros = 'none' if self.config.zero_loss == 'all' else 'control_rate'
+    if zeros == 'control_rate':
+        p = expression_rate(self.train_, self.train_.control_rows(cell_type))
+        x = x * (rng.random(x.shape) < p)
+    return self.train_.unscale(x)
 
 DDIBModel.generate_controls = _generate_controls
 
@@ -611,6 +634,10 @@ class Unlasting(DDIBModel):
     def _build_net(self, train, graph, cond, node_features=None):
         return UnlastingNet(graph, self.config, len(cond.cell_types), train.kind, cond.drug_dim, cond.n_labels, self.seed,
                             self._trained_targets(train, graph, cond))
+    def _build_mask_net(self, train, graph, cond, node_features=None):
+        c = self.config
+        return UnlastingMaskNet(graph, train.n_genes, len(cond.cell_types), c.mask_hidden, train.kind, c.grn_dim, c.heads,
+                                cond.drug_dim, cond.n_labels, self.seed, c.gat_residual, c.shared_readout)
 
 class Doloris(DDIBModel):
     "Doloris: DDIB conditioned on GAT rows over frozen PCA gene features, with coherent mask sampling."
@@ -620,6 +647,10 @@ class Doloris(DDIBModel):
     def _build_net(self, train, graph, cond, node_features=None):
         return DolorisNet(graph, self.config, len(cond.cell_types), node_features, train.kind, cond.drug_dim,
                           cond.n_labels, self.seed, self._trained_targets(train, graph, cond))
+    def _build_mask_net(self, train, graph, cond, node_features=None):
+        c = self.config
+        return DolorisMaskNet(graph, train.n_genes, len(cond.cell_types), c.mask_hidden, train.kind, c.grn_dim, c.heads,
+                              node_features, cond.drug_dim, cond.n_labels, self.seed)
 
 # %% ../nbs/07_ddib.ipynb #7f715aba
 @torch.no_grad()

@@ -5,9 +5,7 @@
 # %% ../nbs/06a_mask.ipynb #ec50fd37
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,11 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import MODES, PerturbData, seeded_rng
-from .nn import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
+from .nn import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp
 from .train import BatchSequence, TrainConfig, fit as train_fit
 
 # %% auto #0
-__all__ = ['bernoulli_masks', 'threshold_masks', 'MaskBank', 'match_marginals', 'coherent_masks', 'MaskNet', 'MaskModel']
+__all__ = ['bernoulli_masks', 'threshold_masks', 'MaskBank', 'match_marginals', 'coherent_masks', 'MaskNet', 'UnlastingMaskNet',
+           'DolorisMaskNet', 'MaskModel']
 
 # %% ../nbs/06a_mask.ipynb #56eff244
 def bernoulli_masks(probs: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -103,31 +102,52 @@ def coherent_masks(probs: np.ndarray, bank: MaskBank, cell_type: str, high: floa
 
 # %% ../nbs/06a_mask.ipynb #bcbe91e4
 class MaskNet(nn.Module):
-    "Per-gene activation logits from (control input, cell type, perturbation)."
-    def __init__(self, family: str, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32,
-                 heads: int = 2, node_features: torch.Tensor | None = None, drug_dim: int | None = None,
-                 n_labels: int | None = None, seed: int = 0, residual: bool = False, shared_readout: bool = False):
+    "Per-gene activation logits from (control input, cell type, perturbation); a family adds its perturbation encoder."
+    def __init__(self, n_genes: int, n_cell_types: int, hidden: int):
         super().__init__()
-        self.family, self.n_ct = family, n_cell_types
+        self.n_ct = n_cell_types
         self.x = nn.Linear(n_genes, hidden)
         self.ct = nn.Linear(n_cell_types, hidden) if n_cell_types > 1 else None
         self.head = mlp([hidden, hidden, n_genes])
-        if family == 'unlasting':
-            self.grn = GRNBlock(graph, grn_dim, heads, kind, cell_type_dim=n_cell_types if n_cell_types > 1 else None,
-                                drug_dim=drug_dim, n_labels=n_labels, dropout=0.0, seed=seed, residual=residual,
-                                shared_readout=shared_readout)
-        elif family == 'doloris':
-            self.vec = VectorPerturbation(graph, kind, hidden, node_features, grn_dim, heads, 1, drug_dim, n_labels, seed)
-        else: raise ValueError(f"family must be 'unlasting' or 'doloris', got {family!r}")
+
+    def trunk_term(self, pert: PerturbationBatch): return None  # added to the trunk's hidden state
+    def gene_term(self, ctrl, onehot, pert: PerturbationBatch): return None  # added to the per-gene logits
 
     def forward(self, ctrl: torch.Tensor, cell_type: torch.Tensor, pert: PerturbationBatch) -> torch.Tensor:
         onehot = F.one_hot(cell_type, self.n_ct).float() if self.ct is not None else None
         h = self.x(ctrl)
         if onehot is not None: h = h + self.ct(onehot)
-        if self.family == 'doloris': h = h + self.vec(pert)
+        if (v := self.trunk_term(pert)) is not None: h = h + v
         out = self.head(F.silu(h))
-        if self.family == 'unlasting': out = out + self.grn(ctrl, None, onehot, pert)
+        if (g := self.gene_term(ctrl, onehot, pert)) is not None: out = out + g
         return out
+
+    def __setstate__(self, state):
+        "Model files written before the family subclasses hold a MaskNet with a `family`: load them as that family's net."
+        super().__setstate__(state)
+        family = state.get('family')
+        if type(self) is MaskNet and family is not None:
+            self.__class__ = {'unlasting': UnlastingMaskNet, 'doloris': DolorisMaskNet}[family]
+
+class UnlastingMaskNet(MaskNet):
+    "Unlasting: a GRN block (no time) over the gene graph adds a per-gene term."
+    def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32, heads: int = 2,
+                 drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0, residual: bool = False,
+                 shared_readout: bool = False):
+        super().__init__(n_genes, n_cell_types, hidden)
+        self.grn = GRNBlock(graph, grn_dim, heads, kind, cell_type_dim=n_cell_types if n_cell_types > 1 else None,
+                            drug_dim=drug_dim, n_labels=n_labels, dropout=0.0, seed=seed, residual=residual,
+                            shared_readout=shared_readout)
+    def gene_term(self, ctrl, onehot, pert): return self.grn(ctrl, None, onehot, pert)
+
+class DolorisMaskNet(MaskNet):
+    "Doloris: the denoiser's perturbation vector (GAT rows over frozen node features, drug MLP, label embedding) in the trunk."
+    def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32, heads: int = 2,
+                 node_features: torch.Tensor | None = None, drug_dim: int | None = None, n_labels: int | None = None,
+                 seed: int = 0):
+        super().__init__(n_genes, n_cell_types, hidden)
+        self.vec = VectorPerturbation(graph, kind, hidden, node_features, grn_dim, heads, 1, drug_dim, n_labels, seed)
+    def trunk_term(self, pert): return self.vec(pert)
 
 # %% ../nbs/06a_mask.ipynb #4456d954
 class MaskModel:
@@ -135,18 +155,6 @@ class MaskModel:
     def __init__(self, net: MaskNet, train: PerturbData, conditioner, config, seed: int = 0):
         self.net, self.train, self.cond, self.config, self.seed = net, train, conditioner, config, seed
         self.bank_ = None
-
-    @classmethod
-    def for_family(cls, family: str, train: PerturbData, graph, conditioner, config, seed: int = 0,
-                   node_features: torch.Tensor | None = None) -> 'MaskModel':
-        "The mask model of `family`; Doloris' frozen node features are computed unless the DDIB model passes its own."
-        torch.manual_seed(seed + 17)
-        feats = node_features
-        if feats is None and family == 'doloris' and train.kind == 'gene': feats = pseudobulk_pca(train, graph, config.pca_dim)
-        net = MaskNet(family, graph, train.n_genes, len(conditioner.cell_types), config.mask_hidden, train.kind,
-                      config.grn_dim, config.heads, feats, conditioner.drug_dim, conditioner.n_labels, seed,
-                      config.gat_residual, config.shared_readout)
-        return cls(net, train, conditioner, config, seed)
 
     def _loss(self, net, b, gen):
         ctrl = self.cond.noisy_control(b['cell_type'], gen)

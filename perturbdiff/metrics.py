@@ -240,7 +240,7 @@ def de_rankings(truth: PerturbData, control: PerturbData, groups: Sequence[str] 
     "Genes of `truth` ranked by |Welch t| of each group's true cells against its cell type's controls."
     obs = truth.obs[~truth.obs.control]
     groups = list(obs.group.unique()) if groups is None else list(groups)
-    grp, ct_of, stats, out = obs.group.to_numpy(), dict(zip(obs.group, obs.cell_type)), {}, {}
+    ct_of, stats, out = dict(zip(obs.group, obs.cell_type)), {}, {}
     for gid in groups:
         ct = ct_of[gid]
         if ct not in stats: stats[ct] = _control_stats(control, ct, truth.genes)

@@ -9,7 +9,6 @@ import os
 from typing import Mapping, Sequence
 
 import anndata as ad
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .data import GROUP_COL, PerturbData
-from .metrics import activation_pcc, activation_prob, as_cells, de_rankings
+from .metrics import activation_prob, as_cells, de_rankings
 
 # %% auto #0
 __all__ = ['PALETTE', 'colors', 'group_id', 'group_cells', 'violin_de', 'pca_fit', 'embedding', 'diversity_bars',

@@ -11,11 +11,9 @@ import json
 import math
 import os
 import sys
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import anndata as ad
 import h5py
@@ -24,9 +22,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .bridges import BridgePairs, pair_group
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
-                              detect_space, to_log1p, seeded_rng)
+                              detect_space, to_log1p)
 from .contract import resolve_groups
 from .cli import (DATA_KEYS, MODELS, SPLITS, _one_line, is_user_error, make_model, model_class, paper_table,
                              parse_overrides)
@@ -35,8 +32,8 @@ from .train import BatchSequence, distributed_context, distributed_map, resolve_
 
 # %% auto #0
 __all__ = ['CHUNK_NNZ', 'H5Matrix', 'read', 'BackedMatrix', 'read_csr', 'read_dense', 'Moments', 'rows_key', 'StreamStats',
-           'stream_stats', 'seurat_hvg', 'BackedPerturbData', 'block_order', 'CellBatches', 'ShardedBridgePairs',
-           'H5adWriter', 'predict_to_h5ad', 'evaluate_h5ad', 'run_train', 'run_predict', 'run_evaluate', 'main']
+           'stream_stats', 'seurat_hvg', 'BackedPerturbData', 'block_order', 'CellBatches', 'H5adWriter',
+           'predict_to_h5ad', 'evaluate_h5ad', 'run_train', 'run_predict', 'run_evaluate', 'main']
 
 # %% ../nbs/13_scale.ipynb #532a068f
 def _attr(node, name: str, default=None):
@@ -488,39 +485,6 @@ def _call(self: CellBatches, epoch: int, rank: int = 0, world_size: int = 1) -> 
 
 CellBatches.plan, CellBatches._expression, CellBatches.batch, CellBatches.__call__ = _plan, _expression, _batch, _call
 
-# %% ../nbs/13_scale.ipynb #de071758
-class ShardedBridgePairs(BridgePairs):
-    "BridgePairs whose per-epoch OT pairing is split across the DDP ranks and whose batches are built on demand."
-    def _pair(self, epoch: int, gid: str, rows: np.ndarray, ctrl_values: Callable) -> np.ndarray:
-        "(control, perturbed) rows of one group: BridgePairs' pairing, seeded by (seed, epoch, group)."
-        rng = seeded_rng(self.seed, epoch, gid)
-        ct = self.ct_of[gid]
-        c = pair_group(self.ctrl_of[ct], rows, ctrl_values(ct), self.values(rows), rng, self.cfg.pairing, self.cfg.cost,
-                       self.cfg.reg, subsample_controls=self.train.kind == 'gene', batch_size=self.cfg.batch_size)
-        return np.stack([c, rows], 1)
-
-    def pairs(self, epoch: int) -> np.ndarray:
-        "[n, 2] (control row, perturbed row) pairs of an epoch, shuffled; each rank pairs its share of the groups."
-        if epoch in self.epoch_pairs: return self.epoch_pairs[epoch]
-        cache = {}
-        def ctrl_values(ct):
-            if ct not in cache: cache[ct] = self.values(self.ctrl_of[ct])
-            return cache[ct]
-        P = np.concatenate(distributed_map(lambda g: self._pair(epoch, g[0], g[1], ctrl_values), self.groups)
-                           + self.control_pairs(epoch))  # control -> control pairs (control_pairs > 0): small, on every rank
-        P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
-        self.epoch_pairs = {epoch: P}
-        return P
-
-    def __call__(self, epoch: int, rank: int = 0, world_size: int = 1) -> BatchSequence:
-        P, bs = self.pairs(epoch), self.cfg.batch_size
-        def build(cp):
-            c, p = cp.T
-            t = torch.as_tensor
-            return dict(x0=t(self.values(c)), x1=t(self.values(p)), cell_type=t(self.cell_type[p]),
-                        condition=t(self.condition[p]), dose=t(self.dose[p]), mode=t(self.mode[p]))
-        return BatchSequence([P[s:s + bs][rank::world_size] for s in range(0, len(P), bs)], build)
-
 # %% ../nbs/13_scale.ipynb #81e8be1a
 def _write_elem(f, key: str, value) -> None:
     try: from anndata.io import write_elem
@@ -667,7 +631,6 @@ def _say(args, msg: str) -> None:
 
 def run_train(args) -> None:
     "`train`: open the h5ad backed, split, fit (DDP under torchrun), save from rank 0."
-    import inspect
     import torch.distributed as dist
     ctx = distributed_context(resolve_device(args.device))  # joins the process group under torchrun
     keys = {k: getattr(args, k) for k in DATA_KEYS if getattr(args, k) is not None}
@@ -679,9 +642,7 @@ def run_train(args) -> None:
     model = make_model(args.model, args.preset, args.seed, args.device, parse_overrides(args.set),
                        progress=ctx.is_main and not args.quiet)
     out = Path(args.out)
-    if 'out_dir' in inspect.signature(model.fit).parameters:
-        model.fit(split.train, out_dir=str(out / 'checkpoints'), resume=args.resume)
-    else: model.fit(split.train)
+    model.fit(split.train, out_dir=str(out / 'checkpoints'), resume=args.resume)  # the contract: baselines ignore both
     if ctx.is_main:
         model.save(out / 'model')
         info = dict(args={k: v for k, v in vars(args).items() if k != 'func'}, data=str(Path(args.data).resolve()),

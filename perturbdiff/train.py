@@ -13,7 +13,7 @@ import threading
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 

@@ -12,7 +12,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -121,12 +120,12 @@ def job_model(out: Path):
 def job_backed(out: Path, data: str):
     "Backed h5ad under DDP: the sharded streaming pass (split, HVGs, scale, control stats) and sharded OT pairing."
     warnings.simplefilter('ignore')
-    from perturbdiff.bridges import bridge_config
-    from perturbdiff.scale import BackedPerturbData, ShardedBridgePairs
+    from perturbdiff.bridges import BridgePairs, bridge_config
+    from perturbdiff.scale import BackedPerturbData
     bk = BackedPerturbData(data, cell_type_key='cell_type', mode_key='perturbation_type')
     split = bk.split('unseen_perturbation', seed=0, n_top_genes=20)
     st = bk.source.cache[-1]
-    pairs = ShardedBridgePairs(split.train, bridge_config('quick', batch_size=32), seed=0)
+    pairs = BridgePairs(split.train, bridge_config('quick', batch_size=32), seed=0)
     res = dict(genes=list(split.train.genes), x_max=split.train.x_max, passes=bk.source.n_passes,
                gene_max=st.gene_max, hvg_mean=st.hvg.mean, hvg_m2=st.hvg.m2,
                control={k: (v.mean, v.std) for k, v in split.train.control_stats().items()},

@@ -3,8 +3,6 @@ import socket
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from perturbdiff import datasets as D

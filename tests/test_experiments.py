@@ -5,7 +5,6 @@ its tables and figures; the Norman table equals the one `perturbdiff benchmark` 
 The notebooks are not run by nbdev_test (their title cell carries nbdev's `skip_exec: true`
 front matter); this file is where they run."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / 'nbs'
 EXPERIMENTS = sorted(p.stem for p in NBS.glob('2[0-9]_*.ipynb'))
-PARAMETERS = {'data_path', 'quick', 'device', 'seed', 'out_dir', 'models', 'steps', 'sample_steps'}
+PARAMETERS = {'data_path', 'quick', 'device', 'seed', 'out_dir', 'models', 'steps', 'sampling_steps'}
 BASELINES = ['control', 'mean', 'additive', 'linear']
 FIGURES = {'metrics.png', 'violins.png', 'pca.png', 'activation.png', 'diversity.png'}
 
@@ -114,7 +113,7 @@ def test_sciplex3_synthetic(tmp_path):
 
 # The trained-model experiments (23-25) run with tiny networks and step counts on a tiny simulated screen (60 genes,
 # 8 singles, 4 pairs, one cell type): they check the plumbing, not the science.
-TINY_STEPS = dict(steps=3, mask_steps=2, sample_steps=5, prior='coexpression')
+TINY_STEPS = dict(steps=3, mask_steps=2, sampling_steps=5, prior='coexpression')
 TINY_NETS = {'unlasting': dict(hidden=32, time_dim=16, decoder=[32], grn_dim=8, mask_hidden=16, n_control=20),
              'doloris': dict(hidden=32, time_dim=16, decoder=[32], grn_dim=8, pca_dim=4, mask_hidden=16, n_control=20),
              'departures': dict(dim=8, time_dim=16)}

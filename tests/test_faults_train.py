@@ -22,7 +22,7 @@ TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_d
                            n_control=10, sampling_steps=5),
             Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6, mask_hidden=8,
                          n_control=10, sampling_steps=5),
-            Departures=dict(steps=12, dim=4, time_dim=8, n_steps=5))
+            Departures=dict(steps=12, dim=4, time_dim=8, sampling_steps=5))
 PRESET = dict(Unlasting='plain', Doloris='plain', Departures='quick')
 MODELS = [Unlasting, Doloris, Departures]
 

@@ -247,7 +247,7 @@ TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_d
                            n_control=10, sampling_steps=5),
             Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6, mask_hidden=8,
                          n_control=10, sampling_steps=5),
-            Departures=dict(steps=12, dim=4, time_dim=8, n_steps=5))
+            Departures=dict(steps=12, dim=4, time_dim=8, sampling_steps=5))
 
 
 @pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures], ids=lambda c: c.__name__)
@@ -422,3 +422,14 @@ def test_generate_controls(cls):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     with pytest.raises(ValueError, match="no training control cells"):
         model.generate_controls('no such type', 3)
+    if cls is Departures: return
+    # DDIB: the denoiser's cells, or those cells with zeros drawn at the training controls' expression rates (07_ddib)
+    raw, rated = (model.generate_controls(ct, 200, seed=0, zeros=z) for z in ('none', 'control_rate'))
+    kept = rated > 0
+    assert np.array_equal(rated[kept], raw[kept]) and (rated[~kept] == 0).all()  # entries kept as they were, or zeroed
+    expressed = (data.dense(data.control_rows(ct)) > 0).mean(0)
+    assert not kept[:, expressed == 0].any()  # a gene never expressed in the controls is never expressed in their copies
+    auto = model.generate_controls(ct, 200, seed=0)  # quick presets regress zeros themselves: 'auto' adds no zero model
+    assert np.array_equal(auto, raw) and model.config.zero_loss == 'all'
+    with pytest.raises(ValueError, match="zeros='rate' is not one of"):
+        model.generate_controls(ct, 3, zeros='rate')

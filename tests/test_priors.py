@@ -14,8 +14,7 @@ import torch
 
 from perturbdiff.data import PerturbData
 from perturbdiff.datasets import read_smiles_table, simulate
-from perturbdiff.priors import (GeneGraph, SymbolResolver, coexpression, combination_features, drug_embedding,
-                                drug_features, edge_list, embedding, encode_dose, go, go_db_path, is_vehicle, parse_gaf,
+from perturbdiff.priors import (GeneGraph, SymbolResolver, coexpression, combination_features, drug_features, edge_list, embedding, encode_dose, go, go_db_path, is_vehicle, parse_gaf,
                                 read_go)
 
 GO_DB = go_db_path()

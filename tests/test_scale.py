@@ -11,7 +11,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from perturbdiff.data import PerturbData
 from perturbdiff.datasets import simulate
