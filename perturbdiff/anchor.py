@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .baselines import ShiftBaseline, group_effects
 from .data import CONTROL_KEY, PerturbData
@@ -83,6 +84,7 @@ def _choose_rule(v: pd.DataFrame) -> tuple:
     return ('mean', 0.0) if not len(ok) else tuple(err[ok].mean().idxmin())
 
 # %% ../nbs/05a_anchor.ipynb #02e2ba79
+@patch
 def _graph_mean(self: ShiftAnchor, token: str, effects: dict) -> np.ndarray | None:
     "Edge-weighted mean effect of the token's trained graph neighbours (None: no trained neighbour)."
     nb = {k: w for k, w in self.neighbours_.get(token, {}).items() if k in effects}
@@ -90,12 +92,14 @@ def _graph_mean(self: ShiftAnchor, token: str, effects: dict) -> np.ndarray | No
     w = np.array(list(nb.values()))
     return (w[:, None] * np.stack([effects[k] for k in nb])).sum(0) / w.sum()
 
+@patch
 def _unseen(self: ShiftAnchor, token: str, effects: dict, mean: np.ndarray, rule) -> np.ndarray:
     base, lam = rule
     b = mean if base == 'mean' else np.zeros_like(mean)
-    g = _graph_mean(self, token, effects) if lam > 0 else None
+    g = self._graph_mean(token, effects) if lam > 0 else None
     return b if g is None else b + lam * (g - b)
 
+@patch
 def _validate(self: ShiftAnchor, table: pd.DataFrame) -> pd.DataFrame | None:
     "Leave-one-out error of every rule on the trained single gene targets (rows: cell type, target, rule)."
     if self.kind_ != 'gene' or not self.neighbours_: return None
@@ -109,14 +113,14 @@ def _validate(self: ShiftAnchor, table: pd.DataFrame) -> pd.DataFrame | None:
             mean = (total - eff[k]) / len(rest)
             top = np.argsort(-np.abs(eff[k]), kind='stable')[:self.n_top]
             for rule in self.RULES:
-                err = float(np.mean((_unseen(self, k, rest, mean, rule)[top] - eff[k][top]) ** 2))
+                err = float(np.mean((self._unseen(k, rest, mean, rule)[top] - eff[k][top]) ** 2))
                 out.append(dict(cell_type=ct, target=k, base=rule[0], weight=rule[1], error=err))
     return pd.DataFrame(out) if out else None
 
-ShiftAnchor._graph_mean, ShiftAnchor._unseen, ShiftAnchor._validate = _graph_mean, _unseen, _validate
 
 # %% ../nbs/05a_anchor.ipynb #e73b7ce7
-def _anchor_shift(self: ShiftAnchor, condition: str, cell_type: str, dose: float = float('nan')) -> np.ndarray:
+@patch
+def shift(self: ShiftAnchor, condition: str, cell_type: str, dose: float = float('nan')) -> np.ndarray:
     "The anchor's mean shift (log1p, float64 [genes]) for one condition in one cell type; zero for the control."
     if not hasattr(self, 'rule_'): raise RuntimeError("ShiftAnchor is not fitted; call fit(train, graph) first.")
     if condition == CONTROL_KEY: return np.zeros(self.n_genes_)
@@ -132,13 +136,15 @@ def _anchor_shift(self: ShiftAnchor, condition: str, cell_type: str, dose: float
         total = total + e
     return total
 
-def _anchor_shifts(self: ShiftAnchor, groups: pd.DataFrame) -> np.ndarray:
+@patch
+def shifts(self: ShiftAnchor, groups: pd.DataFrame) -> np.ndarray:
     "Shifts [groups, genes] for a table with condition, cell_type (and dose) columns."
     dose = groups['dose'] if 'dose' in groups else pd.Series(np.nan, index=groups.index)
     return np.array([self.shift(c, t, d) for c, t, d in zip(groups.condition, groups.cell_type, dose.astype(float))]
                     ).reshape(len(groups), self.n_genes_)
 
-def _cell_shifts(self: ShiftAnchor, data: PerturbData) -> tuple[np.ndarray, np.ndarray]:
+@patch
+def cell_shifts(self: ShiftAnchor, data: PerturbData) -> tuple[np.ndarray, np.ndarray]:
     "Each cell's row (controls: row 0, all zeros) and the rows' shifts: what an anchored model subtracts in training."
     g = data.groups()
     S = np.vstack([np.zeros((1, self.n_genes_)), self.shifts(g)])
@@ -146,7 +152,6 @@ def _cell_shifts(self: ShiftAnchor, data: PerturbData) -> tuple[np.ndarray, np.n
     pos[data.obs.control.to_numpy()] = 0
     return pos.astype(np.int64), S
 
-ShiftAnchor.shift, ShiftAnchor.shifts, ShiftAnchor.cell_shifts = _anchor_shift, _anchor_shifts, _cell_shifts
 
 # %% ../nbs/05a_anchor.ipynb #4a2dbbf0
 class AnchorBaseline(ShiftBaseline):

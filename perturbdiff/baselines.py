@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from fastcore.basics import patch
 
 from .contract import PerturbationModel, prediction_anndata, resolve_groups
 from .data import PerturbData, _close, seeded_rng
@@ -82,13 +83,15 @@ def _shift_matrix(self: ShiftBaseline, g: pd.DataFrame) -> np.ndarray:
     check_vocabulary(g.condition, self.train_)
     return np.array([self._shift(row) for _, row in g.iterrows()]).reshape(len(g), self.train_.n_genes)
 
-def _shifts(self: ShiftBaseline, groups) -> pd.DataFrame:
+@patch
+def shifts(self: ShiftBaseline, groups) -> pd.DataFrame:
     "Predicted mean shift (log1p) per group: rows = group ids, columns = genes."
     self._check_fitted()
     g = resolve_groups(groups, self.train_)
     return pd.DataFrame(_shift_matrix(self, g), index=g.index, columns=self.train_.genes)
 
-def _predict(self: ShiftBaseline, groups, n_cells: int | None = None, seed: int = 0) -> ad.AnnData:
+@patch
+def predict(self: ShiftBaseline, groups, n_cells: int | None = None, seed: int = 0) -> ad.AnnData:
     "Cells for each group: sampled training controls of the cell type + the predicted shift, clipped at 0."
     self._check_fitted()
     g = resolve_groups(groups, self.train_, n_cells)
@@ -101,7 +104,6 @@ def _predict(self: ShiftBaseline, groups, n_cells: int | None = None, seed: int 
         X.append(out); ids += [gid] * n
     return prediction_anndata(np.vstack(X) if X else np.zeros((0, self.train_.n_genes)), ids, g, self.train_, self.name)
 
-ShiftBaseline.shifts, ShiftBaseline.predict = _shifts, _predict
 
 # %% ../nbs/03_baselines.ipynb #711217d5
 class ControlBaseline(ShiftBaseline):

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 
 from .contract import TrainedModel, prediction_anndata, renamed_hint, resolve_groups
 from .data import MODES, PerturbData, check_choices, seeded_rng
@@ -338,6 +339,7 @@ class Departures(TrainedModel):
         return self
 
 # %% ../nbs/09_bridges.ipynb #c6ddecd8
+@patch
 @torch.no_grad()
 def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx: int, dose: float, mode: str, gen,
                   sampling_steps: int | None = None, sigma: float | None = None) -> torch.Tensor:
@@ -363,7 +365,8 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
     d = ctmc_sample(lambda d, t: net.logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)
     return (z * d).clamp(min=0)
 
-def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0, sampling_steps: int | None = None,
+@patch
+def predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0, sampling_steps: int | None = None,
                     sigma: float | None = None):
     "Predicted cells (log1p) for each requested group."
     self._check_fitted()
@@ -386,11 +389,11 @@ def _bridge_predict(self: Departures, groups, n_cells: int | None = None, seed: 
         X.append(self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)); ids += [gid] * len(pick)
     return prediction_anndata(np.vstack(X), ids, g, self.train_, 'departures')
 
-Departures._sample_cells, Departures.predict = _sample_cells, _bridge_predict
 
 # %% ../nbs/09_bridges.ipynb #e12e1a4f
+@patch
 @torch.no_grad()
-def _bridge_controls(self: Departures, cell_type: str, n_cells: int = 100, seed: int = 0) -> np.ndarray:
+def generate_controls(self: Departures, cell_type: str, n_cells: int = 100, seed: int = 0) -> np.ndarray:
     "Control cells of one cell type (log1p, [n_cells, genes]): its control cells bridged under the control condition."
     self._check_fitted()
     if cell_type not in self.cell_types_: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {self.cell_types_}.")
@@ -402,4 +405,3 @@ def _bridge_controls(self: Departures, cell_type: str, n_cells: int = 100, seed:
     z = self._sample_cells(x, self.cell_types_.index(cell_type), -1, float('nan'), 'unknown', gen).cpu().numpy()
     return self.train_.unscale(z) if self.config.scaled else z.astype(np.float64)
 
-Departures.generate_controls = _bridge_controls

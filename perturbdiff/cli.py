@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 import perturbdiff
+from fastcore.basics import patch
 from .contract import BASELINES, MODELS, model_class, renamed_hint
 from .data import SPACES, SPLITS, PerturbData, Split, _close, dose_like_columns, parse_group_spec
 from .datasets import atomic_write as atomic_path
@@ -288,7 +289,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     with atomic_path(path) as tmp: write(tmp)
     return path
 
-def _write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = True) -> dict[str, Path]:
+@patch
+def write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = True) -> dict[str, Path]:
     "Write results.csv, summary.csv (+ summary_by_subgroup.csv), timing.csv and predictions/<model>.h5ad to `out`, each atomically."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = dict(results=out / 'results.csv', summary=out / 'summary.csv', timing=out / 'timing.csv')
@@ -302,7 +304,6 @@ def _write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = Tr
             files[f'predictions/{name}'] = atomic_write(out / 'predictions' / f'{name}.h5ad', pred.write_h5ad)
     return files
 
-BenchmarkResult.write = _write
 
 # %% ../nbs/11_cli.ipynb #5242b153
 def finished_models(out: str | os.PathLike, names: Sequence[str], groups: Sequence[str] | None = None) -> dict[str, tuple]:

@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LOG1P_MAX', 'SPACES', 'SAMPLE_ROWS',
@@ -24,9 +25,8 @@ __all__ = ['CONTROL_NAMES', 'CONTROL_KEY', 'CONTROL_LIKE', 'KINDS', 'MODES', 'LO
            'SPLITS', 'parse_condition', 'canonical_key', 'control_like', 'control_like_tokens', 'normalize_mode',
            'Perturbation', 'infer_kind', 'InputSpaceWarning', 'check_finite_nonnegative', 'space_evidence',
            'guess_space', 'detect_space', 'to_log1p', 'check_choices', 'gene_symbols', 'group_key', 'seeded_rng',
-           'dose_like_columns', 'case_mismatches', 'PerturbData', 'gene_index', 'resolve', 'perturbation', 'groups',
-           'control_rows', 'highly_variable', 'select_genes', 'fit_scale', 'scale', 'unscale', 'dense', 'ControlStats',
-           'control_stats', 'Split', 'parse_group_spec', 'split', 'CellDataset', 'condition_weights', 'cell_loader']
+           'dose_like_columns', 'case_mismatches', 'PerturbData', 'highly_variable', 'ControlStats', 'Split',
+           'parse_group_spec', 'CellDataset', 'condition_weights', 'cell_loader']
 
 # %% ../nbs/00_data.ipynb #5395826f
 CONTROL_NAMES = ('ctrl', 'control', 'controls', 'non-targeting', 'nontargeting', 'non_targeting', 'dmso',
@@ -636,6 +636,7 @@ def _take(X, rows=None, cols=None):
     if cols is not None: X = X[:, cols]
     return X.copy()
 
+@patch
 def _derive(self: PerturbData, cells=None, genes=None, x_max='same') -> PerturbData:
     "A new PerturbData on a subset of cells (bool mask or positions) and genes (symbols), sharing metadata."
     new = type(self).__new__(type(self))
@@ -652,6 +653,7 @@ def _derive(self: PerturbData, cells=None, genes=None, x_max='same') -> PerturbD
         new.obs[c] = new.obs[c].cat.remove_unused_categories()
     return new
 
+@patch
 def gene_index(self: PerturbData, genes: Sequence[str]) -> np.ndarray:
     "Positions of gene symbols in this container; unknown symbols raise, with suggestions."
     pos = self.genes.get_indexer(list(genes))
@@ -660,7 +662,7 @@ def gene_index(self: PerturbData, genes: Sequence[str]) -> np.ndarray:
         raise KeyError(f"{len(g)} genes are not measured in this data: {g[:5]}.{_close(g[0], self.genes)}")
     return pos
 
-PerturbData._derive, PerturbData.subset, PerturbData.gene_index = _derive, _derive, gene_index
+PerturbData.subset = PerturbData._derive  # the public name of the same method
 
 # %% ../nbs/00_data.ipynb #d1fa1672
 def _props(cls):
@@ -676,6 +678,7 @@ def _props(cls):
 
 _props(PerturbData)
 
+@patch
 def resolve(self: PerturbData, label: str) -> str:
     "Canonical key of a condition given as key, original label ('A+ctrl') or in any target order."
     if label in self.label_of: return label
@@ -684,6 +687,7 @@ def resolve(self: PerturbData, label: str) -> str:
     sep = self.keys.get('sep', '+')  # the labels' separator; keys always join with '+'
     return canonical_key(parse_condition(label.replace(sep, '+') if sep != '+' else label))
 
+@patch
 def perturbation(self: PerturbData, label: str) -> Perturbation:
     "The Perturbation of a condition (its mode is that of its cells)."
     key = self.resolve(label)
@@ -695,6 +699,7 @@ def perturbation(self: PerturbData, label: str) -> Perturbation:
     smiles = (self.smiles[key],) if key in self.smiles else None
     return Perturbation(self.kind, targets, modes[0] if len(modes) == 1 else 'unknown', smiles)
 
+@patch
 def groups(self: PerturbData, include_control: bool = False) -> pd.DataFrame:
     "One row per (condition, cell type, dose) group: its cell count, kind, mode and number of targets."
     obs = self.obs if include_control else self.obs[~self.obs.control]
@@ -703,7 +708,8 @@ def groups(self: PerturbData, include_control: bool = False) -> pd.DataFrame:
                                                 n_targets=('n_targets', 'first'), n_cells=('condition', 'size'))
     return g.astype({'condition': str, 'cell_type': str, 'mode': str}).sort_index()
 
-def _repr(self: PerturbData) -> str:
+@patch
+def __repr__(self: PerturbData) -> str:
     ctrl = int(self.obs.control.sum())
     lines = [f"PerturbData: {self.n_cells} cells x {self.n_genes} genes, kind={self.kind!r}",
              f"  conditions: {len(self.conditions)} + control ({ctrl} control cells); "
@@ -715,14 +721,13 @@ def _repr(self: PerturbData) -> str:
         lines.append(f"  targets: {len(self.targets)} ({len(self.measured_targets)} measured, {len(self.unmeasured_targets)} not)")
     return '\n'.join(lines)
 
+@patch
 def control_rows(self: PerturbData, cell_type: str | None = None) -> np.ndarray:
     "Positions of the control cells (of one cell type, or of all), ascending; empty when there are none."
     ctrl = self.obs.control.to_numpy()
     if cell_type is not None: ctrl = ctrl & (self.obs.cell_type.astype(str) == str(cell_type)).to_numpy()
     return np.flatnonzero(ctrl)
 
-PerturbData.resolve, PerturbData.perturbation, PerturbData.groups, PerturbData.__repr__ = resolve, perturbation, groups, _repr
-PerturbData.control_rows = control_rows
 
 # %% ../nbs/00_data.ipynb #51863058
 def highly_variable(
@@ -740,6 +745,7 @@ def highly_variable(
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, flavor=flavor, inplace=True)
     return [g for g, h in zip(genes, tmp.var['highly_variable']) if h]
 
+@patch
 def select_genes(self: PerturbData, n_top_genes: int | None = None, cells=None, keep_targets: bool = True,
                  flavor: str = 'seurat', extra: Sequence[str] = ()) -> PerturbData:
     "Keep the `n_top_genes` highly variable genes of `cells` (mask; default all), plus measured targets and `extra`."
@@ -752,9 +758,9 @@ def select_genes(self: PerturbData, n_top_genes: int | None = None, cells=None, 
                              + (f' + {len(keep - hv)} measured targets/extra' if keep - hv else ''))
     return new
 
-PerturbData.select_genes = select_genes
 
 # %% ../nbs/00_data.ipynb #57203cc0
+@patch
 def fit_scale(self: PerturbData, cells=None) -> PerturbData:
     "A copy whose scale is the maximum expression over `cells` (mask; default all)."
     rows = np.ones(self.n_cells, bool) if cells is None else np.asarray(cells)
@@ -766,24 +772,26 @@ def fit_scale(self: PerturbData, cells=None) -> PerturbData:
 def _need_scale(self):
     if not self.x_max: raise RuntimeError("The scale is not fitted; call fit_scale() (split() does it on training cells).")
 
+@patch
 def scale(self: PerturbData, X, dtype=np.float32) -> np.ndarray:
     "Expression (log1p) -> model space x / x_max."
     _need_scale(self)
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     return (X.astype(np.float64) / self.x_max).astype(dtype)
 
+@patch
 def unscale(self: PerturbData, Z) -> np.ndarray:
     "Model space -> expression (log1p): z * x_max, float32; the exact inverse of `scale`."
     _need_scale(self)
     return (np.asarray(Z, dtype=np.float64) * self.x_max).astype(np.float32)
 
+@patch
 def dense(self: PerturbData, cells=None, scaled: bool = False) -> np.ndarray:
     "Dense float32 expression of `cells` (mask or positions; default all), log1p or scaled."
     X = self.X if cells is None else self.X[np.asarray(cells)]
     X = X.toarray() if sp.issparse(X) else np.array(X, dtype=np.float32)
     return self.scale(X) if scaled else X
 
-PerturbData.fit_scale, PerturbData.scale, PerturbData.unscale, PerturbData.dense = fit_scale, scale, unscale, dense
 
 # %% ../nbs/00_data.ipynb #ea5b2cd8
 @dataclass
@@ -793,6 +801,7 @@ class ControlStats:
     std: np.ndarray
     n_cells: int
 
+@patch
 def control_stats(self: PerturbData, scaled: bool = True) -> dict[str, ControlStats]:
     "Control mean and std (ddof=0) per cell type, in scaled space (or log1p if `scaled=False`)."
     out = {}
@@ -805,7 +814,6 @@ def control_stats(self: PerturbData, scaled: bool = True) -> dict[str, ControlSt
                                  "which holds all control cells.")
     return out
 
-PerturbData.control_stats = control_stats
 
 # %% ../nbs/00_data.ipynb #309ffe61
 SPLITS = ('unseen_perturbation', 'unseen_combo', 'unseen_context', 'ood_drug', 'custom')
@@ -908,6 +916,7 @@ def _custom_groups_conditions(data: PerturbData, test) -> list:
     return sorted({data.groups().loc[gid, 'condition'] for gid in _custom_groups(data, [(parse_group_spec(t)[0],) for t in test])})
 
 # %% ../nbs/00_data.ipynb #510bea13
+@patch
 def split(self: PerturbData,
           kind: str = 'unseen_perturbation',  # one of SPLITS
           test_frac: float = 0.25,  # fraction of conditions / combinations / groups held out
@@ -939,7 +948,6 @@ def split(self: PerturbData,
     tg['subgroup'] = [(_seen_label(c, singles) if kind == 'unseen_combo' else kind) for c in tg.condition]
     return Split(train, test_part, kind, seed, tg)
 
-PerturbData.split = split
 
 # %% ../nbs/00_data.ipynb #175fdbd0
 import torch

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 
 from .contract import TrainedModel, prediction_anndata, renamed_hint, resolve_groups
 from .data import MODES, PerturbData, check_choices
@@ -29,8 +30,7 @@ from .priors import GeneGraph, build_graph, drug_features
 # %% auto #0
 __all__ = ['DDIB_PRESETS', 'ZEROS', 'DDIBConfig', 'ddib_config', 'Conditioner', 'UnlastingNet', 'DolorisNet', 'Preconditioned',
            'expressed_std', 'ExpressedStats', 'expressed_stats', 'fill_unexpressed', 'DDIBBatches', 'ddib_loss',
-           'DDIBModel', 'entry_index', 'sampling_schedule', 'expression_rate', 'Unlasting', 'Doloris',
-           'reconstruction_error']
+           'DDIBModel', 'entry_index', 'expression_rate', 'Unlasting', 'Doloris', 'reconstruction_error']
 
 # %% ../nbs/07_ddib.ipynb #3a0aa7ab
 @dataclass
@@ -413,7 +413,8 @@ class DDIBModel(TrainedModel):
         return (sample if self.config.train_on_respaced else full), sample
 
 # %% ../nbs/07_ddib.ipynb #4c9b1a5f
-def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume: bool = False,
+@patch
+def fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume: bool = False,
          stop_after: int | None = None, **train_overrides) -> DDIBModel:
     "Train the denoiser, then the mask model, on the training split."
     cfg = self.config
@@ -457,9 +458,9 @@ def _fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume
             out_dir=None if out_dir is None else str(Path(out_dir) / 'mask'), resume=resume)
     return self
 
-DDIBModel.fit = _fit
 
 # %% ../nbs/07_ddib.ipynb #6958f1e8
+@patch
 def _stop_index(self: DDIBModel, sched: Schedule) -> int | None:
     "Chain index where a partial bridge turns round (bridge_depth), None for the whole chain."
     d = self.config.bridge_depth
@@ -470,7 +471,6 @@ def _stop_index(self: DDIBModel, sched: Schedule) -> int | None:
                                       f"(timesteps {int(sched.timesteps[start])}..{int(sched.timesteps[-1])}).")
     return idx
 
-DDIBModel._stop_index = _stop_index
 
 def entry_index(sched: Schedule, t0: int) -> int:
     "First index of the chain whose timestep is >= t0 (where DDIM enters and leaves the chain)."
@@ -478,6 +478,7 @@ def entry_index(sched: Schedule, t0: int) -> int:
     if idx >= sched.n_steps: raise ValueError(f"ode_start={t0} is beyond the chain's last timestep {sched.timesteps[-1]}.")
     return idx
 
+@patch
 def _denoiser(self: DDIBModel, cond: dict):
     "model(x_t, t) -> x̂0 for fixed conditioning (what the DDIM solvers take)."
     net = self.net_
@@ -485,12 +486,14 @@ def _denoiser(self: DDIBModel, cond: dict):
         return net(x, t, cond)
     return f
 
+@patch
 def _control_pool(self: DDIBModel, cell_type: str, rng) -> np.ndarray:
     "Positions of the control cells used for one cell type."
     rows = self.train_.control_rows(cell_type)
     n = min(self.config.n_control, len(rows))
     return np.sort(rng.choice(rows, n, replace=False))
 
+@patch
 @torch.no_grad()
 def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Schedule | None = None) -> torch.Tensor:
     "Source-model latents of control cells (or Gaussian noise when use_latent=False)."
@@ -503,6 +506,7 @@ def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Sche
     return ddim_invert(self._denoiser(cond), x_ctrl, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
                        stop=self._stop_index(sched))
 
+@patch
 @torch.no_grad()
 def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: float, mode: str,
             sched: Schedule | None = None) -> torch.Tensor:
@@ -516,6 +520,7 @@ def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: 
     return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
                        stop=self._stop_index(sched))
 
+@patch
 @torch.no_grad()
 def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None, whole_chain: bool = False) -> torch.Tensor:
     "Source-model decoding of latents (from `bridge_depth`, or from the chain's end with `whole_chain`): the control cells."
@@ -526,6 +531,7 @@ def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None =
     return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
                        stop=None if whole_chain else self._stop_index(sched))
 
+@patch
 def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -> torch.Tensor:
     "Control cells as they are inverted: unexpressed entries filled from their control group (fill_unexpressed), else as given."
     fill = getattr(self, 'fill_', None)
@@ -533,10 +539,9 @@ def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -
     g = fill.control[cell_type]
     return fill_unexpressed(x_ctrl, fill.mean[g].to(x_ctrl.device), fill.std[g].to(x_ctrl.device), gen)
 
-DDIBModel._denoiser, DDIBModel._control_pool, DDIBModel._invert, DDIBModel._decode = _denoiser, _control_pool, _invert, _decode
-DDIBModel._fill_controls, DDIBModel._reconstruct = _fill_controls, _reconstruct
 
 # %% ../nbs/07_ddib.ipynb #3fb2b75d
+@patch
 def _condition_index(self: DDIBModel, condition: str) -> int:
     "Index of a condition in the training vocabulary (which includes the test conditions)."
     voc = self.train_.vocab
@@ -545,6 +550,7 @@ def _condition_index(self: DDIBModel, condition: str) -> int:
                          f"its targets. Predict conditions of the dataset the model was trained on.")
     return voc.index(condition)
 
+@patch
 def sampling_schedule(self: DDIBModel, steps: int | None = None) -> Schedule:
     "The chain used for inversion and decoding: the configured one, or `steps` respaced from the chain trained on."
     if steps is None: return self.sched_
@@ -553,7 +559,8 @@ def sampling_schedule(self: DDIBModel, steps: int | None = None) -> Schedule:
                                               f"(train with train_on_respaced=False to sample with up to T={self.config.T}).")
     return base.respace(steps)
 
-def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, return_raw: bool = False,
+@patch
+def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, return_raw: bool = False,
              sampling_steps: int | None = None):
     "Predicted cells (log1p) for each requested group; see the notebook for the procedure."
     self._check_fitted()
@@ -595,7 +602,6 @@ def _predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0,
     if return_raw: out.layers['unmasked_scaled'] = np.vstack(raw).astype(np.float32)
     return out
 
-DDIBModel._condition_index, DDIBModel.sampling_schedule, DDIBModel.predict = _condition_index, sampling_schedule, _predict
 
 # %% ../nbs/07_ddib.ipynb #f5e4f863
 ZEROS = ('auto', 'none', 'control_rate')
@@ -606,8 +612,9 @@ def expression_rate(data: PerturbData, rows: np.ndarray, chunk: int = 4096) -> n
     for a in range(0, len(rows), chunk): n += (data.dense(rows[a:a + chunk]) > 0).sum(0)
     return n / max(len(rows), 1)
 
+@patch
 @torch.no_grad()
-def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0, zeros: str = 'auto') -> np.ndarray:
+def generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0, zeros: str = 'auto') -> np.ndarray:
     "Control cells of one cell type (log1p, [n_cells, genes]) sampled by the source model from noise; `zeros`: see above."
     self._check_fitted()
     if zeros not in ZEROS: raise ValueError(f"zeros={zeros!r} is not one of {list(ZEROS)}.")
@@ -625,7 +632,6 @@ def _generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed
         x = x * (rng.random(x.shape) < p)
     return self.train_.unscale(x)
 
-DDIBModel.generate_controls = _generate_controls
 
 # %% ../nbs/07_ddib.ipynb #f46f7209
 class Unlasting(DDIBModel):

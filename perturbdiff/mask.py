@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch
 
 from .data import MODES, PerturbData, seeded_rng
 from .nn import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp
@@ -164,7 +165,8 @@ class MaskModel:
         return F.binary_cross_entropy_with_logits(logits, b['on']), {}
 
 # %% ../nbs/06a_mask.ipynb #e93018bd
-def _mask_batches(self: MaskModel):
+@patch
+def _batches(self: MaskModel):
     "Seeded per-epoch batches of the perturbed training cells with their activation targets."
     tr, bs = self.train, self.config.mask_batch_size
     rows = np.flatnonzero(~tr.obs.control.to_numpy())
@@ -182,7 +184,8 @@ def _mask_batches(self: MaskModel):
         return BatchSequence([perm[i:i + bs] for i in range(0, len(perm), bs)], lambda r: build(r[rank::world_size]))
     return make
 
-def _mask_fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=False) -> MaskModel:
+@patch
+def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=False) -> MaskModel:
     "Train the mask network (BCE on x > 0 of perturbed training cells)."
     c = self.config
     tc = TrainConfig(epochs=None if c.mask_steps else c.mask_epochs, steps=c.mask_steps, lr=c.mask_lr, weight_decay=c.mask_weight_decay, batch_size=c.mask_batch_size,
@@ -192,11 +195,11 @@ def _mask_fit(self: MaskModel, device='auto', progress=True, out_dir=None, resum
     if c.mask_strategy == 'coherent': self.bank_ = MaskBank.from_data(self.train)
     return self
 
-MaskModel._batches, MaskModel.fit = _mask_batches, _mask_fit
 
 # %% ../nbs/06a_mask.ipynb #2d6cb181
+@patch
 @torch.no_grad()
-def _probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition: str, dose: float, mode: str) -> np.ndarray:
+def probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition: str, dose: float, mode: str) -> np.ndarray:
     "P(x > 0) per gene for control inputs x_ctrl [n, G] (scaled) under one condition of one cell type."
     dev = next(self.net.parameters()).device
     n = len(x_ctrl)
@@ -209,7 +212,8 @@ def _probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, conditio
     self.net.eval()
     return torch.sigmoid(self.net(cond['ctrl'] if self.cond.use_stats else x, ct, cond['pert'])).cpu().numpy().astype(np.float64)
 
-def _masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: pd.Series, seed: int = 0) -> np.ndarray:
+@patch
+def masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: pd.Series, seed: int = 0) -> np.ndarray:
     "Binary masks [n, G] for predicted cells whose control inputs are training rows `ctrl_rows`."
     c = self.config
     uniq, inv = np.unique(ctrl_rows, return_inverse=True)
@@ -228,4 +232,3 @@ def _masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: p
     if c.mask_strategy == 'bernoulli': return bernoulli_masks(probs, int(rng.integers(2 ** 31))).astype(np.float64)
     raise ValueError(f"mask_strategy must be 'threshold', 'coherent' or 'bernoulli', got {c.mask_strategy!r}.")
 
-MaskModel.probabilities, MaskModel.masks = _probabilities, _masks

@@ -21,6 +21,7 @@ from torch_geometric.utils import add_self_loops as _pyg_add_self_loops
 from torch_geometric.utils import remove_self_loops as _pyg_remove_self_loops
 from torch_geometric.utils import scatter as _pyg_scatter
 from torch_geometric.utils import softmax as _pyg_softmax
+from fastcore.basics import patch
 
 from .data import MODES, PerturbData, seeded_rng
 from .priors import GeneGraph, combination_features
@@ -243,7 +244,8 @@ class BatchedGATv2(nn.Module):
         return plan_edges(edge_index, num_nodes, edge_attr, self.add_self_loops, self.fill_value)
 
 # %% ../nbs/05_gat.ipynb #0b7becfd
-def _gat_forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | EdgePlan, edge_attr: torch.Tensor | None = None,
+@patch
+def forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | EdgePlan, edge_attr: torch.Tensor | None = None,
                  return_attention: bool = False, impl: str = 'fused'):
     single = x.dim() == 2
     if single: x = x.unsqueeze(0)
@@ -276,11 +278,10 @@ def _gat_forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | Edge
     if single: out, alpha = out[0], alpha[:, 0]
     return (out, (plan.edge_index, alpha)) if return_attention else out
 
-BatchedGATv2.forward = _gat_forward
 
 # %% ../nbs/05_gat.ipynb #e51829eb
-@classmethod
-def _from_pyg(cls, conv) -> BatchedGATv2:
+@patch(cls_method=True)
+def from_pyg(cls: BatchedGATv2, conv) -> BatchedGATv2:
     "A BatchedGATv2 with the hyper-parameters and weights of a torch_geometric GATv2Conv."
     if getattr(conv, 'res', None) is not None: raise ValueError("GATv2Conv(residual=True) is not supported.")
     if not isinstance(conv.in_channels, int): raise ValueError("Bipartite GATv2Conv (in_channels as a tuple) is not supported.")
@@ -288,8 +289,6 @@ def _from_pyg(cls, conv) -> BatchedGATv2:
                 conv.add_self_loops, conv.edge_dim, conv.fill_value, conv.bias is not None, conv.share_weights)
     layer.load_state_dict(conv.state_dict())
     return layer.to(next(conv.parameters()).dtype)
-
-BatchedGATv2.from_pyg = _from_pyg
 
 # %% ../nbs/05_gat.ipynb #0e782aad
 def symbol_normal(symbols: Sequence[str], dim: int, seed: int = 0, std: float = 1.0) -> torch.Tensor:
@@ -368,8 +367,8 @@ class PerturbationTable:
         self.seen = torch.tensor([c in set(seen) for c in self.vocab] + [True]) if seen is not None else torch.ones(V + 1, dtype=torch.bool)
 
 # %% ../nbs/05_gat.ipynb #98448518
-@classmethod
-def _table_from_data(cls, data: PerturbData, graph: GeneGraph | None = None, drug_features: pd.DataFrame | None = None,
+@patch(cls_method=True)
+def from_data(cls: PerturbationTable, data: PerturbData, graph: GeneGraph | None = None, drug_features: pd.DataFrame | None = None,
                      unseen_labels: str = 'error') -> PerturbationTable:
     "The table for a PerturbData (normally the training split): its vocab, kind, per-condition modes, seen labels."
     modes = {}
@@ -380,7 +379,8 @@ def _table_from_data(cls, data: PerturbData, graph: GeneGraph | None = None, dru
     default = pert_modes.mode().iloc[0] if len(pert_modes) else 'unknown'
     return cls(data.vocab, data.kind, graph, drug_features, modes, data.conditions, unseen_labels, default)
 
-def _table_batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.Tensor | None = None,
+@patch
+def batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.Tensor | None = None,
                  mode: torch.Tensor | None = None) -> PerturbationBatch:
     "A PerturbationBatch for condition indices (-1: control), raw doses and optional per-cell modes."
     cond = torch.as_tensor(condition, dtype=torch.long).cpu()
@@ -401,15 +401,14 @@ def _table_batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.T
         cond = torch.where(unseen, -1, cond)
     return PerturbationBatch('label', label=cond)
 
-def _trained_nodes(self: PerturbationTable, n_nodes: int) -> torch.Tensor:
+@patch
+def trained_nodes(self: PerturbationTable, n_nodes: int) -> torch.Tensor:
     "bool [n_nodes]: graph nodes that are a target of a condition with training cells (gene tables only)."
     if self.kind != 'gene': raise ValueError(f"Only gene perturbations have target nodes; this table is {self.kind!r}.")
     rows = self.targets[:-1][self.seen[:-1]]
     out = torch.zeros(n_nodes, dtype=torch.bool)
     out[rows[rows >= 0]] = True
     return out
-
-PerturbationTable.from_data, PerturbationTable.batch, PerturbationTable.trained_nodes = _table_from_data, _table_batch, _trained_nodes
 
 # %% ../nbs/05_gat.ipynb #3ce8ca66
 class TargetIdentity(nn.Module):
@@ -526,14 +525,16 @@ class GRNBlock(nn.Module):
         self._plans = {}
 
 # %% ../nbs/05_gat.ipynb #3007abe3
-def _grn_plan(self: GRNBlock) -> EdgePlan:
+@patch
+def plan(self: GRNBlock) -> EdgePlan:
     "The gene graph's EdgePlan on the block's device (built once per device)."
     key = str(self.edge_index.device)
     if key not in self._plans:
         self._plans[key] = self.gat[0].plan(self.edge_index, self.graph.n_nodes, self.edge_weight if self.use_edge_weight else None)
     return self._plans[key]
 
-def _node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None = None,
+@patch
+def node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None = None,
                    cell_type_emb: torch.Tensor | None = None, perturbation: PerturbationBatch | None = None) -> torch.Tensor:
     "Eqs. 7-10: h [B, N, dim] from the noisy input, time, cell type and perturbation."
     if x_t.dim() != 2 or x_t.shape[1] != self.n_measured:
@@ -551,7 +552,8 @@ def _node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None
         h = h + self.cell_type(cell_type_emb)[:, None]
     return self.perturbation(h, e, perturbation)
 
-def _grn_forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:
+@patch
+def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:  # noqa: F811 (@patch)
     "Per-gene output [B, G] (eq. 12) for noisy input x_t [B, G]."
     h, plan = self.node_features(x_t, t_emb, cell_type_emb, perturbation), self.plan()
     for gat, norm in zip(self.gat, self.norm):
@@ -559,7 +561,6 @@ def _grn_forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbati
         h = h + g if self.residual else g
     return self.readout(h)
 
-GRNBlock.plan, GRNBlock.node_features, GRNBlock.forward = _grn_plan, _node_features, _grn_forward
 
 # %% ../nbs/05_gat.ipynb #d0c207fa
 class DirectEffect(nn.Module):

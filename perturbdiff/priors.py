@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from fastcore.basics import patch
 
 from .data import CONTROL_NAMES, PerturbData
 from .datasets import DownloadError, atomic_write, cache_dir, sha256sum
@@ -33,9 +34,8 @@ from .datasets import download as _download
 __all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'GO_GAF_URL', 'VEHICLE_SMILES', 'VEHICLE_NAMES', 'go_db_path', 'GOUnavailableError',
            'go_cache_dir', 'gaf_url', 'gaf_cache_path', 'SymbolResolver', 'parse_gaf', 'fetch_gaf', 'fetch_go_cli',
            'GeneOntology', 'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'go_if_available',
-           'EdgeListSource', 'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'hops_to_measured', 'reachable',
-           'summary', 'describe', 'node_index', 'edges_frame', 'is_vehicle', 'encode_dose', 'morgan_fingerprints',
-           'drug_embedding', 'drug_features', 'combination_features', 'build_graph']
+           'EdgeListSource', 'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'is_vehicle', 'encode_dose',
+           'morgan_fingerprints', 'drug_embedding', 'drug_features', 'combination_features', 'build_graph']
 
 # %% ../nbs/04_priors.ipynb #f0c2c732
 GO_DB_NAME = 'org.Hs.eg.sqlite'
@@ -430,7 +430,8 @@ class GOSource:
         return M, have
 
 # %% ../nbs/04_priors.ipynb #3e32920f
-def _go_edges(self: GOSource, nodes: _Nodes) -> pd.DataFrame:
+@patch
+def edges(self: GOSource, nodes: _Nodes) -> pd.DataFrame:
     M, have = self.incidence(nodes)
     if len(have) < 2: return _edges_frame([], [], [])
     size = np.asarray(M.sum(1)).ravel()
@@ -441,7 +442,6 @@ def _go_edges(self: GOSource, nodes: _Nodes) -> pd.DataFrame:
         out.append(_edges_frame(*_top_k(jac, have[b0:b0 + self.block], have, self.k, self.min_similarity, True, rank)))
     return pd.concat(out, ignore_index=True)
 
-GOSource.edges = _go_edges
 
 def go(source: str | os.PathLike | Mapping | GeneOntology | None = None, k: int | None = 20,
        min_similarity: float = 0.1) -> GOSource:
@@ -607,8 +607,8 @@ def _targets_of(data: PerturbData | None) -> list[str]:
     return sorted({t for c in data.vocab for t in c.split('+')})
 
 # %% ../nbs/04_priors.ipynb #a0561ba8
-@classmethod
-def _build(cls, data: PerturbData | None = None,
+@patch(cls_method=True)
+def build(cls: GeneGraph, data: PerturbData | None = None,
            sources: Sequence = (),  # edge sources: coexpression(), go(), edge_list(), embedding()
            genes: Sequence[str] | None = None,  # measured genes (default: data.genes)
            targets: Sequence[str] | None = None,  # perturbation targets (default: those of data.vocab)
@@ -642,9 +642,8 @@ def _build(cls, data: PerturbData | None = None,
     if verbose: print(g.describe())
     return g
 
-GeneGraph.build = _build
-
 # %% ../nbs/04_priors.ipynb #ab1477fd
+@patch
 def hops_to_measured(self: GeneGraph, source: str | int | None = None) -> np.ndarray:
     "Shortest directed path length from each node to a measured gene (0: measured; -1: none), over all edges or one source's."
     src, dst = self.edge_index.numpy()
@@ -663,14 +662,15 @@ def hops_to_measured(self: GeneGraph, source: str | int | None = None) -> np.nda
         hops[new] = h; frontier = new
     return hops
 
+@patch
 def reachable(self: GeneGraph, genes: Sequence[str] | None = None) -> dict[str, bool]:
     "Whether each gene (default: the targets) has a path to a measured gene."
     hops = self.hops_to_measured()
     return {g: bool(hops[self.index[g]] >= 0) for g in (self.targets if genes is None else genes)}
 
-GeneGraph.hops_to_measured, GeneGraph.reachable = hops_to_measured, reachable
 
 # %% ../nbs/04_priors.ipynb #6b741e28
+@patch
 def _by_source(self: GeneGraph) -> list[tuple[str, str, int, int]]:
     "Per edge source, in order: name, description, edges, unmeasured targets it alone connects to a measured gene."
     bits, node = self.edge_source.numpy(), np.array([self.index[t] for t in self.targets], dtype=np.int64)
@@ -679,6 +679,7 @@ def _by_source(self: GeneGraph) -> list[tuple[str, str, int, int]]:
     return [(n, d, int(((bits >> b) & 1).sum()), int((self.hops_to_measured(b)[unmeasured] >= 0).sum()))
             for b, (n, d) in enumerate(zip(self.sources, described))]
 
+@patch
 def summary(self: GeneGraph) -> dict:
     "Nodes, edges per source (and what each source is), in-degree, targets measured, connected, and by which source."
     src, dst = self.edge_index.numpy()
@@ -695,6 +696,7 @@ def summary(self: GeneGraph) -> dict:
                 targets_connected=sum(reach.values()), unreachable_targets=[t for t, ok in reach.items() if not ok],
                 unmeasured_targets_connected_by_source={n: c for n, _, _, c in per})
 
+@patch
 def describe(self: GeneGraph) -> str:
     "The summary in words: how many targets are connected to measured genes, and where each kind of edge comes from."
     s = self.summary()
@@ -706,6 +708,7 @@ def describe(self: GeneGraph) -> str:
     lines += [f"  {n}: {e:,} edges, alone connect {c:,} unmeasured targets; {d}" for n, d, e, c in self._by_source()]
     return '\n'.join(lines)
 
+@patch
 def _warn_unreachable(self: GeneGraph):
     bad = [t for t, ok in self.reachable().items() if not ok]
     if bad: warnings.warn(f"{len(bad)} perturbation targets have no path to a measured gene: {bad[:10]}. A model of "
@@ -713,14 +716,14 @@ def _warn_unreachable(self: GeneGraph):
                           f"(GO, an edge list, embeddings), extra_genes that connect them, or a lower threshold.",
                           stacklevel=3)
 
-def _graph_repr(self: GeneGraph) -> str:
+@patch
+def __repr__(self: GeneGraph) -> str:
     return (f"GeneGraph: {self.n_nodes} nodes ({self.n_measured} measured), {self.n_edges} edges from "
             f"{self.sources or 'no sources'}; {len(self.targets)} targets")
 
-GeneGraph._by_source, GeneGraph.summary, GeneGraph.describe = _by_source, summary, describe
-GeneGraph._warn_unreachable, GeneGraph.__repr__ = _warn_unreachable, _graph_repr
 
 # %% ../nbs/04_priors.ipynb #085fbc44
+@patch
 def node_index(self: GeneGraph, genes: Sequence[str]) -> np.ndarray:
     "Node indices of gene symbols; raises for symbols that are not nodes."
     miss = [g for g in genes if g not in self.index]
@@ -728,6 +731,7 @@ def node_index(self: GeneGraph, genes: Sequence[str]) -> np.ndarray:
                             f"GeneGraph.build(..., extra_genes=[...]).")
     return np.array([self.index[g] for g in genes], dtype=np.int64)
 
+@patch
 def edges_frame(self: GeneGraph) -> pd.DataFrame:
     "The edges as a DataFrame of symbols: source, target, weight, sources."
     s, d = self.edge_index.numpy(); b = self.edge_source.numpy()
@@ -735,7 +739,6 @@ def edges_frame(self: GeneGraph) -> pd.DataFrame:
     return pd.DataFrame({'source': g[s], 'target': g[d], 'weight': self.edge_weight.numpy(),
                          'sources': ['+'.join(n for k, n in enumerate(self.sources) if (x >> k) & 1) for x in b]})
 
-GeneGraph.node_index, GeneGraph.edges_frame = node_index, edges_frame
 
 # %% ../nbs/04_priors.ipynb #6199b874
 VEHICLE_SMILES = ('CS(C)=O',)  # DMSO

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from fastcore.basics import patch
 
 from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, to_log1p)
@@ -31,9 +32,9 @@ from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
 # %% auto #0
-__all__ = ['CHUNK_NNZ', 'H5Matrix', 'read', 'BackedMatrix', 'read_csr', 'read_dense', 'Moments', 'rows_key', 'StreamStats',
-           'stream_stats', 'seurat_hvg', 'BackedPerturbData', 'block_order', 'CellBatches', 'H5adWriter',
-           'predict_to_h5ad', 'evaluate_h5ad', 'run_train', 'run_predict', 'run_evaluate', 'main']
+__all__ = ['CHUNK_NNZ', 'H5Matrix', 'BackedMatrix', 'Moments', 'rows_key', 'StreamStats', 'stream_stats', 'seurat_hvg',
+           'BackedPerturbData', 'block_order', 'CellBatches', 'H5adWriter', 'predict_to_h5ad', 'evaluate_h5ad',
+           'run_train', 'run_predict', 'run_evaluate', 'main']
 
 # %% ../nbs/13_scale.ipynb #532a068f
 def _attr(node, name: str, default=None):
@@ -125,12 +126,14 @@ def _raw(self: H5Matrix, rows) -> sp.csr_matrix:
         raise ValueError("internal: H5Matrix reads sorted, unique, in-range rows.")
     return _raw_csr(self, rows) if self.format == 'csr' else _raw_dense(self, rows)
 
+@patch
 def _sample(self: H5Matrix, n: int) -> sp.csr_matrix:
     "Up to `n` rows in 8 contiguous windows spread over the file (for detecting the space)."
     N, w = self.shape[0], max(1, n // 8)
     starts = np.unique(np.linspace(0, max(0, N - w), 8).astype(np.int64))
     return _raw(self, np.unique(np.concatenate([np.arange(s, min(N, s + w)) for s in starts])))
 
+@patch
 def read(self: H5Matrix, rows, validate: bool = False) -> sp.csr_matrix:
     "log1p float32 CSR of sorted unique file `rows` (all genes); `validate` checks the values against the space."
     raw = _raw(self, rows)
@@ -148,7 +151,6 @@ def _validate(raw: sp.csr_matrix, m: H5Matrix) -> None:
         raise ValueError(f"{m.path}:{m.key} was detected as log1p on a sample of rows, but other rows hold values up to "
                          f"{v.max():.3g} (> {LOG1P_MAX}). Pass space='normalized' (or 'counts').")
 
-H5Matrix._sample, H5Matrix.read = _sample, read
 
 # %% ../nbs/13_scale.ipynb #96a0687c
 class BackedMatrix:
@@ -173,6 +175,7 @@ class BackedMatrix:
     def copy(self) -> 'BackedMatrix': return self  # a view is immutable: nothing to copy
 
 # %% ../nbs/13_scale.ipynb #c2488a64
+@patch
 def read_csr(self: BackedMatrix, cells=None) -> sp.csr_matrix:
     "log1p float32 CSR of view positions `cells` (default all), in the order given."
     file_rows = self.rows if cells is None else self.rows[np.asarray(cells, dtype=np.int64)]
@@ -181,6 +184,7 @@ def read_csr(self: BackedMatrix, cells=None) -> sp.csr_matrix:
     X = X if len(uniq) == len(file_rows) and np.array_equal(uniq, file_rows) else X[inv]
     return X if self.cols is None else X[:, self.cols]
 
+@patch
 def read_dense(self: BackedMatrix, cells=None) -> np.ndarray:
     "Dense float32 log1p of view positions `cells` (default all); refuses reads above the source's max_dense_gb."
     n = self.shape[0] if cells is None else len(np.asarray(cells))
@@ -189,19 +193,20 @@ def read_dense(self: BackedMatrix, cells=None) -> np.ndarray:
         raise MemoryError(f"Reading {n} cells x {self.shape[1]} genes densely needs {gb:.1f} GB (limit max_dense_gb="
                           f"{self.source.max_dense_gb}). Read in chunks (CellBatches, or data.dense on fewer cells), or "
                           f"raise the limit: data.X.source.max_dense_gb = ...")
-    return read_csr(self, cells).toarray()
+    return self.read_csr(cells).toarray()
 
-def _rmatmul(self: BackedMatrix, M) -> np.ndarray:
+@patch
+def __rmatmul__(self: BackedMatrix, M) -> np.ndarray:
     "M @ X for a (sparse) M of shape [k, n_cells], streamed over the rows in file order (float64)."
     M = sp.csc_matrix(M, dtype=np.float64)
     if M.shape[1] != self.shape[0]: raise ValueError(f"M @ X: M has {M.shape[1]} columns, X has {self.shape[0]} rows.")
     order = np.argsort(self.rows, kind='stable')
     out = np.zeros((M.shape[0], self.shape[1]))
     for sl in _chunks(self.source, self.rows[order]):
-        out += (M[:, order[sl]] @ read_csr(self, order[sl]).astype(np.float64)).toarray()
+        out += (M[:, order[sl]] @ self.read_csr(order[sl]).astype(np.float64)).toarray()
     return out
 
-BackedMatrix.read_csr, BackedMatrix.read_dense, BackedMatrix.toarray, BackedMatrix.__rmatmul__ = read_csr, read_dense, read_dense, _rmatmul
+BackedMatrix.toarray = BackedMatrix.read_dense  # scipy's name for the same
 
 # %% ../nbs/13_scale.ipynb #b5cfa091
 CHUNK_NNZ = 2 ** 23  # stored values per chunk of a streaming pass (~64 MB of float32 values + int32 indices)
@@ -334,19 +339,22 @@ class BackedPerturbData(PerturbData):
     def source(self) -> H5Matrix: return self.X.source
 
 # %% ../nbs/13_scale.ipynb #cf05549b
-def _backed_derive(self: BackedPerturbData, cells=None, genes=None, x_max='same') -> BackedPerturbData:
+@patch
+def _derive(self: BackedPerturbData, cells=None, genes=None, x_max='same') -> BackedPerturbData:
     "A view on a subset of cells and genes (nothing is read)."
     new = PerturbData._derive(self, cells, genes, x_max)
     new.__class__ = type(self)
     return new
 
-def _backed_dense(self: BackedPerturbData, cells=None, scaled: bool = False) -> np.ndarray:
+@patch
+def dense(self: BackedPerturbData, cells=None, scaled: bool = False) -> np.ndarray:
     "Dense float32 expression of `cells` (mask or positions; default all), read from the file."
     rows = None if cells is None else np.asarray(cells)
     if rows is not None and rows.dtype == bool: rows = np.flatnonzero(rows)
     X = self.X.read_dense(rows)
     return self.scale(X) if scaled else X
 
+@patch
 def _stats(self: BackedPerturbData, cells=None, hvg: bool = False) -> StreamStats:
     "The streaming statistics of `cells` (mask or positions; default all), from the cache or one new pass."
     pos = np.arange(self.n_cells) if cells is None else np.asarray(cells)
@@ -357,11 +365,11 @@ def _stats(self: BackedPerturbData, cells=None, hvg: bool = False) -> StreamStat
     ctrl = np.where(self.obs.control.to_numpy()[pos], self.obs.cell_type.astype(str).to_numpy()[pos], '')
     return stream_stats(self.source, self.X.rows[pos], ctrl, hvg)
 
-BackedPerturbData._derive = BackedPerturbData.subset = _backed_derive
-BackedPerturbData.dense, BackedPerturbData._stats = _backed_dense, _stats
+BackedPerturbData.subset = BackedPerturbData._derive  # the public name of the same method
 
 # %% ../nbs/13_scale.ipynb #7ede60ba
-def _backed_select_genes(self: BackedPerturbData, n_top_genes: int | None = None, cells=None, keep_targets: bool = True,
+@patch
+def select_genes(self: BackedPerturbData, n_top_genes: int | None = None, cells=None, keep_targets: bool = True,
                          flavor: str = 'seurat', extra: Sequence[str] = ()) -> BackedPerturbData:
     "Keep the `n_top_genes` highly variable genes of `cells` (streamed), plus measured targets and `extra`."
     if n_top_genes is None: return self._derive()
@@ -377,7 +385,8 @@ def _backed_select_genes(self: BackedPerturbData, n_top_genes: int | None = None
                              + (f' + {len(keep - hv)} measured targets/extra' if keep - hv else ''))
     return new
 
-def _backed_fit_scale(self: BackedPerturbData, cells=None) -> BackedPerturbData:
+@patch
+def fit_scale(self: BackedPerturbData, cells=None) -> BackedPerturbData:
     "A view whose scale is the maximum expression over `cells` (from the streaming pass)."
     cols = slice(None) if self.X.cols is None else self.X.cols
     mx = float(self._stats(cells).gene_max[cols].max()) if self.n_genes else 0.0
@@ -385,7 +394,8 @@ def _backed_fit_scale(self: BackedPerturbData, cells=None) -> BackedPerturbData:
     return self._derive(x_max=mx)
 
 # %% ../nbs/13_scale.ipynb #a41199a6
-def _backed_control_stats(self: BackedPerturbData, scaled: bool = True) -> dict[str, ControlStats]:
+@patch
+def control_stats(self: BackedPerturbData, scaled: bool = True) -> dict[str, ControlStats]:
     "Control mean and std (ddof=0) per cell type, from the streaming pass (scaled space when the scale is fitted)."
     out, ctrl = {}, self.obs.control.to_numpy()
     cols = slice(None) if self.X.cols is None else self.X.cols
@@ -401,11 +411,10 @@ def _backed_control_stats(self: BackedPerturbData, scaled: bool = True) -> dict[
                                  "which holds all control cells.")
     return out
 
-def _backed_repr(self: BackedPerturbData) -> str:
+@patch
+def __repr__(self: BackedPerturbData) -> str:
     return PerturbData.__repr__(self) + f"\n  backed: {self.source.path}:{self.source.key} (rows read on demand)"
 
-BackedPerturbData.select_genes, BackedPerturbData.fit_scale = _backed_select_genes, _backed_fit_scale
-BackedPerturbData.control_stats, BackedPerturbData.__repr__ = _backed_control_stats, _backed_repr
 
 # %% ../nbs/13_scale.ipynb #5a86435b
 def block_order(file_rows: np.ndarray, rng: np.random.Generator, block_size: int = 256,
@@ -442,7 +451,8 @@ class CellBatches:
     def __len__(self) -> int: return len(self.rows) // self.bs if self.drop_last else math.ceil(len(self.rows) / self.bs)
 
 # %% ../nbs/13_scale.ipynb #090566d9
-def _plan(self: CellBatches, epoch: int) -> list[tuple]:
+@patch
+def plan(self: CellBatches, epoch: int) -> list[tuple]:
     "The epoch's global batches: (window id or None, data positions, window starts, epoch order) per batch."
     rng = np.random.default_rng([self.seed, epoch])
     if self.order == 'random': pos, starts = rng.permutation(len(self.rows)), None
@@ -455,6 +465,7 @@ def _plan(self: CellBatches, epoch: int) -> list[tuple]:
         out.append((w, self.rows[pos[s:s + self.bs]], starts, pos))
     return out
 
+@patch
 def _expression(self: CellBatches, item: tuple, rows: np.ndarray) -> np.ndarray:
     "Dense expression of `rows` (part of a planned batch), through the window cache for backed block order."
     w, _, starts, pos = item
@@ -472,18 +483,19 @@ def _expression(self: CellBatches, item: tuple, rows: np.ndarray) -> np.ndarray:
     Z = (sub if X.cols is None else sub[:, X.cols]).toarray()
     return self.data.scale(Z) if self.scaled else Z
 
-def _batch(self: CellBatches, item: tuple, rank: int = 0, world_size: int = 1) -> dict:
+@patch
+def batch(self: CellBatches, item: tuple, rank: int = 0, world_size: int = 1) -> dict:
     "Rank `rank`'s share of a planned global batch, as tensors."
     rows = item[1][rank::world_size]
     t = torch.as_tensor
     return dict(x=t(self._expression(item, rows)), condition=t(self.condition[rows]), cell_type=t(self.cell_type[rows]),
                 dose=t(self.dose[rows]), mode=t(self.mode[rows]), control=t(self.control[rows]), index=t(rows))
 
-def _call(self: CellBatches, epoch: int, rank: int = 0, world_size: int = 1) -> BatchSequence:
+@patch
+def __call__(self: CellBatches, epoch: int, rank: int = 0, world_size: int = 1) -> BatchSequence:
     "The epoch's batches for one rank, built on demand (the trainer's batch-factory contract)."
     return BatchSequence(self.plan(epoch), lambda item: self.batch(item, rank, world_size))
 
-CellBatches.plan, CellBatches._expression, CellBatches.batch, CellBatches.__call__ = _plan, _expression, _batch, _call
 
 # %% ../nbs/13_scale.ipynb #81e8be1a
 def _write_elem(f, key: str, value) -> None:
@@ -523,7 +535,8 @@ class H5adWriter:
         else: self.f.close(); self.tmp.unlink(missing_ok=True)
 
 # %% ../nbs/13_scale.ipynb #36b944be
-def _append(self: H5adWriter, X, obs: pd.DataFrame | None = None) -> None:
+@patch
+def append(self: H5adWriter, X, obs: pd.DataFrame | None = None) -> None:
     "Append cells: an AnnData (its X and obs), or a matrix and its obs rows."
     if isinstance(X, ad.AnnData):
         if list(X.var_names) != list(self.var.index):
@@ -543,7 +556,8 @@ def _append(self: H5adWriter, X, obs: pd.DataFrame | None = None) -> None:
     self.obs_parts.append(obs.copy() if obs is not None else pd.DataFrame(index=[str(self.n_obs + i) for i in range(n)]))
     self.n_obs += n
 
-def _close(self: H5adWriter) -> Path:
+@patch
+def close(self: H5adWriter) -> Path:
     "Write obs, var and uns, and move the finished file into place."
     obs = pd.concat(self.obs_parts) if self.obs_parts else pd.DataFrame()
     for c in obs.columns:  # categories of the chunks differ; a column categorical in any chunk stays categorical
@@ -561,7 +575,6 @@ def _close(self: H5adWriter) -> Path:
     f.close(); os.replace(self.tmp, self.path)
     return self.path
 
-H5adWriter.append, H5adWriter.close = _append, _close
 
 # %% ../nbs/13_scale.ipynb #5b0f5f69
 def predict_to_h5ad(model, groups, path: str | os.PathLike, n_cells: int | None = None, seed: int = 0,
