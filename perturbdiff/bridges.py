@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .contract import TrainedModel, prediction_anndata, renamed_hint, resolve_groups
+from .contract import TrainedModel, prediction_anndata, preset_config, resolve_groups
 from .data import MODES, PerturbData, check_choices, seeded_rng
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
@@ -204,11 +204,7 @@ BRIDGE_PRESETS = {
 
 def bridge_config(preset: str = 'quick', **overrides) -> BridgeConfig:
     "A BridgeConfig from a preset with overrides (sci-Plex in the paper: epochs=40, batch_size=256)."
-    if preset not in BRIDGE_PRESETS: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(BRIDGE_PRESETS)}.")
-    valid = {f.name for f in fields(BridgeConfig)}
-    bad = sorted(set(overrides) - valid)
-    if bad: raise TypeError(f"Unknown options {bad} for departures;{renamed_hint(bad)} valid: {sorted(valid)}.")
-    return BridgeConfig(**{**BRIDGE_PRESETS[preset], **overrides})
+    return preset_config(BridgeConfig, BRIDGE_PRESETS, preset, overrides, 'departures')
 
 # %% ../nbs/09_bridges.ipynb #44b8eb91
 class BridgePairs:

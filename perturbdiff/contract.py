@@ -24,7 +24,7 @@ from .train import TrainConfig, resolve_device
 
 # %% auto #0
 __all__ = ['MODELS', 'BASELINES', 'RENAMED_OPTIONS', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'TrainedModel',
-           'model_class', 'renamed_hint']
+           'model_class', 'renamed_hint', 'preset_config']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -197,3 +197,15 @@ RENAMED_OPTIONS = {'n_steps': 'sampling_steps'}  # old name -> new: the sampler'
 def renamed_hint(names) -> str:
     "' X is now Y.' for each renamed option among `names` (empty when none is)."
     return ''.join(f" {n} is now {RENAMED_OPTIONS[n]} (renamed)." for n in names if n in RENAMED_OPTIONS)
+
+# %% ../nbs/02b_contract.ipynb #5681bf60
+def preset_config(config_cls, presets: dict, preset: str, overrides: dict, model: str, tuples: Sequence[str] = ()):
+    "config_cls(**{**presets[preset], **overrides}); unknown presets and options raise, lists in `tuples` fields become tuples."
+    if preset not in presets: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(presets)}.")
+    valid = {f.name for f in fields(config_cls)}
+    bad = sorted(set(overrides) - valid)
+    if bad: raise TypeError(f"Unknown options {bad} for {model};{renamed_hint(bad)} valid: {sorted(valid)}.")
+    kw = {**presets[preset], **overrides}
+    for k in tuples:
+        if isinstance(kw.get(k), list): kw[k] = tuple(kw[k])
+    return config_cls(**kw)

@@ -752,10 +752,14 @@ def select_genes(self: PerturbData, n_top_genes: int | None = None, cells=None, 
     if n_top_genes is None: return self._derive()
     X = self.X if cells is None else _take(self.X, np.asarray(cells))
     hv = set(highly_variable(X, self.genes, n_top_genes, flavor))
+    return self._keep_genes(hv, keep_targets, extra, f'{n_top_genes} highly variable genes ({flavor}) on {X.shape[0]} cells')
+
+@patch
+def _keep_genes(self: PerturbData, hv: set, keep_targets: bool, extra: Sequence[str], how: str) -> PerturbData:
+    "A copy with the genes `hv`, the measured targets (`keep_targets`) and `extra`, in data order; `how` says how hv was chosen."
     keep = hv | (set(self.measured_targets) if keep_targets else set()) | set(self.genes[self.gene_index(extra)])
     new = self._derive(genes=[g for g in self.genes if g in keep])
-    new.preprocessing.append(f'{n_top_genes} highly variable genes ({flavor}) on {X.shape[0]} cells'
-                             + (f' + {len(keep - hv)} measured targets/extra' if keep - hv else ''))
+    new.preprocessing.append(how + (f' + {len(keep - hv)} measured targets/extra' if keep - hv else ''))
     return new
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .contract import TrainedModel, prediction_anndata, renamed_hint, resolve_groups
+from .contract import TrainedModel, prediction_anndata, preset_config, resolve_groups
 from .data import MODES, PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
@@ -132,14 +132,7 @@ DDIB_PRESETS = {
 
 def ddib_config(family: str, preset: str = 'quick', **overrides) -> DDIBConfig:
     "The config of `family` ('unlasting' or 'doloris') for a preset, with overrides."
-    if preset not in DDIB_PRESETS[family]: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(DDIB_PRESETS[family])}.")
-    valid = {f.name for f in fields(DDIBConfig)}
-    bad = sorted(set(overrides) - valid)
-    if bad: raise TypeError(f"Unknown options {bad} for {family};{renamed_hint(bad)} valid: {sorted(valid)}.")
-    kw = {**DDIB_PRESETS[family][preset], **overrides}
-    for k in ('decoder', 'clip'):
-        if isinstance(kw.get(k), list): kw[k] = tuple(kw[k])
-    return DDIBConfig(**kw)
+    return preset_config(DDIBConfig, DDIB_PRESETS[family], preset, overrides, family, tuples=('decoder', 'clip'))
 
 # %% ../nbs/07_ddib.ipynb #c6220511
 class Conditioner:

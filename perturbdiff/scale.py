@@ -378,12 +378,8 @@ def select_genes(self: BackedPerturbData, n_top_genes: int | None = None, cells=
     st = self._stats(cells, hvg=True)
     hv_mask = (seurat_hvg(st.hvg.mean[cols], st.hvg.var(1)[cols], n_top_genes) if n_top_genes < self.n_genes
                else np.ones(self.n_genes, bool))
-    hv = set(self.genes[hv_mask])
-    keep = hv | (set(self.measured_targets) if keep_targets else set()) | set(self.genes[self.gene_index(extra)])
-    new = self._derive(genes=[g for g in self.genes if g in keep])
-    new.preprocessing.append(f'{n_top_genes} highly variable genes ({flavor}, streamed) on {st.n_cells} cells'
-                             + (f' + {len(keep - hv)} measured targets/extra' if keep - hv else ''))
-    return new
+    return self._keep_genes(set(self.genes[hv_mask]), keep_targets, extra,
+                            f'{n_top_genes} highly variable genes ({flavor}, streamed) on {st.n_cells} cells')
 
 @patch
 def fit_scale(self: BackedPerturbData, cells=None) -> BackedPerturbData:
