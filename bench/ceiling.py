@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from perturbdiff.baselines import group_effects
-from perturbdiff.cli import load_data, make_model, make_split
+from perturbdiff.api import load_data, make_model, make_split
 from perturbdiff.contract import prediction_anndata, resolve_groups
 from perturbdiff.metrics import de_rankings, evaluate_models, sampling_floor
 from perturbdiff.priors import read_go

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from perturbdiff.cli import load_data, make_model, make_split, parse_overrides
+from perturbdiff.api import load_data, make_model, make_split, parse_overrides
 from perturbdiff.metrics import de_rankings, evaluate_models
 
 GENES = ['MAP2K3', 'MAP2K6', 'MAP3K21', 'MAP4K3', 'MAP4K5', 'MAPK1', 'PLK4', 'SGK1', 'TGFBR2']

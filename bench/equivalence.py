@@ -33,7 +33,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    from perturbdiff.cli import load_data, make_model, make_split
+    from perturbdiff.api import load_data, make_model, make_split
     from perturbdiff.priors import coexpression
     warnings.filterwarnings('ignore')
     if a.data == 'norman':

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from perturbdiff.cli import load_data, make_model, make_split, parse_overrides
+from perturbdiff.api import load_data, make_model, make_split, parse_overrides
 from perturbdiff.ddib import DDIBModel
 from perturbdiff.metrics import de_rankings, edist_options, energy_distance, evaluate_models, sampling_floor
 

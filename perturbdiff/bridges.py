@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .contract import TrainedModel, prediction_anndata, preset_config, resolve_groups
+from .contract import (GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, prediction_anndata,
+                                  preset_config, resolve_groups)
 from .data import MODES, PerturbData, check_choices, seeded_rng
 from .diffusion import masked_mse, timestep_embedding
 from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
@@ -26,7 +27,8 @@ from .train import BatchSequence, distributed_map, fit as train_fit, resolve_dev
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
-           'ctmc_sample', 'BridgeNet', 'BridgeConfig', 'bridge_config', 'BridgePairs', 'bridge_loss', 'Departures']
+           'ctmc_sample', 'BridgeNet', 'BridgeOptions', 'BridgeNetOptions', 'BridgeConfig', 'bridge_config',
+           'BridgePairs', 'bridge_loss', 'Departures']
 
 # %% ../nbs/09_bridges.ipynb #71311ec5
 def ot_plan(X: np.ndarray, Y: np.ndarray, method: str = 'sinkhorn', cost: str = 'euclidean', reg: float = 0.1) -> np.ndarray:
@@ -153,10 +155,9 @@ class BridgeNet(nn.Module):
 
 # %% ../nbs/09_bridges.ipynb #5eb9a233
 @dataclass
-class BridgeConfig:
-    "Hyper-parameters of a Departures model."
+class BridgeOptions:
+    "The bridges, their pairing and their frame."
     sigma: float = 0.2
-    sampling_steps: int = 50  # Euler–Maruyama (and CTMC) steps of the sampler
     t_eps: float = 1e-3
     pairing: str = 'sinkhorn'  # 'sinkhorn', 'exact', 'random' or 'batch'
     cost: str = 'euclidean'  # 'euclidean' (squared, divided by max) or 'cosine'
@@ -165,6 +166,11 @@ class BridgeConfig:
     control_pairs: float = 0.0  # ours: control -> control bridges per epoch, as a fraction of the perturbed pairs (0: the paper's)
     anchor: bool = False  # ours, not the paper's: bridge to the targets in the ShiftAnchor's frame (05a_anchor); needs use_discrete=False
     scaled: bool = False  # False: log1p space (authors)
+    decode_residual: bool = False  # ours: cell = control + bridge(target) - bridge(control), same noise; False: bridge(target) (paper)
+
+@dataclass
+class BridgeNetOptions:
+    "The two GAT-based networks (continuous and discrete heads)."
     dim: int = 32
     heads: int = 2
     time_dim: int = 64
@@ -174,17 +180,12 @@ class BridgeConfig:
     shared_readout: bool = False  # a readout vector shared by all genes
     direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.nn.DirectEffect)
     target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.nn.TargetIdentity); False: the paper's
-    decode_residual: bool = False  # ours: cell = control + bridge(target) - bridge(control), same noise; False: bridge(target) (paper)
     dropout: float = 0.1
-    graph: object = 'auto'
-    coexpression_threshold: float = 0.3
-    epochs: int = 5
-    steps: int | None = None  # overrides epochs when set
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    ema: float | None = None
+
+@dataclass
+class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOptions, BridgeOptions):
+    "Hyper-parameters of a Departures model: every field of its concerns, one flat namespace."
+    epochs: int = 5  # training epochs (each re-pairs the cells by OT), unless `steps` is set
     predict_batch: int = 512
 
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training

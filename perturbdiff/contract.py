@@ -10,7 +10,7 @@ import inspect
 import os
 import pickle
 import typing
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +24,7 @@ from .train import TrainConfig, resolve_device
 
 # %% auto #0
 __all__ = ['MODELS', 'BASELINES', 'RENAMED_OPTIONS', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'TrainedModel',
-           'model_class', 'renamed_hint', 'preset_config']
+           'model_class', 'renamed_hint', 'TrainingOptions', 'GraphOptions', 'SamplingOptions', 'preset_config']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -197,6 +197,29 @@ RENAMED_OPTIONS = {'n_steps': 'sampling_steps'}  # old name -> new: the sampler'
 def renamed_hint(names) -> str:
     "' X is now Y.' for each renamed option among `names` (empty when none is)."
     return ''.join(f" {n} is now {RENAMED_OPTIONS[n]} (renamed)." for n in names if n in RENAMED_OPTIONS)
+
+# %% ../nbs/02b_contract.ipynb #4b083374
+@dataclass
+class TrainingOptions:
+    "How a trained model is optimised (what `TrainedModel.train_config` hands to the trainer)."
+    steps: int | None = None  # optimiser steps (a model may count epochs instead when None)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema: float | None = None  # decay of a moving average of the weights used to predict; None: the raw weights
+    grad_clip: float | None = 1.0  # max gradient norm; None: no clipping
+
+@dataclass
+class GraphOptions:
+    "The gene graph a model reads perturbations through (`perturbdiff.priors.build_graph`)."
+    graph: object = 'auto'  # 'auto' (co-expression on training controls + GO when available), a GeneGraph, or a list of sources
+    coexpression_threshold: float = 0.3
+
+@dataclass
+class SamplingOptions:
+    "How a trained model samples cells."
+    sampling_steps: int = 50  # steps of the sampler (DDIM chain, Euler–Maruyama), the same name in every model
+    predict_batch: int = 1024  # cells per forward pass at prediction
 
 # %% ../nbs/02b_contract.ipynb #5681bf60
 def preset_config(config_cls, presets: dict, preset: str, overrides: dict, model: str, tuples: Sequence[str] = ()):

@@ -17,29 +17,29 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .contract import TrainedModel, prediction_anndata, preset_config, resolve_groups
+from .contract import (GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, prediction_anndata,
+                                  preset_config, resolve_groups)
 from .data import MODES, PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
 from .nn import DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
 from .anchor import ShiftAnchor
-from .mask import DolorisMaskNet, MaskModel, MaskNet, UnlastingMaskNet
+from .mask import DolorisMaskNet, MaskModel, MaskNet, MaskOptions, UnlastingMaskNet
 from .train import BatchSequence, fit as train_fit, resolve_device
 from .priors import GeneGraph, build_graph, drug_features
 
 # %% auto #0
-__all__ = ['DDIB_PRESETS', 'ZEROS', 'DDIBConfig', 'ddib_config', 'Conditioner', 'UnlastingNet', 'DolorisNet', 'Preconditioned',
-           'expressed_std', 'ExpressedStats', 'expressed_stats', 'fill_unexpressed', 'DDIBBatches', 'ddib_loss',
-           'DDIBModel', 'entry_index', 'expression_rate', 'Unlasting', 'Doloris', 'reconstruction_error']
+__all__ = ['DDIB_PRESETS', 'ZEROS', 'DiffusionOptions', 'DenoiserOptions', 'ConditioningOptions', 'DDIBConfig', 'ddib_config',
+           'Conditioner', 'UnlastingNet', 'DolorisNet', 'Preconditioned', 'expressed_std', 'ExpressedStats',
+           'expressed_stats', 'fill_unexpressed', 'DDIBBatches', 'ddib_loss', 'DDIBModel', 'entry_index',
+           'expression_rate', 'Unlasting', 'Doloris', 'reconstruction_error']
 
 # %% ../nbs/07_ddib.ipynb #3a0aa7ab
 @dataclass
-class DDIBConfig:
-    "Hyper-parameters of an Unlasting or Doloris model."
-    # diffusion
+class DiffusionOptions:
+    "The diffusion chain, how it is trained and how cells travel along it."
     schedule: str = 'linear'  # 'linear' (authors: T=500, beta 2e-4..0.04) or 'cosine'
     T: int = 500
-    sampling_steps: int = 50  # S: the respaced chain used for sampling and inversion
     train_on_respaced: bool = True  # train on the S-step chain (authors) or on the full T-step chain
     clip: tuple | None = None  # clamp x0 predictions, e.g. (-1, 1) (authors: sci-Plex only)
     ode_start: int = 0  # timestep (of T) where inversion starts and decoding ends: 0 (authors) or e.g. 20 (see 06_diffusion)
@@ -48,7 +48,12 @@ class DDIBConfig:
     precondition: bool = False  # x̂0 = c_skip·x_t/√ᾱ + c_out·F (EDM-style skip); False: x̂0 = F (authors)
     fill_unexpressed: bool = False  # zeros -> draws from the group's expressed values before noising/inverting (see below)
     anchor: bool = False  # ours, not the papers': train and decode in the ShiftAnchor's frame (05a_anchor; see below)
-    # network
+    n_control: int = 100  # control cells inverted per cell type (authors: 100)
+    reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
+
+@dataclass
+class DenoiserOptions:
+    "The denoisers' networks."
     hidden: int = 256  # width of the main trunk (Unlasting paper: the number of genes; Doloris: 1024)
     time_dim: int = 128  # sinusoidal time embedding size
     decoder: tuple = (256, 256)  # decoder widths
@@ -61,7 +66,10 @@ class DDIBConfig:
     target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.nn.TargetIdentity); False: the papers'
     pca_dim: int = 32  # Doloris: frozen PCA node features
     dropout: float = 0.1
-    # conditioning and ablations
+
+@dataclass
+class ConditioningOptions:
+    "What the denoisers are given, and the papers' ablation switches."
     use_control_stats: bool = True
     use_latent: bool = True
     use_mask: bool = True
@@ -69,33 +77,12 @@ class DDIBConfig:
     control_residual: bool = True  # add the control input to the output of target cells (authors' code)
     zero_loss: str = 'none'  # which cells' unexpressed entries also enter the loss: 'none' (papers), 'source', 'all'
     source_fraction: float = 0.25  # share of control cells in a training batch (the source task)
-    # graph prior
-    graph: object = 'auto'  # 'auto' (co-expression on training controls + GO when available), a GeneGraph, or a list of sources
-    coexpression_threshold: float = 0.3
-    # training
-    steps: int = 400
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    ema: float | None = None
-    grad_clip: float | None = 1.0
-    # mask model
-    mask_hidden: int = 256
-    mask_epochs: int = 2
-    mask_steps: int | None = None  # overrides mask_epochs when set (small data sets need more than 2 epochs)
-    mask_batch_size: int = 64
-    mask_lr: float = 1e-3
-    mask_weight_decay: float = 1e-2
-    mask_strategy: str = 'threshold'  # 'threshold' (Unlasting), 'coherent' (Doloris), 'bernoulli' (ablation)
-    mask_tau: float = 0.5  # threshold strategy
-    mask_k: int = 5  # threshold strategy: control inputs per predicted cell
-    mask_high: float = 0.95  # coherent strategy
-    mask_low: float = 0.05
-    mask_match_marginals: bool = False  # coherent strategy: match each gene's on-fraction to the predicted mean (06a_mask)
-    # inference
-    n_control: int = 100  # control cells inverted per cell type (authors: 100)
-    reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
-    predict_batch: int = 1024
+
+@dataclass
+class DDIBConfig(MaskOptions, TrainingOptions, GraphOptions, ConditioningOptions, DenoiserOptions, SamplingOptions,
+                 DiffusionOptions):
+    "Hyper-parameters of an Unlasting or Doloris model: every field of its concerns, one flat namespace."
+    steps: int = 400  # denoiser training steps
 
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
         check_choices(self, dict(schedule=('linear', 'cosine'), zero_loss=('none', 'source', 'all'),

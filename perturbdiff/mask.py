@@ -20,7 +20,7 @@ from .train import BatchSequence, TrainConfig, fit as train_fit
 
 # %% auto #0
 __all__ = ['bernoulli_masks', 'threshold_masks', 'MaskBank', 'match_marginals', 'coherent_masks', 'MaskNet', 'UnlastingMaskNet',
-           'DolorisMaskNet', 'MaskModel']
+           'DolorisMaskNet', 'MaskOptions', 'MaskModel']
 
 # %% ../nbs/06a_mask.ipynb #56eff244
 def bernoulli_masks(probs: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -149,6 +149,23 @@ class DolorisMaskNet(MaskNet):
         super().__init__(n_genes, n_cell_types, hidden)
         self.vec = VectorPerturbation(graph, kind, hidden, node_features, grn_dim, heads, 1, drug_dim, n_labels, seed)
     def trunk_term(self, pert): return self.vec(pert)
+
+# %% ../nbs/06a_mask.ipynb #3b5a9654
+@dataclass
+class MaskOptions:
+    "The mask model's training and its sampling strategy (fields of the DDIB configs)."
+    mask_hidden: int = 256
+    mask_epochs: int = 2
+    mask_steps: int | None = None  # overrides mask_epochs when set (small data sets need more than 2 epochs)
+    mask_batch_size: int = 64
+    mask_lr: float = 1e-3
+    mask_weight_decay: float = 1e-2
+    mask_strategy: str = 'threshold'  # 'threshold' (Unlasting), 'coherent' (Doloris), 'bernoulli' (ablation)
+    mask_tau: float = 0.5  # threshold strategy
+    mask_k: int = 5  # threshold strategy: control inputs per predicted cell
+    mask_high: float = 0.95  # coherent strategy
+    mask_low: float = 0.05
+    mask_match_marginals: bool = False  # coherent strategy: match each gene's on-fraction to the predicted mean
 
 # %% ../nbs/06a_mask.ipynb #4456d954
 class MaskModel:

@@ -23,11 +23,11 @@ import scipy.sparse as sp
 import torch
 from fastcore.basics import patch
 
-from .data import (GROUP_COL, LOG1P_MAX, MODES, ControlStats, PerturbData, check_finite_nonnegative,
+from .data import (GROUP_COL, LOG1P_MAX, MODES, SPLITS, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, to_log1p)
-from .contract import resolve_groups
-from .cli import (DATA_KEYS, MODELS, SPLITS, _one_line, is_user_error, make_model, model_class, paper_table,
-                             parse_overrides)
+from .contract import MODELS, model_class, resolve_groups
+from .api import DATA_KEYS, make_model, paper_table, parse_overrides
+from .cli import _one_line, is_user_error
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 

@@ -51,8 +51,8 @@ def test_benchmark_norman(norman_bench):
 
 
 def test_benchmark_same_as_python(norman_bench, shared, tmp_path):
-    "The CLI table equals the one `perturbdiff.cli.benchmark` makes in Python for the same split and seed."
-    from perturbdiff.cli import benchmark, load_data, make_split
+    "The CLI table equals the one `perturbdiff.api.benchmark` makes in Python for the same split and seed."
+    from perturbdiff.api import benchmark, load_data, make_split
     data = load_data(shared / 'perturbench_devel.h5ad', subset=['dataset=norman19'], cell_type_key='cell_type', mode='CRISPRa')
     benchmark(make_split(data, 'unseen_combo', test_frac=1.0), BASELINES, progress=False).write(tmp_path, predictions=False)
     out, _ = norman_bench

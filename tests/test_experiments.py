@@ -165,16 +165,16 @@ def test_ablation_reuse_is_exact(tiny_screen):
     import anndata as ad
     import numpy as np
     import torch
-    from perturbdiff import cli
+    from perturbdiff import api
     from perturbdiff.priors import build_graph, coexpression
-    data = cli.load_data(ad.read_h5ad(tiny_screen), cell_type_key='cell_type', mode_key='perturbation_type')
-    split = cli.make_split(data, 'unseen_combo', test_frac=1.0)
+    data = api.load_data(ad.read_h5ad(tiny_screen), cell_type_key='cell_type', mode_key='perturbation_type')
+    split = api.make_split(data, 'unseen_combo', test_frac=1.0)
     graph = build_graph(split.train, [coexpression(0.3)])
     opts = dict(graph=graph, steps=3, mask_steps=2, sampling_steps=5, **TINY_NETS['doloris'])
     def fit(**kw):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return cli.make_model('doloris', 'plain', 0, 'cpu', {'doloris': {**opts, **kw}}, progress=False).fit(split.train)
+            return api.make_model('doloris', 'plain', 0, 'cpu', {'doloris': {**opts, **kw}}, progress=False).fit(split.train)
     def predict_with(model, **kw):  # as in the notebook
         old = {k: getattr(model.config, k) for k in kw}
         for k, v in kw.items(): setattr(model.config, k, v)

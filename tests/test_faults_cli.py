@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from perturbdiff import bridges, cli, datasets, ddib, mask, train
+from perturbdiff import api, bridges, cli, datasets, ddib, mask, train
 from perturbdiff.contract import PerturbationModel
 
 DATA = ['--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type']
@@ -159,7 +159,7 @@ def test_predict_device_reaches_the_model(files, tmp_path, monkeypatch):
 def test_genuine_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
     "An error raised inside a library (here numpy broadcasting) is a bug: main lets it through, not as a one-liner."
     def broken(*a, **k): return np.zeros(3) + np.zeros(4)
-    monkeypatch.setattr(cli, 'evaluate', broken)
+    monkeypatch.setattr(api, 'evaluate', broken)  # benchmark's, in perturbdiff.api
     with pytest.raises(ValueError, match='broadcast'):
         run(*bench(files, '--models', 'control', '--out', tmp_path / 'o'))
 
@@ -176,9 +176,9 @@ def test_options_are_typed_and_go_where_they_belong(files, tmp_path, monkeypatch
        '--out', tmp_path / 'u', '--quiet')
     config = cli.model_class('unlasting').load(tmp_path / 'u' / 'model', device='cpu').config
     assert config.use_latent is False and config.steps == 3
-    per = cli.model_overrides(['unlasting', 'departures', 'control'], cli.parse_overrides(['mask_steps=2', 'steps=3', 'keep_zeros=True']))
+    per = api.model_overrides(['unlasting', 'departures', 'control'], api.parse_overrides(['mask_steps=2', 'steps=3', 'keep_zeros=True']))
     assert per == {'unlasting': {'mask_steps': 2, 'steps': 3}, 'departures': {'steps': 3}, 'control': {'keep_zeros': True}}
-    assert cli.make_model('departures', overrides={'*': {'mask_steps': 2, 'steps': 3}}).config.steps == 3
+    assert api.make_model('departures', overrides={'*': {'mask_steps': 2, 'steps': 3}}).config.steps == 3
 
 
 def test_test_group_with_a_comma(files, tmp_path):
@@ -208,9 +208,9 @@ def test_case_mismatch_hint(files, tmp_path):
 def test_backed_anndata_and_pooled_doses(files):
     backed = ad.read_h5ad(files['tiny'], backed='r')
     try:
-        with pytest.raises(ValueError, match="backed"): cli.load_data(backed, cell_type_key='cell_type')
+        with pytest.raises(ValueError, match="backed"): api.load_data(backed, cell_type_key='cell_type')
     finally: backed.file.close()
-    data = cli.load_data(files['dir'] / 'drug.h5ad', cell_type_key='cell_type', smiles_key='SMILES', kind='drug', dose_key='none')
+    data = api.load_data(files['dir'] / 'drug.h5ad', cell_type_key='cell_type', smiles_key='SMILES', kind='drug', dose_key='none')
     assert data.groups().dose.isna().all()
 
 
@@ -222,9 +222,9 @@ def test_out_checked_before_training(files, tmp_path, monkeypatch):
 
 
 def test_atomic_write_keeps_the_old_file(tmp_path):
-    p = cli.atomic_write(tmp_path / 'x.csv', lambda t: t.write_text('old'))
+    p = api.atomic_write(tmp_path / 'x.csv', lambda t: t.write_text('old'))
     def killed(t): t.write_text('half'); raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt): cli.atomic_write(p, killed)
+    with pytest.raises(KeyboardInterrupt): api.atomic_write(p, killed)
     assert p.read_text() == 'old' and [q.name for q in tmp_path.iterdir()] == ['x.csv']
 
 
@@ -355,12 +355,12 @@ def test_overwrite_never_deletes_files_it_did_not_write(files, tmp_path):
 
 def test_benchmark_api_resume_refuses_another_split(files, tmp_path):
     "benchmark(resume=True) reuses a finished model only on the same test groups; another split is refused, not mixed in."
-    data = cli.load_data(files['tiny'], cell_type_key='cell_type', mode_key='perturbation_type')
-    a = cli.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=0)
-    b = cli.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=1)
+    data = api.load_data(files['tiny'], cell_type_key='cell_type', mode_key='perturbation_type')
+    a = api.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=0)
+    b = api.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=1)
     assert set(a.test_groups.index) != set(b.test_groups.index)
-    cli.benchmark(a, 'control', out=tmp_path, progress=False)
+    api.benchmark(a, 'control', out=tmp_path, progress=False)
     with pytest.raises(ValueError, match='other test groups'):
-        cli.benchmark(b, 'control,mean', out=tmp_path, resume=True, progress=False)
-    same = cli.benchmark(a, 'control,mean', out=tmp_path, resume=True, progress=False)
+        api.benchmark(b, 'control,mean', out=tmp_path, resume=True, progress=False)
+    same = api.benchmark(a, 'control,mean', out=tmp_path, resume=True, progress=False)
     assert set(same.results.model) == {'control', 'mean'}

@@ -69,7 +69,7 @@ def test_ddib_model_from_backed_data(splits, family, tmp_path):
 def test_scale_train_takes_the_cli_data_keys():
     """`python -m perturbdiff.scale train` reads the data with the same keys as `perturbdiff` (one list, in cli): the
     expression space and the combination separator included."""
-    from perturbdiff.cli import DATA_KEYS
+    from perturbdiff.api import DATA_KEYS
     from perturbdiff.scale import _parser
     args = _parser().parse_args(['train', '--data', 'x.h5ad', '--model', 'control', '--out', 'o', '--sep', '_',
                                  '--space', 'log1p'])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from perturbdiff.cli import benchmark, load_data, make_split
+from perturbdiff.api import benchmark, load_data, make_split
 from perturbdiff.datasets import simulate
 
 SCRIPT = Path(sys.executable).with_name('perturbdiff')
