@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import linecache
 import math
 import os
 import sys
@@ -29,10 +30,10 @@ from .metrics import DEFAULT_METRICS, de_rankings, evaluate, metric_columns, sum
 from .priors import coexpression, edge_list
 
 # %% auto #0
-__all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'PRIORS', 'read_anndata', 'subset_obs', 'load_data',
-           'data_notes', 'parse_test_group', 'read_test_file', 'make_split', 'model_names', 'parse_value',
-           'parse_overrides', 'check_option', 'model_overrides', 'make_model', 'prior_sources', 'paper_table',
-           'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark']
+__all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'PRIORS', 'USER_ERRORS', 'read_anndata',
+           'subset_obs', 'load_data', 'data_notes', 'parse_test_group', 'read_test_file', 'make_split', 'model_names',
+           'parse_value', 'parse_overrides', 'check_option', 'model_overrides', 'make_model', 'prior_sources',
+           'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark', 'is_user_error']
 
 # %% ../nbs/10_api.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -376,3 +377,24 @@ def _collect(names, results: dict, preds: dict, timing: dict, fitted: dict | Non
     got = [n for n in names if n in results]
     return BenchmarkResult(pd.concat([results[n] for n in got], ignore_index=True), {n: preds[n] for n in got if n in preds},
                            pd.DataFrame([timing[n] for n in got]), {n: m for n, m in (fitted or {}).items() if n in got})
+
+# %% ../nbs/10_api.ipynb #be78365e
+USER_ERRORS = (ValueError, KeyError, TypeError, RuntimeError, ImportError)  # what perturbdiff raises about bad input
+def _one_line(e: BaseException) -> str:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    msg = ' '.join(str(msg).split())
+    return msg or type(e).__name__
+
+def _raised_on_purpose(e: BaseException) -> bool:
+    "Whether a `raise` statement of perturbdiff raised `e` (the innermost frame), not a library or a bug deep in a call."
+    tb = e.__traceback__
+    if tb is None: return False
+    while tb.tb_next is not None: tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get('__name__', '')
+    ours = module == 'perturbdiff' or module.startswith('perturbdiff.') or module == '__main__'  # __main__: this notebook
+    return ours and 'raise' in linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno) and not str(e).startswith('internal')
+
+def is_user_error(e: BaseException) -> bool:
+    "An error to report in one line: the system's (files, disk, device memory) or one perturbdiff raises about its input."
+    if isinstance(e, OSError) or type(e).__name__ == 'OutOfMemoryError': return True
+    return isinstance(e, USER_ERRORS) and _raised_on_purpose(e)

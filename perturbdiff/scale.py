@@ -26,15 +26,14 @@ from fastcore.basics import patch
 from .data import (GROUP_COL, LOG1P_MAX, MODES, SPLITS, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, to_log1p)
 from .contract import MODELS, model_class, resolve_groups
-from .api import DATA_KEYS, make_model, paper_table, parse_overrides
-from .cli import _one_line, is_user_error
+from .api import DATA_KEYS, _one_line, is_user_error, make_model, paper_table, parse_overrides
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
 # %% auto #0
-__all__ = ['CHUNK_NNZ', 'H5Matrix', 'BackedMatrix', 'Moments', 'rows_key', 'StreamStats', 'stream_stats', 'seurat_hvg',
-           'BackedPerturbData', 'block_order', 'CellBatches', 'H5adWriter', 'predict_to_h5ad', 'evaluate_h5ad',
-           'run_train', 'run_predict', 'run_evaluate', 'main']
+__all__ = ['CHUNK_NNZ', 'DESCRIPTION', 'H5Matrix', 'BackedMatrix', 'Moments', 'rows_key', 'StreamStats', 'stream_stats',
+           'seurat_hvg', 'BackedPerturbData', 'block_order', 'CellBatches', 'H5adWriter', 'predict_to_h5ad',
+           'evaluate_h5ad', 'add_commands', 'run_train', 'run_predict', 'run_evaluate', 'main']
 
 # %% ../nbs/13_scale.ipynb #532a068f
 def _attr(node, name: str, default=None):
@@ -609,10 +608,16 @@ def evaluate_h5ad(pred: str | os.PathLike, truth: PerturbData, control: PerturbD
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/13_scale.ipynb #afed9553
+DESCRIPTION = 'Out-of-core and distributed (torchrun) training, chunked prediction and evaluation on h5ad files.'
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m perturbdiff.scale', description='Out-of-core and distributed (torchrun) '
-                                'training, chunked prediction and evaluation on h5ad files.')
-    sub = p.add_subparsers(dest='command', required=True)
+    "The parser of `python -m perturbdiff.scale`: the commands of `add_commands`, as `perturbdiff scale` has them."
+    p = argparse.ArgumentParser(prog='python -m perturbdiff.scale', description=DESCRIPTION)
+    add_commands(p.add_subparsers(dest='command', required=True))
+    return p
+
+def add_commands(sub) -> None:
+    "Add `train`, `predict` and `evaluate` (each with its handler as `func`) to an argparse subparsers object."
     t = sub.add_parser('train', help='split a backed h5ad and fit a model (runs under torchrun)')
     t.add_argument('--data', required=True, help='h5ad file (opened backed: X is read on demand)')
     for k in DATA_KEYS: t.add_argument('--' + k.replace('_', '-'), action='append' if k == 'control' else None)
@@ -632,13 +637,13 @@ def _parser() -> argparse.ArgumentParser:
     for q in (pr, e): q.add_argument('--run', required=True, help='folder written by `train`')
     pr.add_argument('--n-cells', type=int); pr.add_argument('--dense', action='store_true', help='write X dense, not CSR')
     e.add_argument('--pred', required=True)
-    return p
+    t.set_defaults(func=run_train); pr.set_defaults(func=run_predict); e.set_defaults(func=run_evaluate)
 
 # %% ../nbs/13_scale.ipynb #c555717b
 def _say(args, msg: str) -> None:
     if not args.quiet: print(msg, file=sys.stderr, flush=True)
 
-def run_train(args) -> None:
+def run_train(args, argv=()) -> None:
     "`train`: open the h5ad backed, split, fit (DDP under torchrun), save from rank 0."
     import torch.distributed as dist
     ctx = distributed_context(resolve_device(args.device))  # joins the process group under torchrun
@@ -668,7 +673,7 @@ def _load_run(run: str | os.PathLike):
     tg = pd.DataFrame(info['test_groups']).set_index('group')
     return model, info, tg
 
-def run_predict(args) -> None:
+def run_predict(args, argv=()) -> None:
     "`predict`: the run's test groups (as many cells as their truth, or --n-cells), chunk by chunk, into --out."
     model, info, tg = _load_run(args.run)
     if hasattr(model, 'device'): model.device = args.device
@@ -676,7 +681,7 @@ def run_predict(args) -> None:
                            sparse=not args.dense)
     _say(args, f"wrote predictions of {len(tg)} groups to {path}")
 
-def run_evaluate(args) -> pd.DataFrame:
+def run_evaluate(args, argv=()) -> pd.DataFrame:
     "`evaluate`: score --pred against the run's test cells (read from the h5ad), chunk by chunk."
     model, info, tg = _load_run(args.run)
     train = model.train_
@@ -692,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of `python -m perturbdiff.scale` (also under torchrun): input errors in one line (exit 2), Ctrl-C 130."
     p = _parser()
     args = p.parse_args(argv)
-    try: dict(train=run_train, predict=run_predict, evaluate=run_evaluate)[args.command](args)
+    try: args.func(args)
     except KeyboardInterrupt: p.exit(130, f"python -m perturbdiff.scale {args.command}: interrupted\n")
     except Exception as e:  # the same rule as the `perturbdiff` command: input and system errors in one line
         if args.traceback or not is_user_error(e): raise

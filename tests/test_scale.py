@@ -77,6 +77,18 @@ def test_scale_train_takes_the_cli_data_keys():
     assert (args.sep, args.space) == ('_', 'log1p')
 
 
+def test_perturbdiff_scale_is_the_same_command():
+    """`perturbdiff scale train ...` and `python -m perturbdiff.scale train ...` are one parser definition
+    (`scale.add_commands`): the same options, values and handler."""
+    from perturbdiff.cli import build_parser
+    from perturbdiff.scale import _parser, run_train
+    argv = ['train', '--data', 'x.h5ad', '--model', 'doloris', '--out', 'o', '--sep', '_', '--set', 'steps=3', '--test-frac', '0.5']
+    a, b = vars(_parser().parse_args(argv)), vars(build_parser().parse_args(['scale', *argv]))
+    assert a['func'] is b['func'] is run_train
+    assert {k: v for k, v in b.items() if k not in ('command', 'scale_command')} == {k: v for k, v in a.items() if k != 'command'}
+    assert (a['command'], b['command'], b['scale_command']) == ('train', 'scale', 'train')
+
+
 def test_scale_errors_in_one_line(tmp_path, capsys):
     """`python -m perturbdiff.scale` reports an input or system error in one line with exit status 2, as `perturbdiff`
     does (`--traceback` shows the whole traceback instead)."""
