@@ -51,9 +51,10 @@ def oracle_mean_shift(split, seed):
     tr, te = split.train, split.test
     tg = te.groups()
     group = te.obs.group.astype(str).to_numpy()
+    controls = {ct: tr.dense(tr.control_rows(ct)).astype(np.float64) for ct in pd.unique(tg.cell_type)}  # read once per cell type
     X, ids = [], []
     for gid, row in tg.iterrows():
-        C = tr.dense(tr.control_rows(row.cell_type)).astype(np.float64)
+        C = controls[row.cell_type]
         T = te.dense(np.flatnonzero(group == gid)).astype(np.float64)
         base = C[np.random.default_rng([seed, len(ids)]).choice(len(C), int(row.n_cells), replace=row.n_cells > len(C))]
         X.append(np.clip(base + T.mean(0) - C.mean(0), 0, None)); ids += [gid] * int(row.n_cells)

@@ -394,6 +394,10 @@ def _raised_on_purpose(e: BaseException) -> bool:
     ours = module == 'perturbdiff' or module.startswith('perturbdiff.') or module == '__main__'  # __main__: this notebook
     return ours and 'raise' in linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno) and not str(e).startswith('internal')
 
+def _say(args, msg: str) -> None:
+    "A command line's message on stderr, unless --quiet."
+    if not getattr(args, 'quiet', False): print(msg, file=sys.stderr, flush=True)
+
 def is_user_error(e: BaseException) -> bool:
     "An error to report in one line: the system's (files, disk, device memory) or one perturbdiff raises about its input."
     if isinstance(e, OSError) or type(e).__name__ == 'OutOfMemoryError': return True

@@ -21,7 +21,7 @@ import anndata as ad
 import pandas as pd
 
 import perturbdiff
-from .api import (DATA_KEYS, BenchmarkResult, _one_line, atomic_write, benchmark, data_notes, is_user_error,
+from .api import (DATA_KEYS, BenchmarkResult, _one_line, _say, atomic_write, benchmark, data_notes, is_user_error,
                              load_data, make_model, make_split, model_names, model_overrides, paper_table, parse_overrides,
                              parse_test_group, read_test_file)
 from .api import (check_option, finished_models, parse_value, read_anndata,  # noqa: F401 (re-exported:
@@ -167,10 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/13a_cli.ipynb #8e24d6f1
-def _say(args, msg: str) -> None:
-    "A message on stderr, unless --quiet."
-    if not getattr(args, 'quiet', False): print(msg, file=sys.stderr, flush=True)
-
 def _data_from(args) -> PerturbData:
     return load_data(args.data, subset=args.subset, cache=args.cache, smiles_table=args.smiles_table,
                      **{k: getattr(args, k) for k in DATA_KEYS})

@@ -23,8 +23,9 @@ from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_sp
 from .train import TrainConfig, resolve_device
 
 # %% auto #0
-__all__ = ['MODELS', 'BASELINES', 'RENAMED_OPTIONS', 'resolve_groups', 'prediction_anndata', 'PerturbationModel', 'TrainedModel',
-           'model_class', 'renamed_hint', 'TrainingOptions', 'GraphOptions', 'SamplingOptions', 'preset_config']
+__all__ = ['RENAMED_OPTIONS', 'MODELS', 'BASELINES', 'resolve_groups', 'prediction_anndata', 'renamed_hint', 'check_known',
+           'PerturbationModel', 'TrainedModel', 'model_class', 'TrainingOptions', 'GraphOptions', 'SamplingOptions',
+           'preset_config']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -83,6 +84,18 @@ def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataF
     out.uns['perturbdiff'] = dict(model=model, space='log1p')
     return out
 
+# %% ../nbs/02b_contract.ipynb #d97b647d
+RENAMED_OPTIONS = {'n_steps': 'sampling_steps'}  # old name -> new: the sampler's steps have one name in every model
+
+def renamed_hint(names) -> str:
+    "' X is now Y.' for each renamed option among `names` (empty when none is)."
+    return ''.join(f" {n} is now {RENAMED_OPTIONS[n]} (renamed)." for n in names if n in RENAMED_OPTIONS)
+
+def check_known(options, valid, model: str) -> None:
+    "Raise a TypeError naming the options of `options` that `model` does not have (renamed ones with their new name)."
+    bad = sorted(set(options) - set(valid))
+    if bad: raise TypeError(f"Unknown options {bad} for {model};{renamed_hint(bad)} valid: {sorted(valid)}.")
+
 # %% ../nbs/02b_contract.ipynb #badb134c
 class PerturbationModel:
     "Base of every model: from_preset, options, fit(train) -> self, predict(groups) -> AnnData of cells, save / load."
@@ -99,8 +112,7 @@ class PerturbationModel:
     @classmethod
     def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **options):
         "The model with `options` (a baseline: the same for every preset)."
-        bad = sorted(set(options) - set(cls.options()))
-        if bad: raise TypeError(f"Unknown options {bad} for {cls.__name__}; valid: {sorted(cls.options())}.")
+        check_known(options, cls.options(), cls.__name__)
         m = cls(**options)
         m.seed, m.device, m.progress = seed, device, progress
         return m
@@ -191,13 +203,6 @@ def model_class(name: str):
     except (ImportError, AttributeError) as e:
         raise ImportError(f"Model {name!r} ({MODELS[name]}) is not available in this installation: {e}.") from None
 
-# %% ../nbs/02b_contract.ipynb #d97b647d
-RENAMED_OPTIONS = {'n_steps': 'sampling_steps'}  # old name -> new: the sampler's steps have one name in every model
-
-def renamed_hint(names) -> str:
-    "' X is now Y.' for each renamed option among `names` (empty when none is)."
-    return ''.join(f" {n} is now {RENAMED_OPTIONS[n]} (renamed)." for n in names if n in RENAMED_OPTIONS)
-
 # %% ../nbs/02b_contract.ipynb #4b083374
 @dataclass
 class TrainingOptions:
@@ -225,9 +230,7 @@ class SamplingOptions:
 def preset_config(config_cls, presets: dict, preset: str, overrides: dict, model: str, tuples: Sequence[str] = ()):
     "config_cls(**{**presets[preset], **overrides}); unknown presets and options raise, lists in `tuples` fields become tuples."
     if preset not in presets: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(presets)}.")
-    valid = {f.name for f in fields(config_cls)}
-    bad = sorted(set(overrides) - valid)
-    if bad: raise TypeError(f"Unknown options {bad} for {model};{renamed_hint(bad)} valid: {sorted(valid)}.")
+    check_known(overrides, [f.name for f in fields(config_cls)], model)
     kw = {**presets[preset], **overrides}
     for k in tuples:
         if isinstance(kw.get(k), list): kw[k] = tuple(kw[k])

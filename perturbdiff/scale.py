@@ -26,7 +26,7 @@ from fastcore.basics import patch
 from .data import (GROUP_COL, LOG1P_MAX, MODES, SPLITS, ControlStats, PerturbData, check_finite_nonnegative,
                               detect_space, to_log1p)
 from .contract import MODELS, model_class, resolve_groups
-from .api import DATA_KEYS, _one_line, is_user_error, make_model, paper_table, parse_overrides
+from .api import DATA_KEYS, _one_line, _say, is_user_error, make_model, paper_table, parse_overrides
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
@@ -640,9 +640,6 @@ def add_commands(sub) -> None:
     t.set_defaults(func=run_train); pr.set_defaults(func=run_predict); e.set_defaults(func=run_evaluate)
 
 # %% ../nbs/13_scale.ipynb #c555717b
-def _say(args, msg: str) -> None:
-    if not args.quiet: print(msg, file=sys.stderr, flush=True)
-
 def run_train(args, argv=()) -> None:
     "`train`: open the h5ad backed, split, fit (DDP under torchrun), save from rank 0."
     import torch.distributed as dist
