@@ -7,7 +7,13 @@ predictions saved; run at the commit before a change and after it, then compare.
 Models: the baselines, Unlasting, Doloris and Departures (quick and plain presets). `--data norman` runs the same on
 the Norman part of the development file (train on the singles, predict the 15 pairs; GO is left out so that the run
 does not depend on what is cached). Prints, per model, whether the predictions are bit-identical and the largest
-absolute difference; exits 1 if any differ by more than --atol (default 0: bit-identical).
+absolute difference; exits 1 if any differ by more than --atol (default 0: bit-identical). Cells are compared group by
+group (a stable sort by `obs['perturbdiff_group']`), so a change in the order in which groups are returned is not a
+difference of values; a changed order is reported.
+
+`--float32-sigma` computes the DDIB preconditioning's σ_data as the code before 292a4fd did (one float32 pass over the
+densified training matrix, `X[X > 0].std()`) instead of `expressed_std`'s streamed float64 one: with it, a comparison
+against a reference written before that commit shows whether σ_data is the only change of arithmetic.
 """
 import argparse
 import sys
@@ -30,7 +36,14 @@ def main(argv=None):
     ap.add_argument('--atol', type=float, default=0.0)
     ap.add_argument('--data', default='synthetic', help="'synthetic' (the simulator) or 'norman'")
     ap.add_argument('--path', default='../shared/data/perturbench_devel.h5ad', help='the development file (--data norman)')
+    ap.add_argument('--float32-sigma', action='store_true', help="σ_data as before 292a4fd (see the module's docstring)")
     a = ap.parse_args(argv)
+    if a.float32_sigma:
+        import perturbdiff.ddib as ddib
+        def float32_sigma(train, chunk=None):
+            X = train.dense(scaled=True)
+            return float(X[X > 0].std()) if (X > 0).any() else 1.0
+        ddib.expressed_std = float32_sigma
     import torch
     torch.set_num_threads(1)
     from perturbdiff.api import load_data, make_model, make_split
@@ -51,14 +64,20 @@ def main(argv=None):
         model = make_model(name, preset=preset, seed=0, device='cpu', progress=False, overrides={name: over})
         pred = model.fit(split.train).predict(split.test, seed=0)
         X = np.asarray(pred.X, dtype=np.float32)
-        np.save(out / f'{key}.npy', X)
+        ids = pred.obs['perturbdiff_group'].astype(str).to_numpy()
+        np.save(out / f'{key}.npy', X); np.save(out / f'{key}.ids.npy', ids)
         if a.compare:
             ref = np.load(Path(a.compare) / f'{key}.npy')
+            ref_ids_file = Path(a.compare) / f'{key}.ids.npy'
+            ref_ids = np.load(ref_ids_file) if ref_ids_file.exists() else ids
+            order = '' if np.array_equal(ref_ids, ids) else ' (groups in another order)'
+            X, ref = X[np.argsort(ids, kind='stable')], ref[np.argsort(ref_ids, kind='stable')]
             same = ref.shape == X.shape and np.array_equal(ref, X)
             diff = float(np.abs(ref - X).max()) if ref.shape == X.shape else float('inf')
             ok = same or diff <= a.atol
             bad += not ok
-            print(f'{key:22s} {"bit-identical" if same else f"max |diff| {diff:.3g}"}{"" if ok else "  <- DIFFERS"}', flush=True)
+            print(f'{key:22s} {"bit-identical" if same else f"max |diff| {diff:.3g}"}{order}{"" if ok else "  <- DIFFERS"}',
+                  flush=True)
         else:
             print(f'{key:22s} saved {X.shape}', flush=True)
     return 1 if bad else 0

@@ -42,7 +42,7 @@ def _rss_mb() -> float:
 def _setup(a):
     import torch
     from torch_geometric.nn import GATv2Conv
-    from perturbdiff.nn import BatchedGATv2
+    from perturbdiff.gat import BatchedGATv2
     torch.manual_seed(a.seed)
     ei = torch.randint(0, a.nodes, (2, a.edges))
     conv = GATv2Conv(a.dim, a.dim, heads=a.heads, concat=False, add_self_loops=True)

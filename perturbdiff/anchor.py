@@ -10,7 +10,8 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .baselines import ShiftBaseline, group_effects
-from .data import CONTROL_KEY, PerturbData
+from .conditions import CONTROL_KEY
+from .data import PerturbData
 from .priors import GeneGraph, build_graph
 
 # %% auto #0
@@ -74,6 +75,7 @@ class ShiftAnchor:
         else: self.rule_ = _choose_rule(self.validation_)
         return self
 
+# %% ../nbs/05a_anchor.ipynb #a4661521
 def _choose_rule(v: pd.DataFrame) -> tuple:
     "The additive baseline's rule (mean, 0), unless another beats it by more than one standard error (paired over targets)."
     err = v.pivot_table(index=['cell_type', 'target'], columns=['base', 'weight'], values='error')
@@ -99,6 +101,7 @@ def _unseen(self: ShiftAnchor, token: str, effects: dict, mean: np.ndarray, rule
     g = self._graph_mean(token, effects) if lam > 0 else None
     return b if g is None else b + lam * (g - b)
 
+# %% ../nbs/05a_anchor.ipynb #b1b6f9f7
 @patch
 def _validate(self: ShiftAnchor, table: pd.DataFrame) -> pd.DataFrame | None:
     "Leave-one-out error of every rule on the trained single gene targets (rows: cell type, target, rule)."
@@ -116,7 +119,6 @@ def _validate(self: ShiftAnchor, table: pd.DataFrame) -> pd.DataFrame | None:
                 err = float(np.mean((self._unseen(k, rest, mean, rule)[top] - eff[k][top]) ** 2))
                 out.append(dict(cell_type=ct, target=k, base=rule[0], weight=rule[1], error=err))
     return pd.DataFrame(out) if out else None
-
 
 # %% ../nbs/05a_anchor.ipynb #e73b7ce7
 @patch
@@ -136,6 +138,7 @@ def shift(self: ShiftAnchor, condition: str, cell_type: str, dose: float = float
         total = total + e
     return total
 
+# %% ../nbs/05a_anchor.ipynb #a51aa76f
 @patch
 def shifts(self: ShiftAnchor, groups: pd.DataFrame) -> np.ndarray:
     "Shifts [groups, genes] for a table with condition, cell_type (and dose) columns."
@@ -151,7 +154,6 @@ def cell_shifts(self: ShiftAnchor, data: PerturbData) -> tuple[np.ndarray, np.nd
     pos = pd.Index(g.index).get_indexer(data.obs.group.astype(str).to_numpy()) + 1
     pos[data.obs.control.to_numpy()] = 0
     return pos.astype(np.int64), S
-
 
 # %% ../nbs/05a_anchor.ipynb #4a2dbbf0
 class AnchorBaseline(ShiftBaseline):

@@ -5,6 +5,7 @@
 # %% ../nbs/10_api.ipynb #7c635fa0
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import linecache
@@ -14,6 +15,7 @@ import sys
 import time
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -33,7 +35,8 @@ from .priors import coexpression, edge_list
 __all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'PRIORS', 'USER_ERRORS', 'read_anndata',
            'subset_obs', 'load_data', 'data_notes', 'parse_test_group', 'read_test_file', 'make_split', 'model_names',
            'parse_value', 'parse_overrides', 'check_option', 'model_overrides', 'make_model', 'prior_sources',
-           'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark', 'is_user_error']
+           'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark', 'is_user_error',
+           'run_command']
 
 # %% ../nbs/10_api.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -142,6 +145,7 @@ def read_test_file(path: str | os.PathLike) -> list[tuple]:
         if line: out.append(parse_test_group(line, sep, what=f"--test-file {p.name}, line {i}:"))
     return out
 
+# %% ../nbs/10_api.ipynb #90b69fd3
 def make_split(data: PerturbData, kind: str = 'unseen_perturbation', test_frac: float = 0.25, seed: int = 0,
                test: Sequence | None = None, test_file: str | None = None, single_test_frac: float = 0.0,
                n_top_genes: int | None = None) -> Split:
@@ -193,6 +197,7 @@ def _kinds(tp) -> tuple:
     "The member types of an annotation (int | None -> (int, NoneType))."
     return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
 
+# %% ../nbs/10_api.ipynb #ea010734
 def _as(kind, value):
     "`value` as `kind`, or a ValueError."
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -205,6 +210,7 @@ def _as(kind, value):
     if kind not in _WANT and (not isinstance(kind, type) or isinstance(value, kind)): return value  # a class, or a generic alias
     raise ValueError
 
+# %% ../nbs/10_api.ipynb #411674ad
 def check_option(model: str, key: str, value, tp=object):
     "`value` of option `key` as its type `tp` (a dataclass field's or a parameter's annotation) wants it, in range."
     kinds = _kinds(tp)
@@ -293,6 +299,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     with atomic_path(path) as tmp: write(tmp)
     return path
 
+# %% ../nbs/10_api.ipynb #e88cb50d
 @patch
 def write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = True) -> dict[str, Path]:
     "Write results.csv, summary.csv (+ summary_by_subgroup.csv), timing.csv and predictions/<model>.h5ad to `out`, each atomically."
@@ -307,7 +314,6 @@ def write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = Tru
         for name, pred in self.predictions.items():
             files[f'predictions/{name}'] = atomic_write(out / 'predictions' / f'{name}.h5ad', pred.write_h5ad)
     return files
-
 
 # %% ../nbs/10_api.ipynb #5242b153
 def finished_models(out: str | os.PathLike, names: Sequence[str], groups: Sequence[str] | None = None) -> dict[str, tuple]:
@@ -372,6 +378,7 @@ def benchmark(split: Split,
             _collect(names, results, {}, timing).write(out, predictions=False)
     return _collect(names, results, preds, timing, fitted)
 
+# %% ../nbs/10_api.ipynb #a16379b1
 def _collect(names, results: dict, preds: dict, timing: dict, fitted: dict | None = None) -> BenchmarkResult:
     "A BenchmarkResult of the models finished so far, in the order of `names`."
     got = [n for n in names if n in results]
@@ -394,6 +401,7 @@ def _raised_on_purpose(e: BaseException) -> bool:
     ours = module == 'perturbdiff' or module.startswith('perturbdiff.') or module == '__main__'  # __main__: this notebook
     return ours and 'raise' in linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno) and not str(e).startswith('internal')
 
+# %% ../nbs/10_api.ipynb #0c5c5886
 def _say(args, msg: str) -> None:
     "A command line's message on stderr, unless --quiet."
     if not getattr(args, 'quiet', False): print(msg, file=sys.stderr, flush=True)
@@ -402,3 +410,27 @@ def is_user_error(e: BaseException) -> bool:
     "An error to report in one line: the system's (files, disk, device memory) or one perturbdiff raises about its input."
     if isinstance(e, OSError) or type(e).__name__ == 'OutOfMemoryError': return True
     return isinstance(e, USER_ERRORS) and _raised_on_purpose(e)
+
+# %% ../nbs/10_api.ipynb #8e8bf69e
+def _warning_line(prog: str) -> Callable:
+    "A warnings.showwarning that prints one line: `PROG: Category: message`."
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return show
+
+# %% ../nbs/10_api.ipynb #432748ef
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str], hints: Mapping[str, str] | None = None) -> int:
+    "Parse `argv` and run the handler it names (`func`) under the one-line rule; `hints[command]` follows Ctrl-C."
+    argv = [str(a) for a in argv]
+    args = parser.parse_args(argv)
+    command = ' '.join(getattr(args, k) for k in ('command', 'scale_command') if getattr(args, k, None))
+    prog = f'{parser.prog} {command}'
+    with warnings.catch_warnings():
+        if getattr(args, 'quiet', False): warnings.simplefilter('ignore')
+        else: warnings.showwarning = _warning_line(prog)
+        try: args.func(args, [parser.prog, *argv])
+        except KeyboardInterrupt: parser.exit(130, f"{prog}: interrupted{(hints or {}).get(command, '')}\n")
+        except Exception as e:
+            if getattr(args, 'traceback', False) or not is_user_error(e): raise
+            parser.exit(2, f"{prog}: error: {_one_line(e)}\n")
+    return 0

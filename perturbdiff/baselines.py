@@ -32,6 +32,7 @@ def group_means(data: PerturbData, group_ids: np.ndarray, groups: list[str]) -> 
     out = out.astype(np.float64)
     return out.toarray() if sp.issparse(out) else np.asarray(out)
 
+# %% ../nbs/03_baselines.ipynb #36223bcc
 def group_effects(train: PerturbData) -> tuple[pd.DataFrame, np.ndarray, dict]:
     "Training groups (table), their effects (groups x genes) and the control mean per cell type."
     obs = train.obs
@@ -49,6 +50,7 @@ def _group_rng(seed: int, group_id: str) -> np.random.Generator:
     "A generator seeded by (seed, group id): a group's cells do not depend on the other groups."
     return seeded_rng(seed, group_id)
 
+# %% ../nbs/03_baselines.ipynb #42142233
 class ShiftBaseline(PerturbationModel):
     "Predicted cells = control cells of the cell type + a predicted mean shift (log1p), clipped at 0."
     name = 'shift'
@@ -83,6 +85,7 @@ def _shift_matrix(self: ShiftBaseline, g: pd.DataFrame) -> np.ndarray:
     check_vocabulary(g.condition, self.train_)
     return np.array([self._shift(row) for _, row in g.iterrows()]).reshape(len(g), self.train_.n_genes)
 
+# %% ../nbs/03_baselines.ipynb #b3dd9e1a
 @patch
 def shifts(self: ShiftBaseline, groups) -> pd.DataFrame:
     "Predicted mean shift (log1p) per group: rows = group ids, columns = genes."
@@ -90,6 +93,7 @@ def shifts(self: ShiftBaseline, groups) -> pd.DataFrame:
     g = resolve_groups(groups, self.train_)
     return pd.DataFrame(_shift_matrix(self, g), index=g.index, columns=self.train_.genes)
 
+# %% ../nbs/03_baselines.ipynb #dd0c7e37
 @patch
 def predict(self: ShiftBaseline, groups, n_cells: int | None = None, seed: int = 0) -> ad.AnnData:
     "Cells for each group: sampled training controls of the cell type + the predicted shift, clipped at 0."
@@ -103,7 +107,6 @@ def predict(self: ShiftBaseline, groups, n_cells: int | None = None, seed: int =
         if self.keep_zeros: out[cells == 0] = 0.0
         X.append(out); ids += [gid] * n
     return prediction_anndata(np.vstack(X) if X else np.zeros((0, self.train_.n_genes)), ids, g, self.train_, self.name)
-
 
 # %% ../nbs/03_baselines.ipynb #711217d5
 class ControlBaseline(ShiftBaseline):

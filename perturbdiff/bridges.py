@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .contract import (GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, prediction_anndata,
-                                  preset_config, resolve_groups)
-from .data import MODES, PerturbData, check_choices, seeded_rng
+from .contract import GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, preset_config
+from .conditions import MODES
+from .data import PerturbData, check_choices, seeded_rng
 from .diffusion import masked_mse, timestep_embedding
-from .nn import DirectEffect, GRNBlock, PerturbationTable, cell_modes
+from .gat import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
 from .priors import GeneGraph, build_graph, drug_features
 from .train import BatchSequence, distributed_map, fit as train_fit, resolve_device
@@ -49,6 +49,7 @@ def ot_plan(X: np.ndarray, Y: np.ndarray, method: str = 'sinkhorn', cost: str = 
         return P
     raise ValueError(f"method must be 'sinkhorn' or 'exact', got {method!r}.")
 
+# %% ../nbs/09_bridges.ipynb #9602f02a
 def sample_pairs(plan: np.ndarray, rng) -> np.ndarray:
     "For each column (perturbed cell), a row (control cell) drawn from the plan's column."
     P = plan / plan.sum(0, keepdims=True)
@@ -129,7 +130,7 @@ class BridgeNet(nn.Module):
                   residual=residual, shared_readout=shared_readout, trained_targets=trained_targets)
         self.continuous = GRNBlock(graph, dim, heads, kind, layers=layers_continuous, **kw)
         self.discrete = GRNBlock(graph, dim, heads, kind, layers=layers_discrete, **kw) if layers_discrete else None  # None: no discrete bridge
-        direct = direct_effect and kind == 'gene'  # perturbdiff.nn.DirectEffect at each target's own output, per head
+        direct = direct_effect and kind == 'gene'  # perturbdiff.gat.DirectEffect at each target's own output, per head
         self.direct_c = DirectEffect(graph.n_measured, time_dim) if direct else None
         self.direct_d = DirectEffect(graph.n_measured, time_dim) if direct and layers_discrete else None
 
@@ -168,6 +169,7 @@ class BridgeOptions:
     scaled: bool = False  # False: log1p space (authors)
     decode_residual: bool = False  # ours: cell = control + bridge(target) - bridge(control), same noise; False: bridge(target) (paper)
 
+# %% ../nbs/09_bridges.ipynb #914e9379
 @dataclass
 class BridgeNetOptions:
     "The two GAT-based networks (continuous and discrete heads)."
@@ -176,12 +178,13 @@ class BridgeNetOptions:
     time_dim: int = 64
     layers_continuous: int = 2
     layers_discrete: int = 1
-    gat_residual: bool = False  # residual connections around the GAT layers (perturbdiff.nn.GRNBlock)
+    gat_residual: bool = False  # residual connections around the GAT layers (perturbdiff.gat.GRNBlock)
     shared_readout: bool = False  # a readout vector shared by all genes
-    direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.nn.DirectEffect)
-    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.nn.TargetIdentity); False: the paper's
+    direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.gat.DirectEffect)
+    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.gat.TargetIdentity); False: the paper's
     dropout: float = 0.1
 
+# %% ../nbs/09_bridges.ipynb #95b78824
 @dataclass
 class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOptions, BridgeOptions):
     "Hyper-parameters of a Departures model: every field of its concerns, one flat namespace."
@@ -195,6 +198,7 @@ class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOpti
         if 'n_steps' in state: state['sampling_steps'] = state.pop('n_steps')
         self.__dict__.update(state)
 
+# %% ../nbs/09_bridges.ipynb #22924c51
 BRIDGE_PRESETS = {
     'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
@@ -362,30 +366,23 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
     d = ctmc_sample(lambda d, t: net.logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)
     return (z * d).clamp(min=0)
 
+# %% ../nbs/09_bridges.ipynb #e532132e
 @patch
 def predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0, sampling_steps: int | None = None,
                     sigma: float | None = None):
     "Predicted cells (log1p) for each requested group."
     self._check_fitted()
-    g = resolve_groups(groups, self.train_, n_cells)
     self.net_.to(self.device_).eval()
-    dev, voc = self.device_, self.train_.vocab
-    X, ids = [], []
-    for gid, row in g.iterrows():
-        if row.condition not in voc:
-            raise ValueError(f"Condition {row.condition!r} is not in the data's vocabulary; the gene graph has no nodes for it.")
-        rng, gen = self.generators(seed, str(gid))
-        pool = self.batches_.ctrl_of[row.cell_type]
-        pick = rng.choice(pool, row.n_cells, replace=row.n_cells > len(pool))
-        outs = []
-        for s in range(0, len(pick), self.config.predict_batch):
-            xc = torch.as_tensor(self.batches_.values(pick[s:s + self.config.predict_batch]), device=dev)
-            outs.append(self._sample_cells(xc, self.cell_types_.index(row.cell_type), voc.index(row.condition),
-                                           row.dose, row['mode'], gen, sampling_steps, sigma))
-        x = torch.cat(outs).cpu().numpy()
-        X.append(self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)); ids += [gid] * len(pick)
-    return prediction_anndata(np.vstack(X), ids, g, self.train_, 'departures')
 
+    def sample(pool, row, rng, gen):  # per group: its cell type's controls bridged under the condition
+        k, c = self.cell_types_.index(row.cell_type), self._condition_index(row.condition)
+        pick = rng.choice(pool, row.n_cells, replace=row.n_cells > len(pool))
+        x = self.in_batches(len(pick), lambda rows: self._sample_cells(
+            torch.as_tensor(self.batches_.values(pick[rows]), device=self.device_), k, c, row.dose, row['mode'], gen,
+            sampling_steps, sigma)).cpu().numpy()
+        return self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)
+
+    return self.predict_grouped(groups, n_cells, seed, lambda ct: self.batches_.ctrl_of[ct], sample)
 
 # %% ../nbs/09_bridges.ipynb #e12e1a4f
 @patch

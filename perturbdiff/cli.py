@@ -13,21 +13,21 @@ import pickle
 import shutil
 import sys
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import anndata as ad
 import pandas as pd
 
 import perturbdiff
-from .api import (DATA_KEYS, BenchmarkResult, _one_line, _say, atomic_write, benchmark, data_notes, is_user_error,
-                             load_data, make_model, make_split, model_names, model_overrides, paper_table, parse_overrides,
-                             parse_test_group, read_test_file)
+from .api import (DATA_KEYS, BenchmarkResult, _say, atomic_write, benchmark, data_notes, load_data, make_model,
+                             make_split, model_names, model_overrides, paper_table, parse_overrides, parse_test_group,
+                             read_test_file, run_command)
 from .api import (check_option, finished_models, parse_value, read_anndata,  # noqa: F401 (re-exported:
                              subset_obs)  # `perturbdiff.cli.X` keeps working for the API that moved to perturbdiff.api)
 from .contract import MODELS, model_class
-from .data import SPACES, SPLITS, PerturbData, Split
+from .spaces import SPACES
+from .data import SPLITS, PerturbData, Split
 from .metrics import DEFAULT_METRICS, METRICS, evaluate
 from .scale import DESCRIPTION as SCALE_DESCRIPTION, add_commands as add_scale_commands
 from .train import resolve_device
@@ -51,6 +51,7 @@ def _integer(lo: int):
         return v
     return parse
 
+# %% ../nbs/13a_cli.ipynb #bfcba140
 def _fraction(text: str) -> float:
     "An argparse type: a number in [0, 1]."
     try: v = float(text)
@@ -58,6 +59,7 @@ def _fraction(text: str) -> float:
     if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
     return v
 
+# %% ../nbs/13a_cli.ipynb #4c292d93
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('data')
     g.add_argument('--data', default='synthetic', help="h5ad path; 'synthetic' or 'synthetic-drug' (the simulator, offline); "
@@ -78,6 +80,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help='keep cells with obs[KEY] == VALUE (repeatable; one key: OR, several keys: AND)')
     g.add_argument('--cache', help='dataset cache folder (default: $PERTURBDIFF_CACHE or ~/.cache/perturbdiff)')
 
+# %% ../nbs/13a_cli.ipynb #767a6411
 def _split_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('split')
     g.add_argument('--split', default='unseen_perturbation', choices=SPLITS, help='the task (default: unseen_perturbation)')
@@ -105,12 +108,14 @@ def _metric_arg(g) -> None:
     g.add_argument('--metrics', default=','.join(DEFAULT_METRICS),
                    help=f"comma-separated metrics, of {', '.join(METRICS)} (default: {','.join(DEFAULT_METRICS)})")
 
+# %% ../nbs/13a_cli.ipynb #a7971f95
 def _metrics(args) -> list[str]:
     ms = [m.strip() for m in args.metrics.split(',') if m.strip()]
     bad = [m for m in ms if m not in METRICS]
     if bad or not ms: raise ValueError(f"--metrics: unknown {bad}; choose from {', '.join(METRICS)}.")
     return ms
 
+# %% ../nbs/13a_cli.ipynb #88cb2cc0
 def _run_args(p: argparse.ArgumentParser, out: str, out_help: str, resumable: bool = False) -> None:
     g = p.add_argument_group('run')
     g.add_argument('--seed', type=_integer(0), default=0, help='split, model and sampling seed (default: 0)')
@@ -175,6 +180,7 @@ def _split_from(args, data: PerturbData) -> Split:
     return make_split(data, args.split, args.test_frac, args.seed, args.test, args.test_file, args.single_test_frac,
                       args.n_top_genes)
 
+# %% ../nbs/13a_cli.ipynb #f48609b9
 def _run_info(args, argv, split: Split) -> dict:
     from importlib.metadata import version
     saved = {k: v for k, v in vars(args).items() if k != 'func'}
@@ -202,6 +208,7 @@ def _writable(folder: Path, what: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix='.perturbdiff-probe-'): pass
     except OSError as e: raise ValueError(f"{what} {str(folder)!r} cannot be written: {e.strerror or e}.") from None
 
+# %% ../nbs/13a_cli.ipynb #8a10fa43
 def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bool = False, overwrite: bool = False) -> Path:
     "The output folder, checked before any work: writable, and without `outputs` of an earlier run unless resuming or overwriting."
     out = Path(path)
@@ -215,6 +222,7 @@ def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bo
                                  f"writes its outputs; nothing was deleted. Choose another --out.")
     return out
 
+# %% ../nbs/13a_cli.ipynb #a06eef09
 def check_out_file(path: str | os.PathLike, suffix: str = '.h5ad') -> Path:
     "An output file path, checked before any work: not a folder, the right suffix, in a writable folder."
     p = Path(path)
@@ -230,6 +238,7 @@ def _not_ours(path: Path) -> list[str]:
     files = [path] if path.is_file() else [p for p in path.rglob('*') if p.is_file()]
     return [str(p) for p in files if not any(fnmatch.fnmatch(p.name, pat) for pat in _OUR_FILES)]
 
+# %% ../nbs/13a_cli.ipynb #172c1fee
 def clear_outputs(out: Path, outputs: Sequence[str]) -> None:
     "Delete the `outputs` of an earlier run in `out` (--overwrite); other files stay. Refuses folders holding files not ours."
     foreign = [f for o in outputs if (out / o).exists() for f in _not_ours(out / o)]
@@ -268,6 +277,7 @@ def _check_resumable(out: Path, info: dict, outputs: Sequence[str], names: Seque
                                     f"--models, or pass --overwrite to start again.")
     return True
 
+# %% ../nbs/13a_cli.ipynb #14d7374c
 def check_task(data: PerturbData, split: Split, names: Sequence[str]) -> None:
     "Refuse, before any fit, what the models run cannot learn: no perturbed training cells; drugs without SMILES."
     if split.train.obs.control.all() and any(n != 'control' for n in names):
@@ -299,6 +309,7 @@ def run_benchmark(args, argv=()) -> BenchmarkResult:
     _say(args, f"wrote {out}/results.csv, summary.csv, predictions/")
     return res
 
+# %% ../nbs/13a_cli.ipynb #7116345e
 def run_fit(args, argv=()) -> None:
     "`perturbdiff fit`: fit one model on the training split and save it with run.json."
     overrides = parse_overrides(args.set); model_overrides([args.model], overrides); resolve_device(args.device)
@@ -325,6 +336,7 @@ def _saved_args(run_dir: str | os.PathLike) -> argparse.Namespace:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise ValueError(f"{p} is unreadable (truncated?); run `perturbdiff fit` again.") from None
 
+# %% ../nbs/13a_cli.ipynb #f0ccafb9
 def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
     "The model that `fit` saved in run_dir/model, on `device`; a missing, empty or truncated file is a one-line error."
     path = Path(run_dir) / 'model' / 'model.pkl'
@@ -336,6 +348,7 @@ def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
         raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is empty, truncated or from another "
                          f"version of perturbdiff. Fit the model again.") from None
 
+# %% ../nbs/13a_cli.ipynb #7d0adaea
 def run_predict(args, argv=()) -> None:
     "`perturbdiff predict`: predicted cells of a saved model, for its test split or the --test groups."
     out = check_out_file(args.out); resolve_device(args.device)
@@ -346,6 +359,7 @@ def run_predict(args, argv=()) -> None:
     atomic_write(out, pred.write_h5ad)
     _say(args, f"wrote {pred.n_obs} predicted cells of {pred.obs['perturbdiff_group'].nunique()} groups to {out}")
 
+# %% ../nbs/13a_cli.ipynb #b9b9893f
 def run_evaluate(args, argv=()) -> pd.DataFrame:
     "`perturbdiff evaluate`: score an h5ad of predicted cells against the true cells of the split."
     src = _saved_args(args.run) if args.run else args
@@ -367,23 +381,6 @@ def run_evaluate(args, argv=()) -> pd.DataFrame:
 _HINTS = {'benchmark': '; the models finished so far are kept in --out: continue with --resume',
           'fit': '; continue with --resume (a trained model from its checkpoints)'}
 
-def _warning_line(command: str) -> Callable:
-    "A warnings.showwarning that prints one line: `perturbdiff CMD: Category: message`."
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"perturbdiff {command}: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    return show
-
 def main(argv: Sequence[str] | None = None) -> int:
-    "Entry point of the `perturbdiff` console script."
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = build_parser()
-    args = p.parse_args(argv)
-    with warnings.catch_warnings():
-        if args.quiet: warnings.simplefilter('ignore')
-        else: warnings.showwarning = _warning_line(args.command)
-        try: args.func(args, ['perturbdiff', *argv])
-        except KeyboardInterrupt: p.exit(130, f"perturbdiff {args.command}: interrupted{_HINTS.get(args.command, '')}\n")
-        except Exception as e:
-            if args.traceback or not is_user_error(e): raise
-            p.exit(2, f"perturbdiff {args.command}: error: {_one_line(e)}\n")
-    return 0
+    "Entry point of the `perturbdiff` console script (errors, warnings and Ctrl-C as `api.run_command` says)."
+    return run_command(build_parser(), sys.argv[1:] if argv is None else argv, _HINTS)

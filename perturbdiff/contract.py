@@ -12,14 +12,16 @@ import pickle
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 
-from .data import CONTROL_KEY, GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rng
+from .conditions import CONTROL_KEY
+from .data import GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rng
 from .train import TrainConfig, resolve_device
 
 # %% auto #0
@@ -185,6 +187,36 @@ class TrainedModel(PerturbationModel):
             if m is not None: m.cpu()
         PerturbationModel.save(self, path)
 
+# %% ../nbs/02b_contract.ipynb #ffa8b86a
+@patch
+def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, prepare: Callable, sample: Callable,
+                    key: tuple = ()) -> ad.AnnData:
+    "The trained models' predict loop: `prepare(cell_type)` once per cell type, `sample(state, row, rng, gen)` per group."
+    self._check_fitted()
+    g = resolve_groups(groups, self.train_, n_cells)
+    states, X, ids = {}, [], []
+    for gid, row in g.iterrows():  # in the order asked for
+        if row.cell_type not in states: states[row.cell_type] = prepare(row.cell_type)
+        x = sample(states[row.cell_type], row, *self.generators(seed, *key, str(gid)))
+        X.append(x); ids += [gid] * len(x)
+    return prediction_anndata(np.vstack(X), ids, g, self.train_, self.family)
+
+# %% ../nbs/02b_contract.ipynb #af093624
+@patch
+def in_batches(self: TrainedModel, n: int, fn: Callable) -> torch.Tensor:
+    "`fn(rows)` for the slices `rows` of range(n) of the config's `predict_batch` cells, concatenated."
+    b = self.config.predict_batch
+    return torch.cat([fn(slice(s, s + b)) for s in range(0, n, b)])
+
+@patch
+def _condition_index(self: TrainedModel, condition: str) -> int:
+    "Index of a condition in the training vocabulary (which includes the test conditions)."
+    voc = self.train_.vocab
+    if condition not in voc:
+        raise ValueError(f"Condition {condition!r} is not in the data's vocabulary, so the gene graph has no nodes for "
+                         f"its targets. Predict conditions of the dataset the model was trained on.")
+    return voc.index(condition)
+
 # %% ../nbs/02b_contract.ipynb #dd5d3b13
 MODELS = {
     'unlasting': 'perturbdiff.models:Unlasting', 'doloris': 'perturbdiff.models:Doloris',
@@ -220,6 +252,7 @@ class GraphOptions:
     graph: object = 'auto'  # 'auto' (co-expression on training controls + GO when available), a GeneGraph, or a list of sources
     coexpression_threshold: float = 0.3
 
+# %% ../nbs/02b_contract.ipynb #0587f4be
 @dataclass
 class SamplingOptions:
     "How a trained model samples cells."

@@ -52,6 +52,7 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b''): h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/01_datasets.ipynb #4015258f
 @contextlib.contextmanager
 def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
     "A temporary path beside `dest` (hidden, same suffix), renamed onto it (atomic on one file system) when the block succeeds, else removed."
@@ -153,6 +154,7 @@ def _verify_h5ad(path: Path) -> None:
                 raise DownloadError(f"its sparse X lacks data/indices/indptr (has {sorted(f['X'])}).")
     except OSError as e: raise DownloadError(f"it is not a complete HDF5 file (h5py: {e}).") from None
 
+# %% ../nbs/01_datasets.ipynb #f9a4230e
 def _verify_zip(path: Path, member: str) -> None:
     "Raise DownloadError unless `path` is a zip archive holding `member` whose every member passes its CRC check."
     try:
@@ -168,6 +170,7 @@ def _verify(path: Path, member: str | None) -> None:
     "A downloaded file is usable: an h5ad that opens, or a sound zip holding `member`."
     _verify_h5ad(path) if member is None else _verify_zip(path, member)
 
+# %% ../nbs/01_datasets.ipynb #1aacb2ae
 def _check_cached(path: Path, size: int | None, sha256: str | None) -> None:
     "A cached (verified) file against the pinned size and SHA-256, else the SHA-256 recorded at download; records it if absent."
     got = path.stat().st_size
@@ -200,6 +203,7 @@ def _extract(archive: Path, member: str, out: Path) -> Path:
                             f"to download it anew (if this repeats, the upstream file is broken).") from None
     return out
 
+# %% ../nbs/01_datasets.ipynb #e05f5df1
 def fetch(name: str, cache: str | os.PathLike | None = None, url: str | None = None, sha256: str | None = None,
           force: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
     "Path of the named dataset's h5ad in the cache, downloaded, verified and extracted as needed."
@@ -237,6 +241,7 @@ def load_norman(cache=None, **kw) -> ad.AnnData:
     "Norman 2019 CRISPRa screen in K562 (GEARS processing): 105 single and 131 paired activations."
     return load_anndata('norman', cache, **kw)
 
+# %% ../nbs/01_datasets.ipynb #3e47e198
 def load_replogle_k562_essential(cache=None, **kw) -> ad.AnnData:
     "Replogle 2022 genome-scale CRISPRi screen, K562 essential genes (GEARS processing)."
     return load_anndata('replogle_k562_essential', cache, **kw)
@@ -283,6 +288,7 @@ def _drug_library(n: int, rng) -> list[tuple[str, tuple[str, str, str]]]:
     pick = rng.choice(len(combos), n, replace=False)
     return [(f"{h}C{r}C{t}", (h, r, t)) for h, r, t in (combos[i] for i in pick)]
 
+# %% ../nbs/01_datasets.ipynb #34e79de4
 def _graph(n_genes: int, n_regulators: int, rng) -> pd.DataFrame:
     "Random signed edges regulator/gene -> measured gene."
     rows = []

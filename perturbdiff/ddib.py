@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .contract import (GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, prediction_anndata,
-                                  preset_config, resolve_groups)
-from .data import MODES, PerturbData, check_choices
+from .contract import GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, preset_config
+from .conditions import MODES
+from .data import PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
-from .nn import DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
+from .gat import DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
 from .anchor import ShiftAnchor
 from .mask import DolorisMaskNet, MaskModel, MaskNet, MaskOptions, UnlastingMaskNet
 from .train import BatchSequence, fit as train_fit, resolve_device
@@ -51,6 +51,7 @@ class DiffusionOptions:
     n_control: int = 100  # control cells inverted per cell type (authors: 100)
     reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
 
+# %% ../nbs/07_ddib.ipynb #cfecc877
 @dataclass
 class DenoiserOptions:
     "The denoisers' networks."
@@ -60,13 +61,14 @@ class DenoiserOptions:
     grn_dim: int = 32  # node feature size of the GAT
     heads: int = 2
     gat_layers: int = 1
-    gat_residual: bool = False  # residual connections around the GAT layers (see perturbdiff.nn.GRNBlock)
+    gat_residual: bool = False  # residual connections around the GAT layers (see perturbdiff.gat.GRNBlock)
     shared_readout: bool = False  # a readout vector shared by all genes in the GRN block
-    direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.nn.DirectEffect)
-    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.nn.TargetIdentity); False: the papers'
+    direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.gat.DirectEffect)
+    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.gat.TargetIdentity); False: the papers'
     pca_dim: int = 32  # Doloris: frozen PCA node features
     dropout: float = 0.1
 
+# %% ../nbs/07_ddib.ipynb #732239c0
 @dataclass
 class ConditioningOptions:
     "What the denoisers are given, and the papers' ablation switches."
@@ -78,6 +80,7 @@ class ConditioningOptions:
     zero_loss: str = 'none'  # which cells' unexpressed entries also enter the loss: 'none' (papers), 'source', 'all'
     source_fraction: float = 0.25  # share of control cells in a training batch (the source task)
 
+# %% ../nbs/07_ddib.ipynb #7b2dc28c
 @dataclass
 class DDIBConfig(MaskOptions, TrainingOptions, GraphOptions, ConditioningOptions, DenoiserOptions, SamplingOptions,
                  DiffusionOptions):
@@ -249,6 +252,7 @@ class Preconditioned(nn.Module):
         s2, d2 = (1 - a) / a, self.sigma_data ** 2
         return d2 / (s2 + d2) * x_t / a.sqrt() + (s2.sqrt() * self.sigma_data / (s2 + d2).sqrt()) * self.net(x_t, t, cond)
 
+# %% ../nbs/07_ddib.ipynb #96828f03
 def expressed_std(train: PerturbData, chunk: int = 4096) -> float:
     "σ_data: std (ddof 0) of the expressed (> 0) scaled training values, streamed in chunks (1.0 when none is expressed)."
     n, mean, m2 = 0, 0.0, 0.0
@@ -270,6 +274,7 @@ class ExpressedStats:
     std: torch.Tensor  # [n_groups, G]
     control: dict  # cell type -> row of its control group
 
+# %% ../nbs/07_ddib.ipynb #a7424f89
 def expressed_stats(train: PerturbData, min_cells: int = 3, chunk: int = 4096) -> ExpressedStats:
     "Streamed statistics of expressed values per group, with the fallbacks described above."
     if not train.x_max: raise ValueError("The data has no fitted scale; use data.split(...) or data.fit_scale().")
@@ -299,6 +304,7 @@ def expressed_stats(train: PerturbData, min_cells: int = 3, chunk: int = 4096) -
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)
     return ExpressedStats(inv.astype(np.int64), t(mean), t(std), ctrl)
 
+# %% ../nbs/07_ddib.ipynb #6156e606
 def fill_unexpressed(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, generator=None) -> torch.Tensor:
     "x with each entry <= 0 replaced by max(0, mean + std·ε); mean/std broadcast against x ([B, G] or [G])."
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -458,6 +464,7 @@ def entry_index(sched: Schedule, t0: int) -> int:
     if idx >= sched.n_steps: raise ValueError(f"ode_start={t0} is beyond the chain's last timestep {sched.timesteps[-1]}.")
     return idx
 
+# %% ../nbs/07_ddib.ipynb #a6051ee8
 @patch
 def _denoiser(self: DDIBModel, cond: dict):
     "model(x_t, t) -> x̂0 for fixed conditioning (what the DDIM solvers take)."
@@ -473,6 +480,7 @@ def _control_pool(self: DDIBModel, cell_type: str, rng) -> np.ndarray:
     n = min(self.config.n_control, len(rows))
     return np.sort(rng.choice(rows, n, replace=False))
 
+# %% ../nbs/07_ddib.ipynb #881c2e8e
 @patch
 @torch.no_grad()
 def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Schedule | None = None) -> torch.Tensor:
@@ -486,6 +494,7 @@ def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Sche
     return ddim_invert(self._denoiser(cond), x_ctrl, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
                        stop=self._stop_index(sched))
 
+# %% ../nbs/07_ddib.ipynb #baa374b3
 @patch
 @torch.no_grad()
 def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: float, mode: str,
@@ -500,6 +509,7 @@ def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: 
     return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
                        stop=self._stop_index(sched))
 
+# %% ../nbs/07_ddib.ipynb #c43d80e4
 @patch
 @torch.no_grad()
 def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None, whole_chain: bool = False) -> torch.Tensor:
@@ -511,6 +521,7 @@ def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None =
     return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
                        stop=None if whole_chain else self._stop_index(sched))
 
+# %% ../nbs/07_ddib.ipynb #267f0c39
 @patch
 def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -> torch.Tensor:
     "Control cells as they are inverted: unexpressed entries filled from their control group (fill_unexpressed), else as given."
@@ -519,17 +530,7 @@ def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -
     g = fill.control[cell_type]
     return fill_unexpressed(x_ctrl, fill.mean[g].to(x_ctrl.device), fill.std[g].to(x_ctrl.device), gen)
 
-
 # %% ../nbs/07_ddib.ipynb #3fb2b75d
-@patch
-def _condition_index(self: DDIBModel, condition: str) -> int:
-    "Index of a condition in the training vocabulary (which includes the test conditions)."
-    voc = self.train_.vocab
-    if condition not in voc:
-        raise ValueError(f"Condition {condition!r} is not in the data's vocabulary, so the gene graph has no nodes for "
-                         f"its targets. Predict conditions of the dataset the model was trained on.")
-    return voc.index(condition)
-
 @patch
 def sampling_schedule(self: DDIBModel, steps: int | None = None) -> Schedule:
     "The chain used for inversion and decoding: the configured one, or `steps` respaced from the chain trained on."
@@ -539,49 +540,46 @@ def sampling_schedule(self: DDIBModel, steps: int | None = None) -> Schedule:
                                               f"(train with train_on_respaced=False to sample with up to T={self.config.T}).")
     return base.respace(steps)
 
+# %% ../nbs/07_ddib.ipynb #3e8b20dd
 @patch
 def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, return_raw: bool = False,
              sampling_steps: int | None = None):
     "Predicted cells (log1p) for each requested group; see the notebook for the procedure."
     self._check_fitted()
-    g = resolve_groups(groups, self.train_, n_cells)
     sched = self.sampling_schedule(sampling_steps)
     self.net_.to(self.device_).eval()
-    dev = self.device_
-    cts = list(self.cond_.cell_types)
-    X, ids, raw = [], [], []
-    for ct in pd.unique(g.cell_type):
+    cts, raw, cfg = list(self.cond_.cell_types), [], self.config
+
+    def prepare(ct):  # per cell type: the control pool, its (filled) values, latents and reconstruction
         rng, gen = self.generators(seed, 7, ct)
         pool = self._control_pool(ct, rng)
-        x_pool = torch.as_tensor(self.train_.dense(pool, scaled=True), device=dev)
+        x_pool = torch.as_tensor(self.train_.dense(pool, scaled=True), device=self.device_)
         x_in = self._fill_controls(x_pool, ct, gen)  # what is inverted (x_pool itself unless fill_unexpressed)
-        lat = self._invert(x_in, cts.index(ct), gen, sched) if self.config.reuse_latents else None
-        res = self.config.decode_residual
-        rec = self._reconstruct(lat, cts.index(ct), sched) if (res and lat is not None) else None  # D(z, source), once
-        for gid, row in g[g.cell_type == ct].iterrows():
-            rng, gen = self.generators(seed, 11, str(gid))  # per group: independent of the others
-            pick = np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[:row.n_cells]
-            outs = []
-            for s in range(0, len(pick), self.config.predict_batch):
-                j = torch.as_tensor(pick[s:s + self.config.predict_batch], device=dev)
-                xc = x_pool[j]
-                l = lat[j] if lat is not None else self._invert(x_in[j], cts.index(ct), gen, sched)
-                d = self._decode(l, xc, cts.index(ct), self._condition_index(row.condition), row.dose, row['mode'], sched)
-                if res:  # the condition's change to this cell; the source model's reconstruction error cancels
-                    r = rec[j] if rec is not None else self._reconstruct(l, cts.index(ct), sched)
-                    d = x_in[j] + d - r
-                outs.append(d)
-            xt = torch.cat(outs).cpu().numpy().astype(np.float64)
-            if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
-                xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
-            masks = self.mask_.masks(self, pool[pick], ct, row, seed) if (self.mask_ is not None and self.config.use_mask) else None
-            z = xt * masks if masks is not None else xt
-            X.append(self.train_.unscale(np.clip(z, 0, None))); ids += [gid] * len(pick)
-            if return_raw: raw.append(xt)
-    out = prediction_anndata(np.vstack(X), ids, g, self.train_, self.family)
+        lat = self._invert(x_in, cts.index(ct), gen, sched) if cfg.reuse_latents else None
+        rec = self._reconstruct(lat, cts.index(ct), sched) if (cfg.decode_residual and lat is not None) else None  # once
+        return pool, x_pool, x_in, lat, rec
+
+    def sample(state, row, rng, gen):  # per group: controls drawn from the pool, inverted, decoded, masked
+        pool, x_pool, x_in, lat, rec = state
+        k, c = cts.index(row.cell_type), self._condition_index(row.condition)
+        pick = np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[:row.n_cells]
+        def decode(rows):
+            j = torch.as_tensor(pick[rows], device=self.device_)
+            l = lat[j] if lat is not None else self._invert(x_in[j], k, gen, sched)
+            d = self._decode(l, x_pool[j], k, c, row.dose, row['mode'], sched)
+            if not cfg.decode_residual: return d
+            r = rec[j] if rec is not None else self._reconstruct(l, k, sched)
+            return x_in[j] + d - r  # the condition's change to this cell; the source model's reconstruction error cancels
+        xt = self.in_batches(len(pick), decode).cpu().numpy().astype(np.float64)
+        if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
+            xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
+        masks = self.mask_.masks(self, pool[pick], row.cell_type, row, seed) if (self.mask_ is not None and cfg.use_mask) else None
+        if return_raw: raw.append(xt)
+        return self.train_.unscale(np.clip(xt * masks if masks is not None else xt, 0, None))
+
+    out = self.predict_grouped(groups, n_cells, seed, prepare, sample, key=(11,))
     if return_raw: out.layers['unmasked_scaled'] = np.vstack(raw).astype(np.float32)
     return out
-
 
 # %% ../nbs/07_ddib.ipynb #f5e4f863
 ZEROS = ('auto', 'none', 'control_rate')
@@ -592,6 +590,7 @@ def expression_rate(data: PerturbData, rows: np.ndarray, chunk: int = 4096) -> n
     for a in range(0, len(rows), chunk): n += (data.dense(rows[a:a + chunk]) > 0).sum(0)
     return n / max(len(rows), 1)
 
+# %% ../nbs/07_ddib.ipynb #3e48bedb
 @patch
 @torch.no_grad()
 def generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0, zeros: str = 'auto') -> np.ndarray:
@@ -612,7 +611,6 @@ def generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed:
         x = x * (rng.random(x.shape) < p)
     return self.train_.unscale(x)
 
-
 # %% ../nbs/07_ddib.ipynb #f46f7209
 class Unlasting(DDIBModel):
     "Unlasting: DDIB with a GRN (gene-graph attention) branch in its denoiser and its mask model."
@@ -625,6 +623,7 @@ class Unlasting(DDIBModel):
         return UnlastingMaskNet(graph, train.n_genes, len(cond.cell_types), c.mask_hidden, train.kind, c.grn_dim, c.heads,
                                 cond.drug_dim, cond.n_labels, self.seed, c.gat_residual, c.shared_readout)
 
+# %% ../nbs/07_ddib.ipynb #045d6502
 class Doloris(DDIBModel):
     "Doloris: DDIB conditioned on GAT rows over frozen PCA gene features, with coherent mask sampling."
     family = 'doloris'

@@ -96,6 +96,7 @@ def _abar(sched: Schedule, i: int, like: torch.Tensor) -> torch.Tensor:
     if i >= sched.n_steps: return torch.zeros((), dtype=like.dtype, device=like.device)
     return torch.tensor(sched.alphas_cumprod[i], dtype=like.dtype, device=like.device)
 
+# %% ../nbs/06_diffusion.ipynb #67e394b4
 @torch.no_grad()
 def ddim_sample(model: Denoiser, x_T: torch.Tensor, sched: Schedule, eta: float = 0.0, clip=None,
                 generator: torch.Generator | None = None, return_path: bool = False, start: int = 0,
@@ -110,6 +111,7 @@ def ddim_sample(model: Denoiser, x_T: torch.Tensor, sched: Schedule, eta: float 
         if return_path: path.append(x)
     return (x, path) if return_path else x
 
+# %% ../nbs/06_diffusion.ipynb #9837c534
 @torch.no_grad()
 def ddim_invert(model: Denoiser, x0: torch.Tensor, sched: Schedule, clip=None, return_path: bool = False, start: int = 0,
                 stop: int | None = None):

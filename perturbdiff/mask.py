@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 
-from .data import MODES, PerturbData, seeded_rng
-from .nn import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp
+from .conditions import MODES
+from .data import PerturbData, seeded_rng
+from .gat import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, mlp
 from .train import BatchSequence, TrainConfig, fit as train_fit
 
 # %% auto #0
@@ -86,6 +87,7 @@ def match_marginals(masks: np.ndarray, target: np.ndarray, seed: int = 0) -> np.
     u = np.random.default_rng(seed).random(masks.shape)
     return np.where(masks, u >= off, u < on)
 
+# %% ../nbs/06a_mask.ipynb #1e4567c3
 def coherent_masks(probs: np.ndarray, bank: MaskBank, cell_type: str, high: float = 0.95, low: float = 0.05,
                    seed: int = 0, match: bool = False) -> tuple[np.ndarray, str]:
     "Doloris: masks of real cells from the nearest training subset (marginals matched to `probs` when `match`), confident genes overridden; returns (masks, subset)."
@@ -130,6 +132,7 @@ class MaskNet(nn.Module):
         if type(self) is MaskNet and family is not None:
             self.__class__ = {'unlasting': UnlastingMaskNet, 'doloris': DolorisMaskNet}[family]
 
+# %% ../nbs/06a_mask.ipynb #a2149ff4
 class UnlastingMaskNet(MaskNet):
     "Unlasting: a GRN block (no time) over the gene graph adds a per-gene term."
     def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32, heads: int = 2,
@@ -141,6 +144,7 @@ class UnlastingMaskNet(MaskNet):
                             shared_readout=shared_readout)
     def gene_term(self, ctrl, onehot, pert): return self.grn(ctrl, None, onehot, pert)
 
+# %% ../nbs/06a_mask.ipynb #68307798
 class DolorisMaskNet(MaskNet):
     "Doloris: the denoiser's perturbation vector (GAT rows over frozen node features, drug MLP, label embedding) in the trunk."
     def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32, heads: int = 2,
@@ -201,6 +205,7 @@ def _batches(self: MaskModel):
         return BatchSequence([perm[i:i + bs] for i in range(0, len(perm), bs)], lambda r: build(r[rank::world_size]))
     return make
 
+# %% ../nbs/06a_mask.ipynb #26e49507
 @patch
 def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=False) -> MaskModel:
     "Train the mask network (BCE on x > 0 of perturbed training cells)."
@@ -211,7 +216,6 @@ def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=Fals
     self.history_ = train_fit(self.net, self._loss, self._batches(), tc, desc='mask model').history
     if c.mask_strategy == 'coherent': self.bank_ = MaskBank.from_data(self.train)
     return self
-
 
 # %% ../nbs/06a_mask.ipynb #2d6cb181
 @patch
@@ -229,6 +233,7 @@ def probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition
     self.net.eval()
     return torch.sigmoid(self.net(cond['ctrl'] if self.cond.use_stats else x, ct, cond['pert'])).cpu().numpy().astype(np.float64)
 
+# %% ../nbs/06a_mask.ipynb #89f14b41
 @patch
 def masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: pd.Series, seed: int = 0) -> np.ndarray:
     "Binary masks [n, G] for predicted cells whose control inputs are training rows `ctrl_rows`."
@@ -248,4 +253,3 @@ def masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: pd
                               c.mask_match_marginals)[0].astype(np.float64)
     if c.mask_strategy == 'bernoulli': return bernoulli_masks(probs, int(rng.integers(2 ** 31))).astype(np.float64)
     raise ValueError(f"mask_strategy must be 'threshold', 'coherent' or 'bernoulli', got {c.mask_strategy!r}.")
-

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .data import GROUP_COL, PerturbData, canonical_key, gene_symbols, group_key, parse_condition, seeded_rng
+from .conditions import canonical_key, parse_condition
+from .data import GROUP_COL, PerturbData, gene_symbols, group_key, seeded_rng
+
 
 # %% auto #0
 __all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'same_distribution',
@@ -110,6 +112,7 @@ def _distinct_rows(X: np.ndarray, dtype) -> tuple[bytes, np.ndarray]:
     u, counts = np.unique(Z.view(np.dtype((np.void, Z.itemsize * Z.shape[1]))).ravel(), return_counts=True)
     return u.tobytes(), counts
 
+# %% ../nbs/02_metrics.ipynb #15a55a22
 def same_distribution(X, Y) -> bool:
     "Whether cell sets X and Y have the same empirical distribution: the same distinct cells in the same proportions."
     X, Y = as_cells(X, 'X'), as_cells(Y, 'Y'); _same_genes(X, Y)
@@ -120,6 +123,7 @@ def same_distribution(X, Y) -> bool:
     (ux, cx), (uy, cy) = _distinct_rows(X, dt), _distinct_rows(Y, dt)
     return ux == uy and np.array_equal(cx * len(Y), cy * len(X))
 
+# %% ../nbs/02_metrics.ipynb #7bd43c31
 def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False) -> float:
     "E-distance between cell sets X and Y (Doloris eq. 20 by default; see EDIST_CONVENTIONS)."
     X = as_cells(X, 'X', 2 if unbiased else 1); Y = as_cells(Y, 'Y', 2 if unbiased else 1); _same_genes(X, Y)
@@ -135,6 +139,7 @@ def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: b
     if not unbiased and not e > 0: e = 0.0  # rule 2: the biased forms are >= 0; rounding may leave -1e-15
     return float(np.sqrt(max(e, 0.0))) if sqrt else float(e)
 
+# %% ../nbs/02_metrics.ipynb #afe62819
 def edist_options(convention: str | Mapping = 'paper') -> dict:
     "The energy_distance options of a named convention (or a dict of options, checked)."
     if isinstance(convention, Mapping):
@@ -168,6 +173,7 @@ def default_threads() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, min(8, n))
 
+# %% ../nbs/02_metrics.ipynb #1ca2a3d5
 def emd_per_gene(X, Y, chunk: int | None = None, threads: int | None = None) -> np.ndarray:
     "1-D Wasserstein-1 distance between X[:, g] and Y[:, g] for every gene g (float64)."
     X, Y = as_cells(X, 'X'), as_cells(Y, 'Y'); _same_genes(X, Y)
@@ -187,6 +193,7 @@ def emd_per_gene(X, Y, chunk: int | None = None, threads: int | None = None) -> 
     else: list(map(one, starts))
     return out
 
+# %% ../nbs/02_metrics.ipynb #e5627d5e
 def emd(X, Y) -> float:
     "Mean over genes of the 1-D Wasserstein-1 distance between predicted and true cells."
     return float(emd_per_gene(X, Y).mean())
@@ -280,6 +287,7 @@ def _truth_max(truth: PerturbData) -> float:
     X = truth.X
     return float(X.max()) if (X.nnz if sp.issparse(X) else X.size) else 0.0
 
+# %% ../nbs/02_metrics.ipynb #e9f7f42b
 def _check_space(X: np.ndarray, truth: PerturbData) -> None:
     "Refuse predictions that cannot be log1p expression in the truth's units (negative, counts, far too large)."
     neg = int((X < -1e-6).sum())
@@ -301,6 +309,7 @@ def _check_space(X: np.ndarray, truth: PerturbData) -> None:
         warnings.warn(f"pred.X never exceeds {pmax:.3g} while the truth reaches {tmax:.3g}: are the predictions in a "
                       f"model's scaled space (x / x_max)? Convert them with PerturbData.unscale before evaluate.")
 
+# %% ../nbs/02_metrics.ipynb #244a9530
 def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
     "Pred expression (cells x truth genes) and its group ids, after checking it."
     if not isinstance(pred, ad.AnnData): raise TypeError(f"pred must be the AnnData a model's predict returns, got {type(pred).__name__}.")
@@ -341,6 +350,7 @@ def _shift_scores(dp: np.ndarray, dt: np.ndarray) -> tuple[float, float]:
     nt = np.linalg.norm(dt)
     return r, (float(np.linalg.norm(dp) / nt) if nt > 0 else float('nan'))
 
+# %% ../nbs/02_metrics.ipynb #c2aa1548
 def _score(P: np.ndarray, T: np.ndarray, sets: dict, metrics: Sequence[str], edist: dict,
            ctrl_mean: np.ndarray | None = None) -> dict:
     "The metric columns of one group (`ctrl_mean`: the control mean, for 'delta')."
@@ -368,6 +378,7 @@ def _subgroup_map(subgroups) -> dict:
         subgroups = subgroups['subgroup']
     return {str(k): v for k, v in dict(subgroups).items()}
 
+# %% ../nbs/02_metrics.ipynb #e0c25a6c
 def _true_groups(truth: PerturbData, pred_groups: list, groups, min_cells: int) -> pd.DataFrame:
     "The test groups to score, checked in both directions."
     tg = truth.groups()

@@ -35,6 +35,7 @@ def colors(names: Sequence[str]) -> dict[str, str]:
         else: out[n] = _CYCLE[k % len(_CYCLE)]; k += 1
     return out
 
+# %% ../nbs/12_plots.ipynb #f1e3d5ec
 def _as_dict(preds) -> dict[str, ad.AnnData]:
     "{name: AnnData} from one AnnData (named by uns['perturbdiff']['model']) or a mapping."
     if isinstance(preds, ad.AnnData): return {preds.uns.get('perturbdiff', {}).get('model', 'predicted'): preds}
@@ -93,6 +94,7 @@ def _violin(ax, values: list[np.ndarray], positions, width: float, color: str) -
     for b in parts['bodies']: b.set_facecolor(color); b.set_edgecolor(color); b.set_alpha(0.75)
     parts['cmedians'].set_color('black'); parts['cmedians'].set_linewidth(0.8)
 
+# %% ../nbs/12_plots.ipynb #9db7acf4
 def violin_de(preds, truth: PerturbData, control: PerturbData, group: str | None = None, n_genes: int = 10,
               genes: Sequence[str] | None = None, max_cells: int = 300, seed: int = 0, width: float = 10.0) -> Figure:
     "Violins of the top DE genes of one test group: control vs true vs each model's predicted cells."

@@ -26,7 +26,8 @@ import scipy.sparse as sp
 import torch
 from fastcore.basics import patch
 
-from .data import CONTROL_NAMES, PerturbData
+from .conditions import CONTROL_NAMES
+from .data import PerturbData
 from .datasets import DownloadError, atomic_write, cache_dir, sha256sum
 from .datasets import download as _download
 
@@ -69,6 +70,7 @@ def gaf_url(url: str | None = None) -> str:
     "The GAF to use: `url`, else $PERTURBDIFF_GO_URL, else GO_GAF_URL."
     return url or os.environ.get('PERTURBDIFF_GO_URL') or GO_GAF_URL
 
+# %% ../nbs/04_priors.ipynb #42c11ecc
 def gaf_cache_path(url: str | None = None, cache: str | os.PathLike | None = None) -> Path:
     "Where the GAF from `url` is cached: go/goa_human.gaf.gz for the default URL, a name keyed by the URL otherwise."
     url = gaf_url(url)
@@ -77,6 +79,7 @@ def gaf_cache_path(url: str | None = None, cache: str | os.PathLike | None = Non
     stem, dot, ext = name.partition('.')
     return go_cache_dir(cache) / f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:10]}{dot}{ext}"
 
+# %% ../nbs/04_priors.ipynb #3892ccd1
 def _go_help(url: str, dest: Path, by_hand: bool = True) -> str:
     "What to do when GO annotations are missing (one line); `by_hand=False` when the message already says it."
     fetch = 'python -m perturbdiff.priors fetch-go' + ('' if url == GO_GAF_URL else f' --url {url}')  # works from a pip install
@@ -122,6 +125,7 @@ def _open_text(path: Path):
     with open(path, 'rb') as f: gz = f.read(2) == b'\x1f\x8b'
     return gzip.open(path, 'rt', encoding='utf-8', errors='replace') if gz else open(path, encoding='utf-8', errors='replace')
 
+# %% ../nbs/04_priors.ipynb #1a3e7619
 def parse_gaf(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     "Annotations (symbol, go_id, ontology, evidence), aliases (alias, symbol) and header facts of a GAF file; NOT lines dropped."
     rows, syn, meta = [], [], dict(skipped_not=0, skipped_malformed=0)
@@ -158,6 +162,7 @@ def _verify_gaf(path: Path) -> None:
     if n == 0: raise DownloadError("it holds no annotation lines.")
     if last and not last.endswith('\n'): raise DownloadError("its last line is incomplete (the file was cut short).")
 
+# %% ../nbs/04_priors.ipynb #c96317db
 def fetch_gaf(url: str | None = None, cache: str | os.PathLike | None = None, sha256: str | None = None,
               download: bool = True, progress: bool = False, timeout: float = 30.0) -> Path:
     "The GAF from `url` (default: GO_GAF_URL) in the cache, downloaded and verified on first use."
@@ -182,6 +187,7 @@ def _read_table(path: Path, sha256: str) -> tuple[pd.DataFrame, dict] | None:
             return pd.read_csv(f, sep='\t', dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE), meta
     except (OSError, EOFError, ValueError, zlib.error): return None  # absent or damaged: parse again
 
+# %% ../nbs/04_priors.ipynb #5fea92e7
 def _parsed_gaf(path: Path, cache=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     "parse_gaf(path) through a cache of the parsed tables, keyed by the file's SHA-256."
     digest = sha256sum(path)
@@ -246,6 +252,7 @@ def _read_go_sqlite(path: Path, ontologies: Sequence[str], exclude_evidence: Seq
     version = ', '.join(f"{k} {meta[v]}" for k, v in (('GO', 'GOSOURCEDATE'), ('gene2go', 'GOEGSOURCEDATE')) if v in meta)
     return GeneOntology(ann.drop_duplicates().reset_index(drop=True), SymbolResolver(official, aliases), str(path), 'sqlite', version)
 
+# %% ../nbs/04_priors.ipynb #aec6bd14
 def _read_go_gaf(path: Path, ontologies: Sequence[str], exclude_evidence: Sequence[str], cache=None,
                  origin: str | None = None) -> GeneOntology:
     ann, aliases, meta = _parsed_gaf(path, cache)
@@ -254,6 +261,7 @@ def _read_go_gaf(path: Path, ontologies: Sequence[str], exclude_evidence: Sequen
     version = ', '.join(f"{k} {meta[k]}" for k in ('gaf-version', 'date-generated') if meta.get(k))
     return GeneOntology(pairs, SymbolResolver(ann.symbol.unique(), aliases), origin or str(path), 'GAF', version)
 
+# %% ../nbs/04_priors.ipynb #04bfbc2b
 def _read_gene2go(gene2go: Mapping[str, set] | str | os.PathLike) -> GeneOntology:
     src = 'dict'
     if not isinstance(gene2go, Mapping):
@@ -279,6 +287,7 @@ def _default_go(cache, download: bool, timeout: float) -> tuple[Path, str | None
     if db.exists(): return db, None
     return fetch_gaf(None, cache, download=download, timeout=timeout), gaf_url()
 
+# %% ../nbs/04_priors.ipynb #26ebc1f4
 def _gaf(path: Path, url: str | None, ontologies, exclude_evidence, cache) -> GeneOntology:
     "A GAF read; a damaged one in the GO cache is removed so the next call fetches it anew."
     try: return _read_go_gaf(path, ontologies, ('ND',) if exclude_evidence is None else exclude_evidence, cache, url)
@@ -396,6 +405,7 @@ class CoexpressionSource:
     def describe(self) -> str:
         return f"co-expression, |Pearson r| >= {self.threshold} over {getattr(self, 'n_cells', '?')} control cells"
 
+# %% ../nbs/04_priors.ipynb #a309c0d1
 def coexpression(threshold: float = 0.3, max_cells: int | None = None, seed: int = 0) -> CoexpressionSource:
     "Co-expression edges: |Pearson r| >= threshold on the (training) control cells, at most `max_cells` of them."
     return CoexpressionSource(threshold, max_cells, seed)
@@ -448,6 +458,7 @@ def go(source: str | os.PathLike | Mapping | GeneOntology | None = None, k: int 
     "GO-similarity edges (GEARS): Jaccard > min_similarity, top-k per gene, from any `read_go` source (default: its order)."
     return GOSource(source, k, min_similarity)
 
+# %% ../nbs/04_priors.ipynb #b568dab6
 def go_if_available(k: int | None = 20, min_similarity: float = 0.1, download: bool = True,
                     timeout: float = 30.0) -> GOSource | None:
     "A GO source when annotations can be had (cached, or fetched now); else None, with a warning that says how to get them."
@@ -489,6 +500,7 @@ class EdgeListSource:
         src = 'a DataFrame' if isinstance(self.table, pd.DataFrame) else str(self.table)
         return f"edge list from {src}" + (f" ({self.dropped} rows outside the graph)" if getattr(self, 'dropped', 0) else '')
 
+# %% ../nbs/04_priors.ipynb #8a852712
 def edge_list(table: pd.DataFrame | str | os.PathLike, source_col: str = 'source', target_col: str = 'target',
               weight_col: str | None = None) -> EdgeListSource:
     "Edges from a TF->target (or any) edge list: a CSV/TSV path or a DataFrame."
@@ -502,6 +514,7 @@ def _read_embedding(table) -> pd.DataFrame:
     if p.endswith('.parquet'): return pd.read_parquet(p)
     return pd.read_csv(p, sep='\t' if p.endswith(('.tsv', '.txt')) else ',', index_col=0)
 
+# %% ../nbs/04_priors.ipynb #4a90324c
 @dataclass
 class EmbeddingSource:
     "Edges between genes whose embedding vectors are similar (cosine >= threshold and/or top-k)."
@@ -530,6 +543,7 @@ class EmbeddingSource:
                                        self.k is not None and f"top {self.k}") if r)
         return f"gene embedding from {src}, {rule}"
 
+# %% ../nbs/04_priors.ipynb #f4fc1003
 def embedding(table, threshold: float | None = None, k: int | None = None) -> EmbeddingSource:
     "Edges from gene-embedding similarity: cosine >= threshold and/or the k nearest genes."
     return EmbeddingSource(table, threshold, k)
@@ -574,6 +588,7 @@ def _node_list(genes: Sequence[str], targets: Sequence[str], extra: Sequence[str
         if o is not None: official.setdefault(o, index[t])
     return nodes, index
 
+# %% ../nbs/04_priors.ipynb #4cf0e9c2
 def _combine(frames: list[pd.DataFrame], n: int, symmetric: bool, self_loops: bool) -> pd.DataFrame:
     "Union of edge frames (column 'bits' = source bitmask); weight of largest magnitude kept."
     cols = ['src', 'dst', 'weight', 'bits']
@@ -662,12 +677,12 @@ def hops_to_measured(self: GeneGraph, source: str | int | None = None) -> np.nda
         hops[new] = h; frontier = new
     return hops
 
+# %% ../nbs/04_priors.ipynb #2e7c705a
 @patch
 def reachable(self: GeneGraph, genes: Sequence[str] | None = None) -> dict[str, bool]:
     "Whether each gene (default: the targets) has a path to a measured gene."
     hops = self.hops_to_measured()
     return {g: bool(hops[self.index[g]] >= 0) for g in (self.targets if genes is None else genes)}
-
 
 # %% ../nbs/04_priors.ipynb #6b741e28
 @patch
@@ -679,6 +694,7 @@ def _by_source(self: GeneGraph) -> list[tuple[str, str, int, int]]:
     return [(n, d, int(((bits >> b) & 1).sum()), int((self.hops_to_measured(b)[unmeasured] >= 0).sum()))
             for b, (n, d) in enumerate(zip(self.sources, described))]
 
+# %% ../nbs/04_priors.ipynb #c0b63889
 @patch
 def summary(self: GeneGraph) -> dict:
     "Nodes, edges per source (and what each source is), in-degree, targets measured, connected, and by which source."
@@ -696,6 +712,7 @@ def summary(self: GeneGraph) -> dict:
                 targets_connected=sum(reach.values()), unreachable_targets=[t for t, ok in reach.items() if not ok],
                 unmeasured_targets_connected_by_source={n: c for n, _, _, c in per})
 
+# %% ../nbs/04_priors.ipynb #31bf1453
 @patch
 def describe(self: GeneGraph) -> str:
     "The summary in words: how many targets are connected to measured genes, and where each kind of edge comes from."
@@ -708,6 +725,7 @@ def describe(self: GeneGraph) -> str:
     lines += [f"  {n}: {e:,} edges, alone connect {c:,} unmeasured targets; {d}" for n, d, e, c in self._by_source()]
     return '\n'.join(lines)
 
+# %% ../nbs/04_priors.ipynb #fecc9230
 @patch
 def _warn_unreachable(self: GeneGraph):
     bad = [t for t, ok in self.reachable().items() if not ok]
@@ -720,7 +738,6 @@ def _warn_unreachable(self: GeneGraph):
 def __repr__(self: GeneGraph) -> str:
     return (f"GeneGraph: {self.n_nodes} nodes ({self.n_measured} measured), {self.n_edges} edges from "
             f"{self.sources or 'no sources'}; {len(self.targets)} targets")
-
 
 # %% ../nbs/04_priors.ipynb #085fbc44
 @patch
@@ -765,6 +782,7 @@ def _rdkit():
     RDLogger.DisableLog('rdApp.*')
     return Chem, rdFingerprintGenerator
 
+# %% ../nbs/04_priors.ipynb #eac3ff61
 def morgan_fingerprints(smiles: Mapping[str, str], radius: int = 2, n_bits: int = 1024) -> pd.DataFrame:
     "Morgan fingerprint bits (float32, drugs x n_bits) of each drug's SMILES; the vehicle gets zeros."
     Chem, gen = _rdkit()

@@ -23,10 +23,11 @@ import scipy.sparse as sp
 import torch
 from fastcore.basics import patch
 
-from .data import (GROUP_COL, LOG1P_MAX, MODES, SPLITS, ControlStats, PerturbData, check_finite_nonnegative,
-                              detect_space, to_log1p)
+from .conditions import MODES
+from .spaces import LOG1P_MAX, check_finite_nonnegative, detect_space, to_log1p
+from .data import GROUP_COL, SPLITS, ControlStats, PerturbData
 from .contract import MODELS, model_class, resolve_groups
-from .api import DATA_KEYS, _one_line, _say, is_user_error, make_model, paper_table, parse_overrides
+from .api import DATA_KEYS, _say, make_model, paper_table, parse_overrides, run_command
 from .metrics import de_rankings, evaluate
 from .train import BatchSequence, distributed_context, distributed_map, resolve_device
 
@@ -111,6 +112,7 @@ def _raw_csr(self: H5Matrix, rows: np.ndarray) -> sp.csr_matrix:
     take = np.repeat(offset - ptr[:-1], lens) + np.arange(ptr[-1])
     return sp.csr_matrix((data[take], ind[take], ptr), shape=(len(rows), self.shape[1]))
 
+# %% ../nbs/13_scale.ipynb #3de1cbb4
 def _raw_dense(self: H5Matrix, rows: np.ndarray) -> sp.csr_matrix:
     "Stored values of sorted unique `rows` of a dense file, read as merged spans of rows."
     ds = self._datasets()[0]
@@ -125,6 +127,7 @@ def _raw(self: H5Matrix, rows) -> sp.csr_matrix:
         raise ValueError("internal: H5Matrix reads sorted, unique, in-range rows.")
     return _raw_csr(self, rows) if self.format == 'csr' else _raw_dense(self, rows)
 
+# %% ../nbs/13_scale.ipynb #b3403f4e
 @patch
 def _sample(self: H5Matrix, n: int) -> sp.csr_matrix:
     "Up to `n` rows in 8 contiguous windows spread over the file (for detecting the space)."
@@ -139,6 +142,7 @@ def read(self: H5Matrix, rows, validate: bool = False) -> sp.csr_matrix:
     if validate: _validate(raw, self)
     return to_log1p(raw, self.space, self.target_sum)[0].tocsr()
 
+# %% ../nbs/13_scale.ipynb #0a6e620d
 def _validate(raw: sp.csr_matrix, m: H5Matrix) -> None:
     "Refuse values that contradict the detected space (it was detected on a sample)."
     check_finite_nonnegative(raw, f'{m.path}:{m.key}')
@@ -149,7 +153,6 @@ def _validate(raw: sp.csr_matrix, m: H5Matrix) -> None:
     if m.space == 'log1p' and v.size and v.max() > LOG1P_MAX:
         raise ValueError(f"{m.path}:{m.key} was detected as log1p on a sample of rows, but other rows hold values up to "
                          f"{v.max():.3g} (> {LOG1P_MAX}). Pass space='normalized' (or 'counts').")
-
 
 # %% ../nbs/13_scale.ipynb #96a0687c
 class BackedMatrix:
@@ -183,6 +186,7 @@ def read_csr(self: BackedMatrix, cells=None) -> sp.csr_matrix:
     X = X if len(uniq) == len(file_rows) and np.array_equal(uniq, file_rows) else X[inv]
     return X if self.cols is None else X[:, self.cols]
 
+# %% ../nbs/13_scale.ipynb #a396ae83
 @patch
 def read_dense(self: BackedMatrix, cells=None) -> np.ndarray:
     "Dense float32 log1p of view positions `cells` (default all); refuses reads above the source's max_dense_gb."
@@ -194,6 +198,7 @@ def read_dense(self: BackedMatrix, cells=None) -> np.ndarray:
                           f"raise the limit: data.X.source.max_dense_gb = ...")
     return self.read_csr(cells).toarray()
 
+# %% ../nbs/13_scale.ipynb #67733b32
 @patch
 def __rmatmul__(self: BackedMatrix, M) -> np.ndarray:
     "M @ X for a (sparse) M of shape [k, n_cells], streamed over the rows in file order (float64)."
@@ -256,6 +261,7 @@ class StreamStats:
     hvg: Moments | None  # moments of expm1(log1p) per gene (seurat HVG), when asked for
     control: dict = field(default_factory=dict)  # cell type -> (rows_key of its control rows, Moments of log1p)
 
+# %% ../nbs/13_scale.ipynb #46bda32e
 def _part(m: H5Matrix, rows: np.ndarray, ctrl: np.ndarray, hvg: bool):
     "Partial statistics of one chunk: (n, max, hvg moments, {cell type: control moments})."
     X = m.read(rows, validate=True)
@@ -310,6 +316,7 @@ def _read_frame(node) -> pd.DataFrame:
     except ImportError: from anndata.experimental import read_elem
     return read_elem(node)
 
+# %% ../nbs/13_scale.ipynb #dcbe3bf4
 class BackedPerturbData(PerturbData):
     "A PerturbData whose expression stays in an h5ad file: rows read on demand, statistics in one streaming pass."
     def __init__(self, path: str | os.PathLike, condition_key: str = 'condition', control=None, cell_type_key=None,
@@ -353,6 +360,7 @@ def dense(self: BackedPerturbData, cells=None, scaled: bool = False) -> np.ndarr
     X = self.X.read_dense(rows)
     return self.scale(X) if scaled else X
 
+# %% ../nbs/13_scale.ipynb #f287b80e
 @patch
 def _stats(self: BackedPerturbData, cells=None, hvg: bool = False) -> StreamStats:
     "The streaming statistics of `cells` (mask or positions; default all), from the cache or one new pass."
@@ -380,6 +388,7 @@ def select_genes(self: BackedPerturbData, n_top_genes: int | None = None, cells=
     return self._keep_genes(set(self.genes[hv_mask]), keep_targets, extra,
                             f'{n_top_genes} highly variable genes ({flavor}, streamed) on {st.n_cells} cells')
 
+# %% ../nbs/13_scale.ipynb #c9e6e618
 @patch
 def fit_scale(self: BackedPerturbData, cells=None) -> BackedPerturbData:
     "A view whose scale is the maximum expression over `cells` (from the streaming pass)."
@@ -406,10 +415,10 @@ def control_stats(self: BackedPerturbData, scaled: bool = True) -> dict[str, Con
                                  "which holds all control cells.")
     return out
 
+# %% ../nbs/13_scale.ipynb #5816b37a
 @patch
 def __repr__(self: BackedPerturbData) -> str:
     return PerturbData.__repr__(self) + f"\n  backed: {self.source.path}:{self.source.key} (rows read on demand)"
-
 
 # %% ../nbs/13_scale.ipynb #5a86435b
 def block_order(file_rows: np.ndarray, rng: np.random.Generator, block_size: int = 256,
@@ -460,6 +469,7 @@ def plan(self: CellBatches, epoch: int) -> list[tuple]:
         out.append((w, self.rows[pos[s:s + self.bs]], starts, pos))
     return out
 
+# %% ../nbs/13_scale.ipynb #d7d81f8b
 @patch
 def _expression(self: CellBatches, item: tuple, rows: np.ndarray) -> np.ndarray:
     "Dense expression of `rows` (part of a planned batch), through the window cache for backed block order."
@@ -478,6 +488,7 @@ def _expression(self: CellBatches, item: tuple, rows: np.ndarray) -> np.ndarray:
     Z = (sub if X.cols is None else sub[:, X.cols]).toarray()
     return self.data.scale(Z) if self.scaled else Z
 
+# %% ../nbs/13_scale.ipynb #b3ca807c
 @patch
 def batch(self: CellBatches, item: tuple, rank: int = 0, world_size: int = 1) -> dict:
     "Rank `rank`'s share of a planned global batch, as tensors."
@@ -490,7 +501,6 @@ def batch(self: CellBatches, item: tuple, rank: int = 0, world_size: int = 1) ->
 def __call__(self: CellBatches, epoch: int, rank: int = 0, world_size: int = 1) -> BatchSequence:
     "The epoch's batches for one rank, built on demand (the trainer's batch-factory contract)."
     return BatchSequence(self.plan(epoch), lambda item: self.batch(item, rank, world_size))
-
 
 # %% ../nbs/13_scale.ipynb #81e8be1a
 def _write_elem(f, key: str, value) -> None:
@@ -508,6 +518,7 @@ def _plain_strings(df: pd.DataFrame) -> pd.DataFrame:
     if isinstance(df.index.dtype, pd.StringDtype): df.index = pd.Index(df.index.astype(object), dtype=object)
     return df
 
+# %% ../nbs/13_scale.ipynb #301f40f8
 class H5adWriter:
     "An h5ad written chunk by chunk: X grows on disk (CSR or dense), obs, var and uns are written at close()."
     def __init__(self, path: str | os.PathLike, var: pd.DataFrame | Sequence[str], sparse: bool = True,
@@ -551,6 +562,7 @@ def append(self: H5adWriter, X, obs: pd.DataFrame | None = None) -> None:
     self.obs_parts.append(obs.copy() if obs is not None else pd.DataFrame(index=[str(self.n_obs + i) for i in range(n)]))
     self.n_obs += n
 
+# %% ../nbs/13_scale.ipynb #2e39dab8
 @patch
 def close(self: H5adWriter) -> Path:
     "Write obs, var and uns, and move the finished file into place."
@@ -569,7 +581,6 @@ def close(self: H5adWriter) -> Path:
     for key in ('layers', 'obsm', 'obsp', 'varm', 'varp'): _write_elem(f, key, {})
     f.close(); os.replace(self.tmp, self.path)
     return self.path
-
 
 # %% ../nbs/13_scale.ipynb #5b0f5f69
 def predict_to_h5ad(model, groups, path: str | os.PathLike, n_cells: int | None = None, seed: int = 0,
@@ -616,6 +627,7 @@ def _parser() -> argparse.ArgumentParser:
     add_commands(p.add_subparsers(dest='command', required=True))
     return p
 
+# %% ../nbs/13_scale.ipynb #35b82eba
 def add_commands(sub) -> None:
     "Add `train`, `predict` and `evaluate` (each with its handler as `func`) to an argparse subparsers object."
     t = sub.add_parser('train', help='split a backed h5ad and fit a model (runs under torchrun)')
@@ -633,7 +645,8 @@ def add_commands(sub) -> None:
         q.add_argument('--out', required=True); q.add_argument('--seed', type=int, default=0)
         q.add_argument('--device', default='auto'); q.add_argument('--quiet', action='store_true')
         q.add_argument('--groups-per-chunk', type=int, default=64)
-        q.add_argument('--traceback', action='store_true', help='show the whole traceback of an error')
+        q.add_argument('--traceback', action='store_true', default=argparse.SUPPRESS,  # not to reset `perturbdiff --traceback`
+                       help='show the whole traceback of an error')
     for q in (pr, e): q.add_argument('--run', required=True, help='folder written by `train`')
     pr.add_argument('--n-cells', type=int); pr.add_argument('--dense', action='store_true', help='write X dense, not CSR')
     e.add_argument('--pred', required=True)
@@ -678,6 +691,7 @@ def run_predict(args, argv=()) -> None:
                            sparse=not args.dense)
     _say(args, f"wrote predictions of {len(tg)} groups to {path}")
 
+# %% ../nbs/13_scale.ipynb #2ab17a5d
 def run_evaluate(args, argv=()) -> pd.DataFrame:
     "`evaluate`: score --pred against the run's test cells (read from the h5ad), chunk by chunk."
     model, info, tg = _load_run(args.run)
@@ -692,14 +706,7 @@ def run_evaluate(args, argv=()) -> pd.DataFrame:
 
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of `python -m perturbdiff.scale` (also under torchrun): input errors in one line (exit 2), Ctrl-C 130."
-    p = _parser()
-    args = p.parse_args(argv)
-    try: args.func(args)
-    except KeyboardInterrupt: p.exit(130, f"python -m perturbdiff.scale {args.command}: interrupted\n")
-    except Exception as e:  # the same rule as the `perturbdiff` command: input and system errors in one line
-        if args.traceback or not is_user_error(e): raise
-        p.exit(2, f"python -m perturbdiff.scale {args.command}: error: {_one_line(e)}\n")
-    return 0
+    return run_command(_parser(), sys.argv[1:] if argv is None else argv)  # the same runner as `perturbdiff`
 
 # %% ../nbs/13_scale.ipynb #79cf42d6
 if __name__ == '__main__' and '__file__' in globals():  # `python -m perturbdiff.scale` (not a notebook kernel)

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,10 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import PerturbData
+
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay',
            'ema_initial_share', 'EMA', 'save_checkpoint', 'DistContext', 'distributed_context', 'rank_seed',
-           'distributed_map', 'BatchSequence', 'TrainResult', 'TrainingDiverged', 'fit']
+           'distributed_map', 'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader', 'TrainResult',
+           'TrainingDiverged', 'fit']
 
 # %% ../nbs/02a_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -77,6 +80,7 @@ class TrainConfig:
         if self.resume and not self.out_dir: raise ValueError("resume=True needs out_dir, where the checkpoint is.")
         if self.prefetch < 0: raise ValueError(f"prefetch must be >= 0, got {self.prefetch}.")
 
+# %% ../nbs/02a_train.ipynb #beb4846f
 TRAIN_PRESETS = {
     'paper': dict(steps=10_000, batch_size=32, lr=1e-4, weight_decay=0.0, schedule='linear', ema=0.9999),
     'quick': dict(steps=300, batch_size=64, lr=1e-3, weight_decay=0.0, schedule='linear', ema=None, log_every=25),
@@ -106,6 +110,7 @@ def ema_initial_share(decay: float, steps: int, warmup: bool = True) -> float:
     "Share of the initial weights left in the average after `steps` updates: the product of the decays."
     return math.prod(ema_decay(decay, t, warmup) for t in range(steps))
 
+# %% ../nbs/02a_train.ipynb #90b836c2
 class EMA:
     "Exponential moving average (with warm-up) of a module's floating-point parameters and buffers."
     def __init__(self, module: nn.Module, decay: float, num_updates: int = 0):
@@ -159,6 +164,7 @@ class DistContext:
     @property
     def active(self) -> bool: return self.world_size > 1
 
+# %% ../nbs/02a_train.ipynb #2e1351d2
 def distributed_context(device: torch.device) -> DistContext:
     "Join the torchrun process group if launched by torchrun; else a single-process context."
     import torch.distributed as dist
@@ -174,6 +180,7 @@ def rank_seed(seed: int, rank: int) -> int:
     "Seed of a rank's global RNG: `seed` on rank 0 (as in one process), distinct on the others."
     return seed + 1_000_003 * rank
 
+# %% ../nbs/02a_train.ipynb #1b830eaf
 def distributed_map(fn: Callable, items: list) -> list:
     "`[fn(x) for x in items]`; under DDP each rank computes `items[rank::world_size]` and all get every result, in order."
     import torch.distributed as dist
@@ -228,6 +235,53 @@ def _prefetched(pairs, n: int):
             yield item
     finally: stop.set()
 
+# %% ../nbs/02a_train.ipynb #4aa9ea5d
+class CellDataset(torch.utils.data.Dataset):
+    "Cells of a PerturbData as tensors (scaled expression, condition, cell type, dose, position)."
+    def __init__(self, data: PerturbData, cells=None, cell_types: Sequence[str] | None = None, scaled: bool = True):
+        self.data, self.scaled = data, scaled and bool(data.x_max)
+        self.rows = np.arange(data.n_cells) if cells is None else np.asarray(cells)
+        if self.rows.dtype == bool: self.rows = np.flatnonzero(self.rows)
+        self.cell_types = list(cell_types) if cell_types is not None else data.cell_types
+        ct_pos = {c: i for i, c in enumerate(self.cell_types)}
+        unknown = set(data.obs.cell_type) - set(ct_pos)
+        if unknown: raise ValueError(f"Cell types {sorted(unknown)} are not in the given cell-type vocabulary.")
+        voc = {c: i for i, c in enumerate(data.vocab)}
+        cond = data.obs.condition.astype(str).to_numpy()
+        self.condition = np.array([voc.get(c, -1) for c in cond], dtype=np.int64)
+        self.cell_type = data.obs.cell_type.astype(str).map(ct_pos).to_numpy().astype(np.int64)
+        self.dose = np.nan_to_num(data.obs.dose.to_numpy(dtype=np.float64)).astype(np.float32)
+    def __len__(self): return len(self.rows)
+    def __getitems__(self, idx):
+        r = self.rows[np.asarray(idx)]
+        return dict(x=torch.from_numpy(self.data.dense(r, scaled=self.scaled)), condition=torch.from_numpy(self.condition[r]),
+                    cell_type=torch.from_numpy(self.cell_type[r]), dose=torch.from_numpy(self.dose[r]),
+                    index=torch.from_numpy(r.astype(np.int64)))
+    def __getitem__(self, i): return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+# %% ../nbs/02a_train.ipynb #7ff34cd5
+def _identity(batch): return batch
+
+def condition_weights(data: PerturbData, rows: np.ndarray) -> np.ndarray:
+    "Sampling weight per cell so each (condition, cell type) group is drawn equally often."
+    grp = (data.obs.condition.astype(str) + '|' + data.obs.cell_type.astype(str)).to_numpy()[rows]
+    _, inv, counts = np.unique(grp, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inv]
+
+# %% ../nbs/02a_train.ipynb #ded160e9
+def cell_loader(data: PerturbData, batch_size: int = 32, cells=None, balanced: bool = False, shuffle: bool = True,
+                seed: int = 0, drop_last: bool = False, num_samples: int | None = None) -> torch.utils.data.DataLoader:
+    "A seeded DataLoader over cells of `data` yielding dicts of batched tensors."
+    ds = CellDataset(data, cells)
+    g = torch.Generator().manual_seed(seed)
+    if balanced:
+        w = torch.as_tensor(condition_weights(data, ds.rows), dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(w, num_samples or len(ds), replacement=True, generator=g)
+    elif shuffle: sampler = torch.utils.data.RandomSampler(ds, generator=g)
+    else: sampler = torch.utils.data.SequentialSampler(ds)
+    bs = torch.utils.data.BatchSampler(sampler, batch_size, drop_last)
+    return torch.utils.data.DataLoader(ds, batch_sampler=bs, collate_fn=_identity)
+
 # %% ../nbs/02a_train.ipynb #d5263c39
 @dataclass
 class TrainResult:
@@ -257,6 +311,7 @@ def _nbytes(batch) -> int:
     if isinstance(batch, (list, tuple)): return sum(_nbytes(v) for v in batch)
     return 0
 
+# %% ../nbs/02a_train.ipynb #3536dae2
 def _check_epoch(batches, ctx: DistContext, device) -> None:
     "Refuse ranks with different numbers of batches; warn when a whole epoch of batches was materialised."
     n = len(batches) if hasattr(batches, '__len__') else -1
@@ -284,6 +339,7 @@ def _restore(st: dict, ctx: DistContext, gen: torch.Generator, seed: int) -> Non
                   f"will not repeat an uninterrupted one exactly.")
     gen.manual_seed(seed + 1_000_003 * ctx.rank + 1 + st['step']); seed_everything(rank_seed(seed, ctx.rank) + st['step'])
 
+# %% ../nbs/02a_train.ipynb #475d2801
 def _mean_over_ranks(values: list[float], ctx: DistContext, device) -> list[float]:
     "Average a few floats over the ranks (for the log); unchanged in one process."
     if not ctx.active: return values
@@ -299,6 +355,7 @@ def _checked_loss(loss: torch.Tensor, step: int, cfg: TrainConfig, ctx: DistCont
     if not math.isfinite(mean): raise TrainingDiverged(step, mean, cfg.lr, ckpt, saved_at)
     return value
 
+# %% ../nbs/02a_train.ipynb #59f95c60
 def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool):
     "loss_fn under autocast, with the DDP unused-parameter error explained."
     try:
@@ -346,6 +403,7 @@ def _append_csv(path: Path, row: dict) -> None:
     if not path.exists(): return _write_csv(path, [row])
     with open(path, 'a', newline='') as f: f.write(_csv_text([row], header=False))  # one small write
 
+# %% ../nbs/02a_train.ipynb #c514f384
 def _write_csv(path: Path, rows: list[dict]) -> None:
     "Replace a CSV log by `rows`, atomically, as `_append_csv` would have written them; no rows: no file."
     if not rows: path.unlink(missing_ok=True); return

@@ -6,7 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from perturbdiff.contract import resolve_groups
-from perturbdiff.data import SPLITS, PerturbData, cell_loader
+from perturbdiff.data import SPLITS, PerturbData
+from perturbdiff.train import cell_loader
 from perturbdiff.datasets import simulate
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / 'tools'))
 import build_docs  # noqa: E402
 import screenshot_docs  # noqa: E402
 
-PAGES = ['index', '00_data', '14_reliability', '21_norman']
+PAGES = ['index', '00b_data', '14_reliability', '21_norman']
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +36,7 @@ def test_pages(site):
     for stem in PAGES:
         assert (site / ('index.html' if stem == 'index' else f'{stem}.html')).exists(), stem
     assert h1(site / 'index.html') == 'perturbdiff'
-    assert h1(site / '00_data.html').startswith('Data')
+    assert h1(site / '00b_data.html').startswith('Data')
     assert h1(site / '21_norman.html') == 'Norman: unseen double-gene perturbations'
     assert '<title>Norman: unseen double-gene perturbations – perturbdiff</title>' in (site / '21_norman.html').read_text()
 
@@ -45,10 +45,10 @@ def test_nav_and_content(site):
     for page in site.glob('*.html'):
         text = page.read_text()
         nav = re.search(r'<nav>(.*?)</nav>', text, re.S).group(1)
-        assert all(f'href="{h}"' in nav for h in ('index.html', '00_data.html', '21_norman.html')), page.name
+        assert all(f'href="{h}"' in nav for h in ('index.html', '00b_data.html', '21_norman.html')), page.name
         assert '#| ' not in text  # directives are not shown
     text_of = lambda stem: html.unescape(re.sub(r'<[^>]+>', '', (site / f'{stem}.html').read_text()))
-    data = text_of('00_data')
+    data = text_of('00b_data')
     assert 'from fastcore.test import' not in data  # `#| hide` cells are dropped
     assert 'class PerturbData' in data
     norman = text_of('21_norman')
@@ -60,7 +60,7 @@ def test_frontmatter_and_readme():
     import nbformat
     nb = lambda stem: nbformat.read(ROOT / 'nbs' / f'{stem}.ipynb', as_version=4)
     assert build_docs.frontmatter(nb('21_norman')) == {'skip_exec': True}
-    assert build_docs.frontmatter(nb('00_data')) == {}
+    assert build_docs.frontmatter(nb('00b_data')) == {}
     if not (ROOT / 'nbs' / 'index.ipynb').exists(): pytest.skip('nbs/index.ipynb is not written yet')
     text = build_docs.readme_text(nb('index'))
     assert text.startswith('<!-- Generated from nbs/index.ipynb') and '# perturbdiff' in text

@@ -1,4 +1,4 @@
-"""Issue #14 regressions in 00_data: the input-space guess (item 2) and undeclared control labels (item 5)."""
+"""Issue #14 regressions in 00a_spaces and 00_conditions: the input-space guess (item 2) and undeclared control labels (item 5)."""
 import warnings
 
 import anndata as ad
@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from perturbdiff.contract import resolve_groups
-from perturbdiff.data import InputSpaceWarning, PerturbData, detect_space, to_log1p
+from perturbdiff.spaces import InputSpaceWarning, detect_space, to_log1p
+from perturbdiff.data import PerturbData
 from perturbdiff.datasets import simulate
 
 
@@ -415,6 +416,6 @@ def test_low_depth_log1p_subset_read_as_log1p():
     C = rng.poisson(0.02, (300, 3000)).astype(np.float64)
     C[C.sum(1) == 0, 0] = 1
     L = np.log1p(C / C.sum(1, keepdims=True) * 1e4)[:, :100].astype(np.float32)
-    from perturbdiff.data import guess_space
+    from perturbdiff.spaces import guess_space
     space, why = guess_space(L)
     assert space == 'log1p' and 'too few values per cell' in why

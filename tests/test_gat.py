@@ -1,4 +1,4 @@
-"Tests of perturbdiff.nn: the batched GATv2 against torch_geometric, the fused kernel, the GRN blocks, equivariance."
+"Tests of perturbdiff.gat: the batched GATv2 against torch_geometric, the fused kernel, the GRN blocks, equivariance."
 import warnings
 
 import numpy as np
@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from torch_geometric.nn import GATv2Conv
 
-from perturbdiff.data import CONTROL_KEY, MODES, PerturbData
+from perturbdiff.conditions import CONTROL_KEY, MODES
+from perturbdiff.data import PerturbData
 from perturbdiff.datasets import simulate
-from perturbdiff.nn import (BatchedGATv2, DolorisPerturbationEmbedding, GRNBlock, PerturbationBatch,
+from perturbdiff.gat import (BatchedGATv2, DolorisPerturbationEmbedding, GRNBlock, PerturbationBatch,
                             PerturbationEncoder, PerturbationTable, cell_modes, gatv2_fused, gatv2_reference,
                             plan_edges, pseudobulk_pca, symbol_normal)
 from perturbdiff.priors import GeneGraph, coexpression, drug_features, edge_list

@@ -22,7 +22,7 @@ def shared_cells() -> dict[str, list[str]]:
 
 def test_shared_data_cells():
     cells = shared_cells()
-    assert cells.get('00_data'), '00_data reads the development file in its HAVE_SHARED cells'
+    assert cells.get('00b_data'), '00b_data reads the development file in its HAVE_SHARED cells'
     files = sorted({f for fs in cells.values() for f in fs})
     if not SHARED.exists():
         pytest.skip(f"the notebook cells behind `if HAVE_SHARED:` in {', '.join(cells)} need {', '.join(files)} in {SHARED} "

@@ -85,8 +85,14 @@ def test_perturbdiff_scale_is_the_same_command():
     argv = ['train', '--data', 'x.h5ad', '--model', 'doloris', '--out', 'o', '--sep', '_', '--set', 'steps=3', '--test-frac', '0.5']
     a, b = vars(_parser().parse_args(argv)), vars(build_parser().parse_args(['scale', *argv]))
     assert a['func'] is b['func'] is run_train
-    assert {k: v for k, v in b.items() if k not in ('command', 'scale_command')} == {k: v for k, v in a.items() if k != 'command'}
+    same = lambda d, skip: {k: v for k, v in d.items() if k not in skip}
+    assert same(b, ('command', 'scale_command', 'traceback')) == same(a, ('command',))
     assert (a['command'], b['command'], b['scale_command']) == ('train', 'scale', 'train')
+    # --traceback counts wherever it is given: the subcommand's flag must not reset the top-level one
+    assert build_parser().parse_args(['--traceback', 'scale', *argv]).traceback is True
+    assert build_parser().parse_args(['scale', *argv, '--traceback']).traceback is True
+    assert build_parser().parse_args(['scale', *argv]).traceback is False
+    assert _parser().parse_args([*argv, '--traceback']).traceback is True
 
 
 def test_scale_errors_in_one_line(tmp_path, capsys):

@@ -5,7 +5,7 @@
 fallback that works offline: it renders the notebooks in `nbs/` to a browsable HTML site with a
 sidebar, and writes README.md from `nbs/index.ipynb` (what `nbdev_readme` does with quarto).
 
-    python tools/build_docs.py site [--out _site] [--execute] [--only 00_data index]
+    python tools/build_docs.py site [--out _site] [--execute] [--only 00b_data index]
     python tools/build_docs.py readme [--check]
 
 Processing follows nbdev's conventions: cells marked `#| hide` are dropped, other `#|` directive

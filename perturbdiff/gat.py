@@ -23,7 +23,8 @@ from torch_geometric.utils import scatter as _pyg_scatter
 from torch_geometric.utils import softmax as _pyg_softmax
 from fastcore.basics import patch
 
-from .data import MODES, PerturbData, seeded_rng
+from .conditions import MODES
+from .data import PerturbData, seeded_rng
 from .priors import GeneGraph, combination_features
 
 # %% auto #0
@@ -111,6 +112,7 @@ def _segment_softmax(e: torch.Tensor, local_dst: torch.Tensor, n: int) -> torch.
     den = e.new_zeros((n, *e.shape[1:])).index_add_(0, local_dst, ex)
     return ex.div_(den.index_select(0, local_dst))
 
+# %% ../nbs/05_gat.ipynb #3c398d5f
 def _map_chunks(fn, chunks: list, workers: int, cpu: bool) -> list:
     "fn(part) for `workers` interleaved parts of the chunk list; on CPU in threads running torch single-threaded."
     def call(part):
@@ -200,6 +202,7 @@ class _FusedGATv2(torch.autograd.Function):
         grads = _gatv2_fused_backward(dout, xl, xr, att, alpha, ctx.plan, edge_term, ctx.slope, ctx.cap, keep, ctx.workers)
         return (*grads, None, None, None, None, None)
 
+# %% ../nbs/05_gat.ipynb #833ebad5
 def gatv2_fused(x_l, x_r, att, plan: EdgePlan, edge_term=None, negative_slope: float = 0.2,
                 chunk_elements: int | None = None, keep: torch.Tensor | None = None, num_threads: int | None = None):
     "GATv2 messages on [N, B, H, C] features, streamed over edge chunks: (aggregated, alpha)."
@@ -343,6 +346,7 @@ def cell_modes(data: PerturbData) -> torch.Tensor:
     "Index into MODES of every cell's perturbation mode (controls: 'unknown')."
     return torch.as_tensor(data.obs['mode'].astype(str).map({m: i for i, m in enumerate(MODES)}).to_numpy(np.int64))
 
+# %% ../nbs/05_gat.ipynb #bd93956f
 class PerturbationTable:
     "Condition index (position in data.vocab, -1 = control) -> PerturbationBatch tensors."
     def __init__(self, vocab: Sequence[str], kind: str, graph: GeneGraph | None = None,
@@ -379,6 +383,7 @@ def from_data(cls: PerturbationTable, data: PerturbData, graph: GeneGraph | None
     default = pert_modes.mode().iloc[0] if len(pert_modes) else 'unknown'
     return cls(data.vocab, data.kind, graph, drug_features, modes, data.conditions, unseen_labels, default)
 
+# %% ../nbs/05_gat.ipynb #56bdbeb0
 @patch
 def batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.Tensor | None = None,
                  mode: torch.Tensor | None = None) -> PerturbationBatch:
@@ -401,6 +406,7 @@ def batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.Tensor |
         cond = torch.where(unseen, -1, cond)
     return PerturbationBatch('label', label=cond)
 
+# %% ../nbs/05_gat.ipynb #cf2680cf
 @patch
 def trained_nodes(self: PerturbationTable, n_nodes: int) -> torch.Tensor:
     "bool [n_nodes]: graph nodes that are a target of a condition with training cells (gene tables only)."
@@ -426,6 +432,7 @@ class TargetIdentity(nn.Module):
         keep = (targets >= 0) & self.trained[targets.clamp(min=0)]
         return self.weight[targets.clamp(min=0)] * keep[..., None].to(self.weight.dtype)
 
+# %% ../nbs/05_gat.ipynb #89e867bf
 class GenePerturbation(nn.Module):
     "Eq. 10 of Unlasting: mask each target's embedding; add a learned direction for the perturbation mode (+ identity, ours)."
     def __init__(self, dim: int, n_modes: int = len(MODES), identity: TargetIdentity | None = None):
@@ -442,6 +449,7 @@ class GenePerturbation(nn.Module):
         z = self.identity(batch.targets).sum(1)  # the cell's targets together, fused into every gene: reaches all
         return h + self.fusion(node_emb, z, batch.perturbed)
 
+# %% ../nbs/05_gat.ipynb #ccf1a857
 class ConditionFusion(nn.Module):
     "phi(e_i, z_b) = W3 SiLU(W1 e_i + W2 z_b + c): a condition vector fused with every gene's embedding."
     def __init__(self, dim: int):
@@ -463,6 +471,7 @@ class DrugPerturbation(nn.Module):
         z = self.molecule(batch.drug) * torch.sigmoid(self.dose_gate(batch.dose[:, None]))
         return h + self.fusion(node_emb, z, batch.perturbed)
 
+# %% ../nbs/05_gat.ipynb #ad743b72
 class LabelPerturbation(nn.Module):
     "A learned vector per label, fused per gene."
     def __init__(self, n_labels: int, dim: int):
@@ -533,6 +542,7 @@ def plan(self: GRNBlock) -> EdgePlan:
         self._plans[key] = self.gat[0].plan(self.edge_index, self.graph.n_nodes, self.edge_weight if self.use_edge_weight else None)
     return self._plans[key]
 
+# %% ../nbs/05_gat.ipynb #b86957fa
 @patch
 def node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None = None,
                    cell_type_emb: torch.Tensor | None = None, perturbation: PerturbationBatch | None = None) -> torch.Tensor:
@@ -552,6 +562,7 @@ def node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None 
         h = h + self.cell_type(cell_type_emb)[:, None]
     return self.perturbation(h, e, perturbation)
 
+# %% ../nbs/05_gat.ipynb #1cb526e2
 @patch
 def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:  # noqa: F811 (@patch)
     "Per-gene output [B, G] (eq. 12) for noisy input x_t [B, G]."
@@ -560,7 +571,6 @@ def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=No
         g = self.drop(F.relu(norm(gat(h, plan))))  # eq. 11, then LayerNorm -> ReLU -> dropout
         h = h + g if self.residual else g
     return self.readout(h)
-
 
 # %% ../nbs/05_gat.ipynb #d0c207fa
 class DirectEffect(nn.Module):
@@ -650,6 +660,7 @@ def mlp(sizes: Sequence[int], act=nn.SiLU, dropout: float = 0.0, last_act: bool 
             if dropout: layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
+# %% ../nbs/05_gat.ipynb #c69bfebb
 class VectorPerturbation(nn.Module):
     "A perturbation as one vector [B, out_dim] (zero for controls): gene rows, drug MLP x dose gate, or label embedding."
     def __init__(self, graph: GeneGraph, kind: str, out_dim: int, node_features: torch.Tensor | None = None,
