@@ -1,4 +1,5 @@
-"""What is left to win (issue 13): how much of a baseline's error is the mean shift, and can the training data predict it?
+"""What is left to win (issue 13): how much of a baseline's error is the mean shift, and can the training data predict
+it?
 
 Part 1, the oracle decomposition. For each task the control cells of the test group's cell type are shifted by the
 *true* mean shift of the test group (its cells' mean minus the training controls' mean): information no model has.
@@ -38,10 +39,11 @@ def tasks(path, seed):
     split = make_split(data, 'unseen_combo', test_frac=1.0, seed=seed)
     singles = set(split.train.groups().condition)
     tg = split.test.groups()
-    yield 'norman: 15 pairs', split, {g: f'seen{sum(t in singles for t in c.split("+"))}' for g, c in zip(tg.index, tg.condition)}
+    yield 'norman: 15 pairs', split, {g: f'seen{sum(t in singles for t in c.split("+"))}' for g,
+                                      c in zip(tg.index, tg.condition)}
     for held, lines in (('T98G', ['A172', 'T98G']), ('U87MG', ['A172', 'T98G', 'U87MG'])):
-        data = load_data(path, subset=['dataset=mcfaline23'] + [f'cell_type={c}' for c in lines], cell_type_key='cell_type',
-                         mode='CRISPRi')
+        data = load_data(path, subset=['dataset=mcfaline23'] + [f'cell_type={c}' for c in lines],
+                         cell_type_key='cell_type', mode='CRISPRi')
         split = make_split(data, 'custom', test=[f'{g},{held}' for g in MCFALINE_GENES], seed=seed)
         yield f'mcfaline: {held} held out', split, {g: 'all' for g in split.test.groups().index}
 
@@ -51,7 +53,8 @@ def oracle_mean_shift(split, seed):
     tr, te = split.train, split.test
     tg = te.groups()
     group = te.obs.group.astype(str).to_numpy()
-    controls = {ct: tr.dense(tr.control_rows(ct)).astype(np.float64) for ct in pd.unique(tg.cell_type)}  # read once per cell type
+    # read once per cell type
+    controls = {ct: tr.dense(tr.control_rows(ct)).astype(np.float64) for ct in pd.unique(tg.cell_type)}
     X, ids = [], []
     for gid, row in tg.iterrows():
         C = controls[row.cell_type]
@@ -103,7 +106,9 @@ def loo_go(path, seed, n_top=20):
         preds = {'mean of the other singles (additive)': m, 'zero (control)': np.zeros_like(m),
                  'GO-similarity-weighted mean': kv @ E / kv.sum() if kv.sum() > 0 else m}
         for lam in (0.1, 1.0, 10.0):
-            preds[f'GO-Jaccard kernel ridge, lambda={lam:g}'] = m + kv @ np.linalg.solve(K[np.ix_(rest, rest)] + lam * np.eye(len(rest)), E - m)
+            preds[f'GO-Jaccard kernel ridge, lambda={lam:g}'] = m + kv @ np.linalg.solve(
+                K[np.ix_(rest, rest)] + lam * np.eye(len(rest)), E - m
+            )
         out += [dict(target=k, rule=n, error=float(np.mean((p[top] - eff[i][top]) ** 2))) for n, p in preds.items()]
     err = pd.DataFrame(out).pivot(index='target', columns='rule', values='error')
     d = err.sub(err['mean of the other singles (additive)'], axis=0)
@@ -125,7 +130,8 @@ def main(argv=None):
         loo = None if a.no_go else loo_go(a.data, a.seed)
     with pd.option_context('display.width', 200):
         print(dec.round(3).to_string(index=False))
-        if loo is not None: print(loo.round(4).to_string(), '\nmean off-diagonal Jaccard:', round(loo.attrs['jaccard_offdiag'], 3))
+        if loo is not None:
+            print(loo.round(4).to_string(), '\nmean off-diagonal Jaccard:', round(loo.attrs['jaccard_offdiag'], 3))
     if a.out:
         out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
         dec.to_csv(out / 'decomposition.csv', index=False)

@@ -54,7 +54,8 @@ def run(task, held, lines, models, depths, data_path, seed, preset, sigmas=(0.2,
                         r = evaluate_models({name: model.predict(tg, seed=seed, sigma=sig)}, split.test, split.train,
                                             de_genes=de, metrics=('edist',))
                         rows.append(dict(task=task, model=name, depth=f'control_pairs={cp}, sigma={sig}', residual=res,
-                                         edist_de20=r.edist_de20.mean(), edist_all=r.edist_all.mean(), fit_seconds=round(fit_s, 1)))
+                                         edist_de20=r.edist_de20.mean(), edist_all=r.edist_all.mean(),
+                                         fit_seconds=round(fit_s, 1)))
                 print(pd.DataFrame(rows).round(3).to_string(index=False), flush=True)
             continue
         t0 = time.time()
@@ -63,12 +64,14 @@ def run(task, held, lines, models, depths, data_path, seed, preset, sigmas=(0.2,
         fit_s = time.time() - t0
         for d, res in depths:
             model.config.bridge_depth, model.config.decode_residual = d, res is not False
-            if res == 'zero':  # diagnostic: the network's change set to 0, i.e. the model's control cells + the anchor shift
+            if res == 'zero':  # diagnostic: the network's change set to 0, i.e. the model's control cells + the anchor
+                               # shift
                 model._decode = lambda l, xc, ct, ci, dose, mode, sched, m=model: m._reconstruct(l, ct, sched)
             else: model.__dict__.pop('_decode', None)
-            r = evaluate_models({name: model.predict(tg, seed=seed)}, split.test, split.train, de_genes=de, metrics=('edist',))
-            rows.append(dict(task=task, model=name, depth='none' if d is None else d, residual=res, edist_de20=r.edist_de20.mean(),
-                             edist_all=r.edist_all.mean(), fit_seconds=round(fit_s, 1)))
+            r = evaluate_models({name: model.predict(tg, seed=seed)}, split.test, split.train, de_genes=de,
+                                metrics=('edist',))
+            rows.append(dict(task=task, model=name, depth='none' if d is None else d, residual=res,
+                             edist_de20=r.edist_de20.mean(), edist_all=r.edist_all.mean(), fit_seconds=round(fit_s, 1)))
             print(pd.DataFrame(rows).round(3).to_string(index=False), flush=True)
     return rows
 
@@ -77,28 +80,35 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--data', default='../shared/data/perturbench_devel.h5ad')
     ap.add_argument('--models', default='doloris,unlasting')
-    ap.add_argument('--variants', default='none,10,none:res,10:res', help='bridge_depth[:res|:zero] (res: decode_residual; zero: its change set to 0, a diagnostic)')
+    ap.add_argument('--variants', default='none,10,none:res,10:res',
+                    help='bridge_depth[:res|:zero] (res: decode_residual; zero: its change set to 0, a diagnostic)')
     ap.add_argument('--preset', default='quick')
     ap.add_argument('--sigmas', default='0.2', help='departures: the bridge noise at prediction, e.g. 0.2,0.1,0')
-    ap.add_argument('--control-pairs', default='0', help='departures: control -> control pairs in training, e.g. 0,0.25,0.5')
+    ap.add_argument('--control-pairs', default='0',
+                    help='departures: control -> control pairs in training, e.g. 0,0.25,0.5')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--tasks', default='validation,test', help='any of validation, test, norman')
-    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=VALUE (as perturbdiff --set), e.g. doloris.target_identity=true')
+    ap.add_argument('--set', action='append', default=[],
+                    help='MODEL.KEY=VALUE (as perturbdiff --set), e.g. doloris.target_identity=true')
     ap.add_argument('--out', default=None)
     a = ap.parse_args(argv)
     over = parse_overrides(a.set)  # {model: {key: value}}, values as `perturbdiff --set` reads them
     sigmas = [float(x) for x in a.sigmas.split(',')]
     cps = [float(x) for x in a.control_pairs.split(',')]
     kinds = {'res': True, 'zero': 'zero'}
-    depths = [(None if v.split(':')[0] == 'none' else int(v.split(':')[0]), kinds.get(v.split(':')[1], False) if ':' in v else False)
+    depths = [(None if v.split(':')[0] == 'none' else int(v.split(':')[0]),
+               kinds.get(v.split(':')[1], False) if ':' in v else False)
               for v in a.variants.split(',')]
     models, rows = a.models.split(','), []
     if 'validation' in a.tasks:
-        rows += run('validation (T98G held out)', 'T98G', ['A172', 'T98G'], models, depths, a.data, a.seed, a.preset, sigmas, cps, over)
+        rows += run('validation (T98G held out)', 'T98G', ['A172', 'T98G'], models, depths, a.data, a.seed, a.preset,
+                    sigmas, cps, over)
     if 'norman' in a.tasks:
-        rows += run('Norman pairs (singles trained)', 'pairs', [], models, depths, a.data, a.seed, a.preset, sigmas, cps, over)
+        rows += run('Norman pairs (singles trained)', 'pairs', [], models, depths, a.data, a.seed, a.preset, sigmas,
+                    cps, over)
     if 'test' in a.tasks:
-        rows += run('test (U87MG held out)', 'U87MG', ['A172', 'T98G', 'U87MG'], models, depths, a.data, a.seed, a.preset, sigmas, cps, over)
+        rows += run('test (U87MG held out)', 'U87MG', ['A172', 'T98G', 'U87MG'], models, depths, a.data, a.seed,
+                    a.preset, sigmas, cps, over)
     table = pd.DataFrame(rows)
     print(table.round(3).to_string(index=False))
     if a.out:

@@ -1,7 +1,8 @@
 """Same seed, same predictions across a refactor (issue 15): each model fitted on the simulator with few steps and its
 predictions saved; run at the commit before a change and after it, then compare.
 
-    git worktree add /tmp/before HEAD && (cd /tmp/before && PYTHONPATH=$PWD python /work/main/bench/equivalence.py --out /tmp/eq_before)
+    git worktree add /tmp/before HEAD
+    (cd /tmp/before && PYTHONPATH=$PWD python /work/main/bench/equivalence.py --out /tmp/eq_before)
     python bench/equivalence.py --out /tmp/eq_after --compare /tmp/eq_before
 
 Models: the baselines, Unlasting, Doloris and Departures (quick and plain presets). `--data norman` runs the same on
@@ -35,8 +36,10 @@ def main(argv=None):
     ap.add_argument('--compare', default=None, help='a folder written by this script at another commit')
     ap.add_argument('--atol', type=float, default=0.0)
     ap.add_argument('--data', default='synthetic', help="'synthetic' (the simulator) or 'norman'")
-    ap.add_argument('--path', default='../shared/data/perturbench_devel.h5ad', help='the development file (--data norman)')
-    ap.add_argument('--float32-sigma', action='store_true', help="σ_data as before 292a4fd (see the module's docstring)")
+    ap.add_argument('--path', default='../shared/data/perturbench_devel.h5ad',
+                    help='the development file (--data norman)')
+    ap.add_argument('--float32-sigma', action='store_true',
+                    help="σ_data as before 292a4fd (see the module's docstring)")
     a = ap.parse_args(argv)
     if a.float32_sigma:
         import perturbdiff.ddib as ddib
@@ -46,7 +49,8 @@ def main(argv=None):
         ddib.expressed_std = float32_sigma
     import torch
     torch.set_num_threads(1)
-    from perturbdiff.api import load_data, make_model, make_split
+    try: from perturbdiff.api import load_data, make_model, make_split
+    except ImportError: from perturbdiff.cli import load_data, make_model, make_split  # before e69be40
     from perturbdiff.priors import coexpression
     warnings.filterwarnings('ignore')
     if a.data == 'norman':
@@ -64,7 +68,7 @@ def main(argv=None):
         model = make_model(name, preset=preset, seed=0, device='cpu', progress=False, overrides={name: over})
         pred = model.fit(split.train).predict(split.test, seed=0)
         X = np.asarray(pred.X, dtype=np.float32)
-        ids = pred.obs['perturbdiff_group'].astype(str).to_numpy()
+        ids = np.asarray(pred.obs['perturbdiff_group'].astype(str), dtype=str)
         np.save(out / f'{key}.npy', X); np.save(out / f'{key}.ids.npy', ids)
         if a.compare:
             ref = np.load(Path(a.compare) / f'{key}.npy')
@@ -76,7 +80,8 @@ def main(argv=None):
             diff = float(np.abs(ref - X).max()) if ref.shape == X.shape else float('inf')
             ok = same or diff <= a.atol
             bad += not ok
-            print(f'{key:22s} {"bit-identical" if same else f"max |diff| {diff:.3g}"}{order}{"" if ok else "  <- DIFFERS"}',
+            print(f'{key:22s} '
+                  f'{"bit-identical" if same else f"max |diff| {diff:.3g}"}{order}{"" if ok else "  <- DIFFERS"}',
                   flush=True)
         else:
             print(f'{key:22s} saved {X.shape}', flush=True)

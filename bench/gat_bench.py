@@ -84,8 +84,10 @@ def main(a) -> None:
     pressure = ''
     if os.path.exists('/proc/pressure/cpu'):
         with open('/proc/pressure/cpu') as f: pressure = f.readline().strip()
-    print(f"GATv2 forward+backward, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}: batch {a.batch}, "
-          f"{a.nodes} nodes, {a.edges} edges + self-loops, D={a.dim}, heads={a.heads} (averaged), {a.repeats} timed runs each")
+    print(f"GATv2 forward+backward, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}: batch "
+          f"{a.batch}, "
+          f"{a.nodes} nodes, {a.edges} edges + self-loops, D={a.dim}, heads={a.heads} (averaged), {a.repeats} timed "
+          "runs each")
     if pressure: print(f"CPU pressure before the run (other processes competing for the cores): {pressure}")
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,11 +110,14 @@ def main(a) -> None:
     print(f"time ratio (GATv2Conv / BatchedGATv2), fwd+bwd: {P['total'] / O['total']:.1f}x   "
           f"forward only: {P['fwd'] / O['fwd']:.1f}x")
     print(f"peak memory ratio (GATv2Conv / BatchedGATv2): {P['peak_mb'] / max(O['peak_mb'], 1e-9):.1f}x")
-    print(f"outputs: max |difference| = {out_diff:.2e} ({'equal to 1e-5' if out_diff <= 1e-5 else 'NOT EQUAL to 1e-5'})")
+    print(
+        f"outputs: max |difference| = {out_diff:.2e} ({'equal to 1e-5' if out_diff <= 1e-5 else 'NOT EQUAL to 1e-5'})"
+    )
     print("gradients: max |difference| / max |gradient| = " + ', '.join(f"{k} {v:.1e}" for k, v in grad_rel.items()))
     if os.path.exists('/proc/pressure/cpu'):
-        with open('/proc/pressure/cpu') as f: print(f"CPU pressure after the run: {f.readline().strip()}  (avg60/avg300 well above "
-                                                    f"0: other jobs shared the cores and the times are unreliable)")
+        with open('/proc/pressure/cpu') as f:
+            print(f"CPU pressure after the run: {f.readline().strip()}  (avg60/avg300 well above "
+                  f"0: other jobs shared the cores and the times are unreliable)")
     ok = out_diff <= 1e-5 and max(grad_rel.values()) <= 1e-4
     print(f"target >= 3x faster: {'met' if P['total'] / O['total'] >= 3 else 'NOT met'}")
     if not ok: sys.exit(1)

@@ -13,7 +13,8 @@ E-distance (the papers' convention) over each group's top-20 DE genes, ranked on
 controls; mean over groups. Step 4 of the issue (unseen singles on the simulator with a known graph) is the
 `known_effect` test of tests/test_models.py, not repeated here.
 
-    python bench/ladder.py --data ../shared/data/perturbench_devel.h5ad --models unlasting,doloris,departures,anchor,additive,mean,control \
+    python bench/ladder.py --data ../shared/data/perturbench_devel.h5ad \
+        --models unlasting,doloris,departures,anchor,additive,mean,control \
         --out results/ladder [--set doloris.steps=1200 ...]
 """
 import argparse
@@ -45,7 +46,9 @@ def step0(name, train, preset, seed, device, overrides):
         if len(b) < 2: continue
         B = train.dense(b).astype(np.float64)
         ours.append(energy_distance(model.generate_controls(ct, len(b), seed=seed), B, **opts))
-        if ddib: rated.append(energy_distance(model.generate_controls(ct, len(b), seed=seed, zeros='control_rate'), B, **opts))
+        if ddib:
+            rated.append(energy_distance(model.generate_controls(ct, len(b), seed=seed, zeros='control_rate'), B,
+                                         **opts))
         floor.append(energy_distance(train.dense(a).astype(np.float64), B, **opts))
     return float(np.mean(ours)), float(np.mean(rated)) if rated else np.nan, float(np.mean(floor))
 
@@ -57,7 +60,8 @@ def main(argv=None):
     ap.add_argument('--preset', default='quick')
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--set', action='append', default=[], help='MODEL.KEY=VALUE (as perturbdiff --set), e.g. doloris.steps=1200')
+    ap.add_argument('--set', action='append', default=[],
+                    help='MODEL.KEY=VALUE (as perturbdiff --set), e.g. doloris.steps=1200')
     ap.add_argument('--no-step0', action='store_true', help='skip step 0 (a second fit of each model)')
     ap.add_argument('--out', default=None)
     a = ap.parse_args(argv)
@@ -80,14 +84,19 @@ def main(argv=None):
                            overrides={name: over.get(name, {})})
         model.fit(train)
         fit_s = time.time() - t0
-        r_test = evaluate_models({name: model.predict(tg, seed=a.seed)}, test, train, de_genes=de_test, metrics=('edist', 'emd'))
-        r_train = evaluate_models({name: model.predict(sg, seed=a.seed)}, train, train, de_genes=de_train, metrics=('edist', 'emd'))
+        r_test = evaluate_models({name: model.predict(tg, seed=a.seed)}, test, train, de_genes=de_test,
+                                 metrics=('edist', 'emd'))
+        r_train = evaluate_models({name: model.predict(sg, seed=a.seed)}, train, train, de_genes=de_train,
+                                  metrics=('edist', 'emd'))
         r_test['seen'] = r_test['group'].map(seen)
-        s0, s0r, fl0 = (np.nan,) * 3 if a.no_step0 else step0(name, train, a.preset, a.seed, a.device, over.get(name, {}))
+        s0, s0r, fl0 = (np.nan,) * 3 if a.no_step0 else step0(name, train, a.preset, a.seed, a.device,
+                                                              over.get(name, {}))
         floor0 = fl0 if np.isfinite(fl0) else floor0
-        rows.append(dict(model=name, step0_controls_all_genes=s0, step0_control_rate_zeros=s0r, step1_train_singles=r_train.edist_de20.mean(),
-                         step2_seen2=r_test.edist_de20[r_test.seen == 2].mean(), step3_all_pairs=r_test.edist_de20.mean(),
-                         seen0=r_test.edist_de20[r_test.seen == 0].mean(), seen1=r_test.edist_de20[r_test.seen == 1].mean(),
+        rows.append(dict(model=name, step0_controls_all_genes=s0, step0_control_rate_zeros=s0r,
+                         step1_train_singles=r_train.edist_de20.mean(),
+                         step2_seen2=r_test.edist_de20[r_test.seen == 2].mean(),
+                         step3_all_pairs=r_test.edist_de20.mean(), seen0=r_test.edist_de20[r_test.seen == 0].mean(),
+                         seen1=r_test.edist_de20[r_test.seen == 1].mean(),
                          emd_de20_all_pairs=r_test.emd_de20.mean(), edist_de40_all_pairs=r_test.edist_de40.mean(),
                          emd_de40_all_pairs=r_test.emd_de40.mean()))
         steps = getattr(getattr(model, 'config', None), 'steps', None)
@@ -97,9 +106,11 @@ def main(argv=None):
         timing.append(dict(model=name, fit_seconds=round(fit_s, 1), total_seconds=round(time.time() - t0, 1),
                            steps=steps, steps_per_second=round(steps / fit_s, 1) if steps else None, peak_gpu_gib=peak))
         print(pd.DataFrame(rows).round(3).to_string(index=False), flush=True)
-    floor_row = dict(model='floor (two halves of the truth)', step0_controls_all_genes=floor0, step1_train_singles=fl_train.mean(),
+    floor_row = dict(model='floor (two halves of the truth)', step0_controls_all_genes=floor0,
+                     step1_train_singles=fl_train.mean(),
                      step2_seen2=fl_test[[g for g in tg.index if seen[g] == 2]].mean(), step3_all_pairs=fl_test.mean(),
-                     seen0=fl_test[[g for g in tg.index if seen[g] == 0]].mean(), seen1=fl_test[[g for g in tg.index if seen[g] == 1]].mean())
+                     seen0=fl_test[[g for g in tg.index if seen[g] == 0]].mean(),
+                     seen1=fl_test[[g for g in tg.index if seen[g] == 1]].mean())
     table = pd.DataFrame(rows + [floor_row])
     print(table.round(3).to_string(index=False))
     print(pd.DataFrame(timing).to_string(index=False))

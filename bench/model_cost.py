@@ -60,13 +60,15 @@ def worker(a) -> dict:
     say('data ready:', sim.shape)
     warm, timed = 2, a.steps
     opts = dict(steps=warm + timed, progress=False, graph=prior)
-    if a.worker != 'departures': opts.update(mask_steps=a.mask_steps, **({'n_control': a.n_control} if a.n_control else {}))
+    if a.worker != 'departures':
+        opts.update(mask_steps=a.mask_steps, **({'n_control': a.n_control} if a.n_control else {}))
     model = cls.from_preset('paper', seed=0, device=a.device, **opts)
     base = rss_mb()
     t0 = time.perf_counter(); model.fit(split.train, log_every=1); fit_s = time.perf_counter() - t0
     say(f'fitted in {fit_s:.1f} s; graph {model.graph_.n_nodes} nodes, {model.graph_.edge_index.shape[1]} edges')
     sec = np.diff(np.r_[0.0, model.history_.seconds.to_numpy()])[warm:]
-    row = dict(model=a.worker, device=a.device, graph_edges=int(model.graph_.edge_index.shape[1]), genes=len(split.train.genes), train_cells=len(split.train.obs),
+    row = dict(model=a.worker, device=a.device, graph_edges=int(model.graph_.edge_index.shape[1]),
+               genes=len(split.train.genes), train_cells=len(split.train.obs),
                batch_size=model.config.batch_size, timed_steps=len(sec), step_s=float(np.median(sec)),
                step_s_min=float(sec.min()), fit_s_total=fit_s,
                params_M=sum(p.numel() for p in model.net_.parameters()) / 1e6)
@@ -75,7 +77,8 @@ def worker(a) -> dict:
         row.update(batches_per_epoch=n_batches, epoch_s=n_batches * row['step_s'])
     n_pred = a.conditions * a.pred_cells
     if a.worker in a.no_predict.split(','):
-        row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base, torch_threads=torch.get_num_threads())
+        row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base,
+                   torch_threads=torch.get_num_threads())
         return row
     variants = [('reuse', True), ('no_reuse', False)] if a.worker != 'departures' else [('', None)]
     model.predict(split.test, n_cells=4, seed=0)  # warm-up
@@ -86,7 +89,8 @@ def worker(a) -> dict:
         say(f'predicted {pred.n_obs} cells ({tag or "-"}) in {s:.1f} s')
         assert pred.n_obs == n_pred, (pred.n_obs, n_pred)
         row[f'predict_cells_per_s{"_" + tag if tag else ""}'] = n_pred / s
-    row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base, torch_threads=torch.get_num_threads())
+    row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base,
+               torch_threads=torch.get_num_threads())
     return row
 
 

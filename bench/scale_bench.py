@@ -48,7 +48,8 @@ def rss_gb() -> float:
 
 
 # ---------------------------------------------------------------- 1. the synthetic file, written in chunks
-def synthetic_chunks(n_cells: int, n_genes: int, density: float, seed: int = 0, chunk: int = 10_000, n_pert: int = 1000):
+def synthetic_chunks(n_cells: int, n_genes: int, density: float, seed: int = 0, chunk: int = 10_000,
+                     n_pert: int = 1000):
     "Yield (CSR log1p float32, obs) chunks of a synthetic CRISPRi screen; nothing of size n_cells x n_genes."
     import pandas as pd
     import scipy.sparse as sp
@@ -100,7 +101,8 @@ def worker(args) -> None:
     from perturbdiff.scale import BackedPerturbData, CellBatches
     from perturbdiff.train import TrainConfig, distributed_context, fit
     ctx = distributed_context(torch.device(args.device))
-    rep, t = dict(rank=ctx.rank, world_size=ctx.world_size, threads=torch.get_num_threads(), device=args.device), time.time()
+    rep, t = dict(rank=ctx.rank, world_size=ctx.world_size, threads=torch.get_num_threads(),
+                  device=args.device), time.time()
     data = BackedPerturbData(args.data, cell_type_key='cell_type', mode_key='perturbation_type')
     rep.update(open_s=time.time() - t, rss_after_open_gb=rss_gb()); t = time.time()
     split = data.split('unseen_perturbation', test_frac=0.1, seed=0, n_top_genes=args.n_top_genes)
@@ -223,16 +225,19 @@ def main():
         wr = json.loads(w.stdout.strip().splitlines()[-1])
         print(f"wrote {args.data}: {wr['file_gb']:.2f} GB on disk, {wr['zeros']:.1%} zeros, {wr['seconds']:.0f} s, "
               f"writer peak RSS {wr['peak_rss_gb']:.2f} GB")
-        rows.append(dict(phase='write h5ad (1 process)', processes=1, peak_rss_gb=wr['peak_rss_gb'], seconds=wr['seconds']))
+        rows.append(dict(phase='write h5ad (1 process)', processes=1, peak_rss_gb=wr['peak_rss_gb'],
+                         seconds=wr['seconds']))
     reports = {}
     for n in [int(x) for x in args.procs.split(',')]:
         reports[n] = launch(n, args, work / f'report_{n}proc')
     if args.cuda: reports['cuda'] = launch(1, args, work / 'report_cuda', device='cuda')
     for n, reps in reports.items():
         for r in reps:
-            rows.append(dict(phase=f'train {args.steps} steps, ' + ('1 process, GPU' if n == 'cuda' else f'{n} process(es)'),
+            rows.append(dict(phase=f'train {args.steps} steps, ' + ('1 process, GPU' if n == 'cuda' else f'{n} '
+                                                                                                         'process(es)'),
                              processes=1 if n == 'cuda' else n, rank=r['rank'],
-                             threads=r['threads'], peak_rss_gb=r['peak_rss_gb'], open_s=r['open_s'], split_s=r['split_s'],
+                             threads=r['threads'], peak_rss_gb=r['peak_rss_gb'], open_s=r['open_s'],
+                             split_s=r['split_s'],
                              train_s=r['train_s'], steps_per_s=r['steps_per_s'], cells_per_s=r['cells_per_s']))
     wc = writer_comparison(work)
     import pandas as pd
@@ -242,11 +247,13 @@ def main():
     print(f"\nX: {args.cells:,} cells x {args.genes:,} genes; dense float32 size {dense_gb:.2f} GB")
     print(table.round(3).to_string(index=False))
     r1 = reports[1][0]
-    print(f"\ntraining data: {r1['train_cells']:,} cells x {r1['genes']} HVGs after the split; streaming passes: {r1['passes']}; "
+    print(f"\ntraining data: {r1['train_cells']:,} cells x {r1['genes']} HVGs after the split; streaming passes: "
+          f"{r1['passes']}; "
           f"network: Unlasting denoiser without GRN, {r1['n_params']:,} parameters; global batch {args.batch_size}; "
           f"loss {r1['first_loss']:.4f} -> {r1['final_loss']:.4f}")
     if 'read_block_cells_per_s' in r1:
-        print(f"reading alone (1 process, batch {args.batch_size}): block order {r1['read_block_cells_per_s']:,.0f} cells/s, "
+        print(f"reading alone (1 process, batch {args.batch_size}): block order {r1['read_block_cells_per_s']:,.0f} "
+              "cells/s, "
               f"random order {r1['read_random_cells_per_s']:,.0f} cells/s")
     c1 = reports[min(n for n in reports if n != 'cuda')][0]['cells_per_s']
     print(f"throughput (global cells/s, {os.cpu_count()} cores, load average before the runs {load:.1f}): " +
@@ -254,7 +261,8 @@ def main():
                     for n in reports if n != 'cuda') +
           (f"; GPU (1 process) {reports['cuda'][0]['cells_per_s']:,.0f}" if 'cuda' in reports else ''))
     print(f"writing {wc['cells']:,} predicted cells: H5adWriter append {wc['append_s']:.1f} s, "
-          f"chunk files + concat_on_disk {wc['concat_on_disk_s']:.1f} s (ratio {wc['concat_on_disk_s'] / wc['append_s']:.1f}x)")
+          f"chunk files + concat_on_disk {wc['concat_on_disk_s']:.1f} s (ratio "
+          f"{wc['concat_on_disk_s'] / wc['append_s']:.1f}x)")
     if not args.keep: args.data.unlink(missing_ok=True)
     for f in ('pred_append.h5ad', 'pred_concat.h5ad'): (work / f).unlink(missing_ok=True)
 

@@ -23,7 +23,8 @@ def _target_key(token: str, dose: float) -> str:
     return token if (dose is None or np.isnan(dose)) else f'{token}@{float(dose):g}'
 
 def _graph_neighbours(graph: GeneGraph, tokens) -> dict[str, dict[str, float]]:
-    "For each token that is a graph node: its neighbours (symbol -> |edge weight|, the largest over both directions), self excluded."
+    """For each token that is a graph node: its neighbours (symbol -> |edge weight|, the largest over both directions),
+    self excluded."""
     src, dst = graph.edge_index.numpy()
     w = np.abs(graph.edge_weight.numpy().astype(np.float64))
     out = {}
@@ -48,8 +49,10 @@ class ShiftAnchor:
 
     def fit(self, train: PerturbData, graph: GeneGraph | None = None) -> 'ShiftAnchor':
         "Per-target effects of every training cell type; the unseen-target rule chosen by leave-one-out."
-        if not isinstance(train, PerturbData): raise TypeError(f"fit expects a PerturbData, got {type(train).__name__}.")
-        if not train.obs.control.any(): raise ValueError("The training data has no control cells; effects are measured against them.")
+        if not isinstance(train, PerturbData):
+            raise TypeError(f"fit expects a PerturbData, got {type(train).__name__}.")
+        if not train.obs.control.any():
+            raise ValueError("The training data has no control cells; effects are measured against them.")
         table, effects, _ = group_effects(train)
         self.n_genes_, self.kind_ = train.n_genes, train.kind
         self.effects_, self.mean_ = {}, {}
@@ -77,7 +80,8 @@ class ShiftAnchor:
 
 # %% ../nbs/05a_anchor.ipynb #a4661521
 def _choose_rule(v: pd.DataFrame) -> tuple:
-    "The additive baseline's rule (mean, 0), unless another beats it by more than one standard error (paired over targets)."
+    """The additive baseline's rule (mean, 0), unless another beats it by more than one standard error (paired over
+    targets)."""
     err = v.pivot_table(index=['cell_type', 'target'], columns=['base', 'weight'], values='error')
     d = err.sub(err[('mean', 0.0)], axis=0)
     n = len(d)

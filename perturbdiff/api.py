@@ -41,7 +41,8 @@ __all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'P
 # %% ../nbs/10_api.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
     'synthetic': (dict(kind='gene'), dict(cell_type_key='cell_type', mode_key='perturbation_type')),
-    'synthetic-drug': (dict(kind='drug'), dict(cell_type_key='cell_type', dose_key='dose', smiles_key='SMILES', kind='drug')),
+    'synthetic-drug': (dict(kind='drug'),
+                       dict(cell_type_key='cell_type', dose_key='dose', smiles_key='SMILES', kind='drug')),
 }
 
 def read_anndata(data: str | os.PathLike | ad.AnnData,  # h5ad path, AnnData, registry name or simulator name
@@ -54,7 +55,11 @@ def read_anndata(data: str | os.PathLike | ad.AnnData,  # h5ad path, AnnData, re
     name = str(data)
     if name in SYNTHETIC: return datasets.simulate(seed=0, **SYNTHETIC[name][0]), dict(SYNTHETIC[name][1])
     if name in datasets.REGISTRY:
-        adata = (datasets.load_sciplex3(cache, smiles=smiles_table) if name == 'sciplex3' else datasets.load_anndata(name, cache))
+        adata = (
+            datasets.load_sciplex3(cache, smiles=smiles_table)
+            if name == 'sciplex3'
+            else datasets.load_anndata(name, cache)
+        )
         keys = dict(datasets.REGISTRY[name].keys)
         if 'SMILES' in adata.obs and keys.get('kind') == 'drug': keys['smiles_key'] = 'SMILES'
         return adata, keys
@@ -76,17 +81,19 @@ def subset_obs(adata: ad.AnnData, specs: Sequence[str] = ()) -> ad.AnnData:
         k, v = s.split('=', 1); wanted.setdefault(k.strip(), []).append(v.strip())
     keep = np.ones(adata.n_obs, bool)
     for k, vals in wanted.items():
-        if k not in adata.obs.columns: raise ValueError(f"--subset: obs has no column {k!r}; columns: {list(adata.obs.columns)}.")
+        if k not in adata.obs.columns:
+            raise ValueError(f"--subset: obs has no column {k!r}; columns: {list(adata.obs.columns)}.")
         col = adata.obs[k].astype(str)
         miss = [v for v in vals if v not in set(col)]
         if miss: raise ValueError(f"--subset: obs[{k!r}] has no value {miss[0]!r}; values: {sorted(set(col))[:10]}.")
         keep &= col.isin(vals).to_numpy()
-    if not keep.any(): raise ValueError(f"--subset {list(specs)} keeps no cell (each filter matches cells, but not together).")
+    if not keep.any():
+        raise ValueError(f"--subset {list(specs)} keeps no cell (each filter matches cells, but not together).")
     return adata[keep].copy() if wanted else adata
 
 # %% ../nbs/10_api.ipynb #6c14f595
-DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer', 'space',
-             'sep')
+DATA_KEYS = ('condition_key', 'control', 'cell_type_key', 'dose_key', 'smiles_key', 'kind', 'mode', 'mode_key', 'layer',
+             'space', 'sep')
 
 def load_data(data: str | os.PathLike | ad.AnnData = 'synthetic',  # see read_anndata
               subset: Sequence[str] = (),  # KEY=VALUE obs filters
@@ -112,7 +119,8 @@ def load_data(data: str | os.PathLike | ad.AnnData = 'synthetic',  # see read_an
     doses = (dose_like_columns(adata.obs, out.obs.condition.to_numpy()) if len(out.obs) == adata.n_obs
              else [c for c in adata.obs.columns if 'dose' in str(c).lower()]) if out.kind == 'drug' else []
     if out.kind == 'drug' and not kw.get('dose_key') and not pooled and doses:
-        raise ValueError(f"Drug data with a dose column {doses[0]!r} but no dose key: the doses of each drug would be pooled "
+        raise ValueError(f"Drug data with a dose column {doses[0]!r} but no dose key: the doses of each drug would be "
+                         "pooled "
                          f"into one group. Pass --dose-key {doses[0]} (or --dose-key none to pool them on purpose).")
     return out
 
@@ -124,18 +132,21 @@ def data_notes(data: PerturbData) -> list[str]:
         upper = {str(g).upper(): g for g in data.genes}
         cased = [(t, upper[t.upper()]) for t in data.unmeasured_targets if t.upper() in upper]
         if cased:
-            notes.append(f"note: {len(cased)} of {len(data.targets)} targets match a measured gene only when case is ignored "
+            notes.append(f"note: {len(cased)} of {len(data.targets)} targets match a measured gene only when case is "
+                         "ignored "
                          f"(e.g. target {cased[0][0]!r}, gene {cased[0][1]!r}), so they count as unmeasured. Write the "
                          f"condition labels in the case of the gene symbols (e.g. obs[...].str.upper()).")
     return notes
 
 # %% ../nbs/10_api.ipynb #5d0c856f
 def parse_test_group(spec: str | Sequence, delimiter: str = ',', what: str = '--test') -> tuple:
-    "(condition[, cell_type[, dose]]) from a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a name with a comma) or a sequence."
+    """(condition[, cell_type[, dose]]) from a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a name with a comma) or a
+    sequence."""
     return parse_group_spec(spec, delimiter, what)  # the data layer's rules, named after the CLI option
 
 def read_test_file(path: str | os.PathLike) -> list[tuple]:
-    "Test groups from a CSV or TSV file: one COND[,CELL_TYPE[,DOSE]] row per line, `#` comments and blank lines skipped."
+    """Test groups from a CSV or TSV file: one COND[,CELL_TYPE[,DOSE]] row per line, `#` comments and blank lines
+    skipped."""
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"--test-file {str(p)!r} does not exist.")
     out = []
@@ -179,7 +190,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict]:
         if '=' not in it: raise ValueError(f"--set expects [MODEL.]KEY=VALUE, got {it!r}.")
         k, v = (x.strip() for x in it.split('=', 1))
         m, k = k.split('.', 1) if '.' in k else ('*', k)
-        if m != '*' and m not in MODELS: raise ValueError(f"--set {it!r}: unknown model {m!r}; models: {', '.join(MODELS)}.")
+        if m != '*' and m not in MODELS:
+            raise ValueError(f"--set {it!r}: unknown model {m!r}; models: {', '.join(MODELS)}.")
         if not k: raise ValueError(f"--set {it!r}: the option name is empty.")
         out.setdefault(m, {})[k] = parse_value(v)
     return out
@@ -187,9 +199,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict]:
 # %% ../nbs/10_api.ipynb #ff71caff
 AT_LEAST_ONE = {'n_dims', 'batch_size', 'mask_batch_size', 'sampling_steps', 'T', 'epochs', 'mask_epochs',
                 'predict_batch', 'n_control', 'heads', 'dim', 'time_dim', 'hidden', 'grn_dim', 'pca_dim', 'mask_hidden',
-                'mask_k', 'layers_continuous'}  # sizes and counts (other integers: >= 0; `steps=0` trains nothing, see 02a_train)
+                'mask_k', 'layers_continuous'}  # sizes and counts (other integers: >= 0; `steps=0` trains nothing, see
+                                                # 02a_train)
 POSITIVE = {'lr', 'mask_lr'}  # numbers > 0 (other numbers: >= 0)
-FRACTIONS = {'dropout', 'source_fraction', 'mask_tau', 'mask_high', 'mask_low', 'ema', 'coexpression_threshold', 't_eps'}
+FRACTIONS = {'dropout', 'source_fraction', 'mask_tau', 'mask_high', 'mask_low', 'ema', 'coexpression_threshold',
+             't_eps'}
 _WANT = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'text', tuple: 'a list like [1, 2]',
          list: 'a list like [1, 2]', type(None): 'null'}
 
@@ -207,7 +221,8 @@ def _as(kind, value):
     if kind in (tuple, list) and isinstance(value, (list, tuple)): return kind(value)
     if kind is str and isinstance(value, str): return value
     if kind is type(None) and value is None: return None
-    if kind not in _WANT and (not isinstance(kind, type) or isinstance(value, kind)): return value  # a class, or a generic alias
+    # a class, or a generic alias
+    if kind not in _WANT and (not isinstance(kind, type) or isinstance(value, kind)): return value
     raise ValueError
 
 # %% ../nbs/10_api.ipynb #411674ad
@@ -245,7 +260,8 @@ def model_overrides(names: Sequence[str], overrides: Mapping[str, Mapping] | Non
     nowhere = [k for k in overrides.get('*', {}) if not any(k in o for o in opts.values())]
     if nowhere:
         every = sorted({k for o in opts.values() for k in o})
-        raise ValueError(f"No model run has the option {nowhere[0]!r}.{renamed_hint(nowhere) or _close(nowhere[0], every)} Options: "
+        raise ValueError("No model run has the option "
+                         f"{nowhere[0]!r}.{renamed_hint(nowhere) or _close(nowhere[0], every)} Options: "
                          + '; '.join(f"{n}: {', '.join(sorted(o)) or '(none)'}" for n, o in opts.items()) + '.')
     return out
 
@@ -275,7 +291,8 @@ def prior_sources(prior: str, adata: ad.AnnData | None = None):
 
 # %% ../nbs/10_api.ipynb #36acdb98
 def paper_table(results: pd.DataFrame, by: str | Sequence[str] = 'model', digits: int = 3) -> pd.DataFrame:
-    "Mean ± std (ddof 0) of each metric over test groups, one row per `by`, columns grouped by gene set (all, de20, de40)."
+    """Mean ± std (ddof 0) of each metric over test groups, one row per `by`, columns grouped by gene set (all, de20,
+    de40)."""
     mets = metric_columns(results)
     sets = list(dict.fromkeys(m.rsplit('_', 1)[1] for m in mets))
     cols = [m for s in sets for m in mets if m.rsplit('_', 1)[1] == s]
@@ -294,7 +311,8 @@ class BenchmarkResult:
 
 # %% ../nbs/10_api.ipynb #070be4f8
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    "`write(tmp)` to a temporary file in the folder of `path`, then os.replace: `path` is the old file or the new, never a part."
+    """`write(tmp)` to a temporary file in the folder of `path`, then os.replace: `path` is the old file or the new,
+    never a part."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp: write(tmp)
     return path
@@ -302,13 +320,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 # %% ../nbs/10_api.ipynb #e88cb50d
 @patch
 def write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = True) -> dict[str, Path]:
-    "Write results.csv, summary.csv (+ summary_by_subgroup.csv), timing.csv and predictions/<model>.h5ad to `out`, each atomically."
+    """Write results.csv, summary.csv (+ summary_by_subgroup.csv), timing.csv and predictions/<model>.h5ad to `out`,
+    each atomically."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = dict(results=out / 'results.csv', summary=out / 'summary.csv', timing=out / 'timing.csv')
     atomic_write(files['results'], lambda p: self.results.to_csv(p, index=False))
     atomic_write(files['summary'], self.summary().to_csv)
     if 'subgroup' in self.results and self.results.subgroup.nunique() > 1:
-        files['summary_by_subgroup'] = atomic_write(out / 'summary_by_subgroup.csv', self.summary(by=['model', 'subgroup']).to_csv)
+        files['summary_by_subgroup'] = atomic_write(out / 'summary_by_subgroup.csv',
+                                                    self.summary(by=['model', 'subgroup']).to_csv)
     atomic_write(files['timing'], lambda p: self.timing.to_csv(p, index=False))
     if predictions:
         for name, pred in self.predictions.items():
@@ -316,7 +336,8 @@ def write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = Tru
     return files
 
 # %% ../nbs/10_api.ipynb #5242b153
-def finished_models(out: str | os.PathLike, names: Sequence[str], groups: Sequence[str] | None = None) -> dict[str, tuple]:
+def finished_models(out: str | os.PathLike, names: Sequence[str],
+                    groups: Sequence[str] | None = None) -> dict[str, tuple]:
     "The models of `names` whose work is complete in `out`: name -> (results rows, timing row, predictions path)."
     out = Path(out)
     if not ((out / 'results.csv').is_file() and (out / 'timing.csv').is_file()): return {}
@@ -328,7 +349,8 @@ def finished_models(out: str | os.PathLike, names: Sequence[str], groups: Sequen
         if (res.model == n).any() and (timing.model == n).any() and pred.is_file():
             rows = res[res.model == n].reset_index(drop=True)
             if groups is not None and set(rows.group.astype(str)) != set(map(str, groups)):
-                raise ValueError(f"{str(out)!r} holds results of {n!r} on other test groups than this split's (another split or "
+                raise ValueError(f"{str(out)!r} holds results of {n!r} on other test groups than this split's (another "
+                                 "split or "
                                  f"seed): resume with the same split, or write to another out= (CLI: --overwrite).")
             done[n] = (rows, timing[timing.model == n].iloc[0].to_dict(), pred)
     return done
@@ -346,9 +368,12 @@ def benchmark(split: Split,
               metrics: Sequence[str] = DEFAULT_METRICS,  # see perturbdiff.metrics.METRICS
               edist: str | Mapping = 'paper',  # E-distance convention
               de_genes: Mapping | None = None,  # precomputed DE rankings (default: ranked on the true test cells)
-              out: str | os.PathLike | None = None,  # folder: each model's tables and predictions written as it finishes
-              resume: bool = False,  # with `out`: keep the models finished there; resume fits from out/checkpoints/<model>
-              keep_models: bool = False,  # return the fitted models too (BenchmarkResult.models), e.g. to predict more groups
+              out: str | os.PathLike | None = None,  # folder: each model's tables and predictions written as it
+                                                     # finishes
+              resume: bool = False,  # with `out`: keep the models finished there; resume fits from
+                                     # out/checkpoints/<model>
+              keep_models: bool = False,  # return the fitted models too (BenchmarkResult.models), e.g. to predict more
+                                          # groups
              ) -> BenchmarkResult:
     "Fit, predict and evaluate every named model on one split."
     from tqdm.auto import tqdm
@@ -382,8 +407,9 @@ def benchmark(split: Split,
 def _collect(names, results: dict, preds: dict, timing: dict, fitted: dict | None = None) -> BenchmarkResult:
     "A BenchmarkResult of the models finished so far, in the order of `names`."
     got = [n for n in names if n in results]
-    return BenchmarkResult(pd.concat([results[n] for n in got], ignore_index=True), {n: preds[n] for n in got if n in preds},
-                           pd.DataFrame([timing[n] for n in got]), {n: m for n, m in (fitted or {}).items() if n in got})
+    return BenchmarkResult(pd.concat([results[n] for n in got], ignore_index=True),
+                           {n: preds[n] for n in got if n in preds}, pd.DataFrame([timing[n] for n in got]),
+                           {n: m for n, m in (fitted or {}).items() if n in got})
 
 # %% ../nbs/10_api.ipynb #be78365e
 USER_ERRORS = (ValueError, KeyError, TypeError, RuntimeError, ImportError)  # what perturbdiff raises about bad input
@@ -393,13 +419,16 @@ def _one_line(e: BaseException) -> str:
     return msg or type(e).__name__
 
 def _raised_on_purpose(e: BaseException) -> bool:
-    "Whether a `raise` statement of perturbdiff raised `e` (the innermost frame), not a library or a bug deep in a call."
+    """Whether a `raise` statement of perturbdiff raised `e` (the innermost frame), not a library or a bug deep in a
+    call."""
     tb = e.__traceback__
     if tb is None: return False
     while tb.tb_next is not None: tb = tb.tb_next
     module = tb.tb_frame.f_globals.get('__name__', '')
-    ours = module == 'perturbdiff' or module.startswith('perturbdiff.') or module == '__main__'  # __main__: this notebook
-    return ours and 'raise' in linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno) and not str(e).startswith('internal')
+    # __main__: this notebook
+    ours = module == 'perturbdiff' or module.startswith('perturbdiff.') or module == '__main__'
+    return ours and 'raise' in linecache.getline(tb.tb_frame.f_code.co_filename,
+                                                 tb.tb_lineno) and not str(e).startswith('internal')
 
 # %% ../nbs/10_api.ipynb #0c5c5886
 def _say(args, msg: str) -> None:
@@ -407,7 +436,8 @@ def _say(args, msg: str) -> None:
     if not getattr(args, 'quiet', False): print(msg, file=sys.stderr, flush=True)
 
 def is_user_error(e: BaseException) -> bool:
-    "An error to report in one line: the system's (files, disk, device memory) or one perturbdiff raises about its input."
+    """An error to report in one line: the system's (files, disk, device memory) or one perturbdiff raises about its
+    input."""
     if isinstance(e, OSError) or type(e).__name__ == 'OutOfMemoryError': return True
     return isinstance(e, USER_ERRORS) and _raised_on_purpose(e)
 

@@ -26,7 +26,8 @@ def group_means(data: PerturbData, group_ids: np.ndarray, groups: list[str]) -> 
     pos = pd.Index(groups).get_indexer(group_ids)
     keep = np.flatnonzero(pos >= 0)
     counts = np.bincount(pos[keep], minlength=len(groups))
-    if (counts == 0).any(): raise ValueError(f"Groups without cells: {[g for g, c in zip(groups, counts) if c == 0][:3]}.")
+    if (counts == 0).any():
+        raise ValueError(f"Groups without cells: {[g for g, c in zip(groups, counts) if c == 0][:3]}.")
     avg = sp.csr_matrix((1.0 / counts[pos[keep]], (pos[keep], keep)), shape=(len(groups), data.n_cells))
     out = avg @ data.X  # sparse, dense or a backed matrix that streams the product (perturbdiff.scale)
     out = out.astype(np.float64)
@@ -57,11 +58,15 @@ class ShiftBaseline(PerturbationModel):
     learns_effects = True  # False: needs no perturbed training cells (ControlBaseline)
     def __init__(self, keep_zeros: bool = False): self.keep_zeros = keep_zeros
     def fit(self, train: PerturbData, out_dir: str | None = None, resume: bool = False) -> 'ShiftBaseline':
-        "Effects of the training groups (`out_dir`, `resume`: the contract's checkpoint options; a baseline has none to write)."
-        if not isinstance(train, PerturbData): raise TypeError(f"fit expects a PerturbData, got {type(train).__name__}.")
-        if not train.obs.control.any(): raise ValueError("The training data has no control cells; baselines shift controls.")
+        """Effects of the training groups (`out_dir`, `resume`: the contract's checkpoint options; a baseline has none
+        to write)."""
+        if not isinstance(train, PerturbData):
+            raise TypeError(f"fit expects a PerturbData, got {type(train).__name__}.")
+        if not train.obs.control.any():
+            raise ValueError("The training data has no control cells; baselines shift controls.")
         if self.learns_effects and train.obs.control.all():
-            raise ValueError(f"The training data has no perturbed cells; {type(self).__name__} learns from them. Hold out "
+            raise ValueError(f"The training data has no perturbed cells; {type(self).__name__} learns from them. Hold "
+                             "out "
                              f"fewer conditions (every condition is in the test part), or use ControlBaseline.")
         self.table_, self.effects_, self.control_mean_ = group_effects(train)
         self.control_rows_ = {c: train.control_rows(c) for c in self.control_mean_}
@@ -76,7 +81,8 @@ def check_vocabulary(conditions, train: PerturbData) -> None:
     "Raise, as the trained models do, for conditions outside the data's vocabulary (a typo, a target never measured)."
     unknown = [c for c in dict.fromkeys(conditions) if c not in set(train.vocab)]
     if unknown:
-        raise ValueError(f"Condition {unknown[0]!r} is not in the data's vocabulary (the conditions of the dataset the model "
+        raise ValueError(f"Condition {unknown[0]!r} is not in the data's vocabulary (the conditions of the dataset the "
+                         "model "
                          f"was trained on{f'; {len(unknown)} such conditions' if len(unknown) > 1 else ''})."
                          f"{_close(unknown[0], train.vocab)} Predict conditions of that dataset.")
 
@@ -124,8 +130,8 @@ def _dose_match(doses: pd.Series, dose: float) -> np.ndarray:
 def mean_shift(model: ShiftBaseline, cell_type: str, dose: float = float('nan')) -> np.ndarray:
     "Mean effect of the training groups of a cell type (at the dose, if trained there)."
     t = model.table_
-    for mask in ((t.cell_type == cell_type).to_numpy() & _dose_match(t.dose, dose), (t.cell_type == cell_type).to_numpy(),
-                 np.ones(len(t), bool)):
+    for mask in ((t.cell_type == cell_type).to_numpy() & _dose_match(t.dose, dose),
+                 (t.cell_type == cell_type).to_numpy(), np.ones(len(t), bool)):
         if mask.any(): return model.effects_[mask].mean(0)
     return np.zeros(model.train_.n_genes)  # no training perturbation at all
 
@@ -141,7 +147,8 @@ class AdditiveBaseline(ShiftBaseline):
     def _fit_more(self, train):
         self.fallbacks_ = {}
     def target_effect(self, target: str, cell_type: str, dose: float = float('nan')) -> np.ndarray | None:
-        "Training effect of the single perturbation `target` (same cell type, else other cell types); None if untrained."
+        """Training effect of the single perturbation `target` (same cell type, else other cell types); None if
+        untrained."""
         t = self.table_
         single, dm = (t.condition == target).to_numpy(), _dose_match(t.dose, dose)
         for mask in (single & (t.cell_type == cell_type).to_numpy() & dm, single & dm):
@@ -180,7 +187,8 @@ class LinearBaseline(ShiftBaseline):
         super().__init__(keep_zeros); self.n_dims, self.ridge = n_dims, ridge
     def _fit_more(self, train: PerturbData) -> None:
         if train.kind != 'gene':
-            raise ValueError(f"LinearBaseline embeds perturbations by their target genes; this data's kind is {train.kind!r}. "
+            raise ValueError("LinearBaseline embeds perturbations by their target genes; this data's kind is "
+                             f"{train.kind!r}. "
                              f"Use MeanBaseline or AdditiveBaseline for drugs and labels.")
         self.gene_pos_ = {g: i for i, g in enumerate(train.genes)}
         self.fits_, self.fallbacks_ = {}, {}

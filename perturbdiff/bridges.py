@@ -31,7 +31,8 @@ __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sa
            'BridgePairs', 'bridge_loss', 'Departures']
 
 # %% ../nbs/09_bridges.ipynb #71311ec5
-def ot_plan(X: np.ndarray, Y: np.ndarray, method: str = 'sinkhorn', cost: str = 'euclidean', reg: float = 0.1) -> np.ndarray:
+def ot_plan(X: np.ndarray, Y: np.ndarray, method: str = 'sinkhorn', cost: str = 'euclidean',
+            reg: float = 0.1) -> np.ndarray:
     "Transport plan [n_x, n_y] between two sets of cells with uniform marginals."
     import ot
     if cost == 'euclidean': C = ot.dist(X, Y, metric='sqeuclidean')
@@ -45,7 +46,8 @@ def ot_plan(X: np.ndarray, Y: np.ndarray, method: str = 'sinkhorn', cost: str = 
             warnings.simplefilter('ignore')
             P = ot.sinkhorn(a, b, C, reg)
         if not np.isfinite(P).all() or P.sum() <= 0:
-            raise FloatingPointError("Sinkhorn failed to converge (non-finite plan); increase reg or use method='exact'.")
+            raise FloatingPointError("Sinkhorn failed to converge (non-finite plan); increase reg or use "
+                                     "method='exact'.")
         return P
     raise ValueError(f"method must be 'sinkhorn' or 'exact', got {method!r}.")
 
@@ -105,7 +107,8 @@ def discrete_bridge_sample(d0: torch.Tensor, d1: torch.Tensor, t: torch.Tensor, 
     return torch.where(u < t[:, None], d1, d0)
 
 def ctmc_sample(predict_logits, d0: torch.Tensor, n_steps: int = 50, generator=None) -> torch.Tensor:
-    "Integrate the discrete bridge from d0 with jumps of rate 1/(1 - t) toward states drawn from the prediction (eq. 17)."
+    """Integrate the discrete bridge from d0 with jumps of rate 1/(1 - t) toward states drawn from the prediction (eq.
+    17)."""
     d, dt = d0.clone(), 1.0 / n_steps
     for i in range(n_steps):
         t = i * dt
@@ -129,7 +132,8 @@ class BridgeNet(nn.Module):
         kw = dict(time_dim=time_dim, cell_type_dim=ct, drug_dim=drug_dim, n_labels=n_labels, dropout=dropout, seed=seed,
                   residual=residual, shared_readout=shared_readout, trained_targets=trained_targets)
         self.continuous = GRNBlock(graph, dim, heads, kind, layers=layers_continuous, **kw)
-        self.discrete = GRNBlock(graph, dim, heads, kind, layers=layers_discrete, **kw) if layers_discrete else None  # None: no discrete bridge
+        # None: no discrete bridge
+        self.discrete = GRNBlock(graph, dim, heads, kind, layers=layers_discrete, **kw) if layers_discrete else None
         direct = direct_effect and kind == 'gene'  # perturbdiff.gat.DirectEffect at each target's own output, per head
         self.direct_c = DirectEffect(graph.n_measured, time_dim) if direct else None
         self.direct_d = DirectEffect(graph.n_measured, time_dim) if direct and layers_discrete else None
@@ -164,10 +168,13 @@ class BridgeOptions:
     cost: str = 'euclidean'  # 'euclidean' (squared, divided by max) or 'cosine'
     reg: float = 0.1
     use_discrete: bool = True
-    control_pairs: float = 0.0  # ours: control -> control bridges per epoch, as a fraction of the perturbed pairs (0: the paper's)
-    anchor: bool = False  # ours, not the paper's: bridge to the targets in the ShiftAnchor's frame (05a_anchor); needs use_discrete=False
+    control_pairs: float = 0.0  # ours: control -> control bridges per epoch, as a fraction of the perturbed pairs (0:
+                                # the paper's)
+    anchor: bool = False  # ours, not the paper's: bridge to the targets in the ShiftAnchor's frame (05a_anchor); needs
+                          # use_discrete=False
     scaled: bool = False  # False: log1p space (authors)
-    decode_residual: bool = False  # ours: cell = control + bridge(target) - bridge(control), same noise; False: bridge(target) (paper)
+    decode_residual: bool = False  # ours: cell = control + bridge(target) - bridge(control), same noise; False:
+                                   # bridge(target) (paper)
 
 # %% ../nbs/09_bridges.ipynb #914e9379
 @dataclass
@@ -181,7 +188,8 @@ class BridgeNetOptions:
     gat_residual: bool = False  # residual connections around the GAT layers (perturbdiff.gat.GRNBlock)
     shared_readout: bool = False  # a readout vector shared by all genes
     direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.gat.DirectEffect)
-    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.gat.TargetIdentity); False: the paper's
+    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.gat.TargetIdentity); False:
+                                   # the paper's
     dropout: float = 0.1
 
 # %% ../nbs/09_bridges.ipynb #95b78824
@@ -202,7 +210,8 @@ class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOpti
 BRIDGE_PRESETS = {
     'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
-              shared_readout=True, direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25, decode_residual=True),
+              shared_readout=True, direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25,
+                  decode_residual=True),
     'plain': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
               shared_readout=True, direct_effect=True),
 }
@@ -216,14 +225,16 @@ class BridgePairs:
     "Per-epoch OT pairs of control and perturbed training cells, in seeded batches."
     def __init__(self, train: PerturbData, config: BridgeConfig, seed: int = 0, anchor: tuple | None = None):
         self.train, self.cfg, self.seed = train, config, seed
-        self.anchor = anchor  # (row per cell, shifts in the model's space): perturbed cells are paired and learned minus their shift
+        self.anchor = anchor  # (row per cell, shifts in the model's space): perturbed cells are paired and learned
+                              # minus their shift
         obs = train.obs
         ctrl = obs.control.to_numpy()
         self.groups = [(gid, np.flatnonzero((obs.group == gid).to_numpy())) for gid in pd.unique(obs.group[~ctrl])]
         self.ctrl_of = {ct: train.control_rows(ct) for ct in train.cell_types}
         self.ct_of = {gid: str(obs.cell_type.iloc[rows[0]]) for gid, rows in self.groups}
         missing = sorted({ct for ct in self.ct_of.values() if not len(self.ctrl_of.get(ct, []))})
-        if missing: raise ValueError(f"Cell types {missing} have perturbed but no control training cells: nothing to pair.")
+        if missing:
+            raise ValueError(f"Cell types {missing} have perturbed but no control training cells: nothing to pair.")
         ct_pos = {c: i for i, c in enumerate(train.cell_types)}
         voc = {c: i for i, c in enumerate(train.vocab)}
         self.cell_type = obs.cell_type.astype(str).map(ct_pos).to_numpy().astype(np.int64)
@@ -246,7 +257,8 @@ class BridgePairs:
         return x if self.anchor is None else (x - self.anchor[1][self.anchor[0][rows]]).astype(np.float32)
 
     def pairs(self, epoch: int) -> np.ndarray:
-        "[n, 2] (control row, perturbed row) pairs of an epoch, shuffled; under DDP each rank pairs its share of the groups."
+        """[n, 2] (control row, perturbed row) pairs of an epoch, shuffled; under DDP each rank pairs its share of the
+        groups."""
         if epoch in self.epoch_pairs: return self.epoch_pairs[epoch]
         ctrl_values = {}  # a cell type's controls, read once per epoch (on a rank: once it pairs one of its groups)
         def pair(group):
@@ -254,16 +266,18 @@ class BridgePairs:
             rng, ct = seeded_rng(self.seed, epoch, gid), self.ct_of[gid]
             if ct not in ctrl_values: ctrl_values[ct] = self.values(self.ctrl_of[ct])
             sub = self.train.kind == 'gene'  # genes: a control subset of the group's size; drugs: all controls
-            c = pair_group(self.ctrl_of[ct], rows, ctrl_values[ct], self.targets(rows), rng, self.cfg.pairing, self.cfg.cost,
-                           self.cfg.reg, subsample_controls=sub, batch_size=self.cfg.batch_size)
+            c = pair_group(self.ctrl_of[ct], rows, ctrl_values[ct], self.targets(rows), rng, self.cfg.pairing,
+                           self.cfg.cost, self.cfg.reg, subsample_controls=sub, batch_size=self.cfg.batch_size)
             return np.stack([c, rows], 1)
-        P = np.concatenate(distributed_map(pair, self.groups) + self.control_pairs(epoch))  # control pairs: small, every rank
+        # control pairs: small, every rank
+        P = np.concatenate(distributed_map(pair, self.groups) + self.control_pairs(epoch))
         P = P[np.random.default_rng([self.seed, epoch, 1]).permutation(len(P))]
         self.epoch_pairs = {epoch: P}  # keep only the current epoch
         return P
 
     def control_pairs(self, epoch: int) -> list[np.ndarray]:
-        "control_pairs > 0: [k, 2] control -> control pairs per cell type, from a random half of its controls to the other, OT-paired."
+        """control_pairs > 0: [k, 2] control -> control pairs per cell type, from a random half of its controls to the
+        other, OT-paired."""
         out = []
         for ct, k in self.ctrl_pairs.items():
             rng = seeded_rng(self.seed, epoch, f'control|{ct}')
@@ -311,17 +325,32 @@ class Departures(TrainedModel):
             **train_overrides) -> 'Departures':
         "Train both bridges jointly, re-pairing cells by OT at every epoch."
         cfg = self.config
-        if cfg.scaled and not train.x_max: raise ValueError("scaled=True needs the training scale; use data.split(...).")
+        if cfg.scaled and not train.x_max:
+            raise ValueError("scaled=True needs the training scale; use data.split(...).")
         torch.manual_seed(self.seed)
-        self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold, verbose=self.progress)
+        self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold,
+                                                      verbose=self.progress)
         feats = drug_features(train.require_smiles('Departures')) if train.kind == 'drug' else None
         self.table_ = PerturbationTable.from_data(train, self.graph_, feats, unseen_labels='zero')
         self.cell_types_ = list(train.cell_types)
-        self.net_ = BridgeNet(self.graph_, train.kind, len(self.cell_types_), cfg.dim, cfg.heads, cfg.time_dim,
-                              cfg.layers_continuous, cfg.layers_discrete if cfg.use_discrete else 0, cfg.dropout,
-                              None if feats is None else feats.shape[1], len(train.vocab) if train.kind == 'label' else None, self.seed,
-                              cfg.gat_residual, cfg.shared_readout, cfg.direct_effect,
-                              self.table_.trained_nodes(self.graph_.n_nodes) if cfg.target_identity and train.kind == 'gene' else None)
+        self.net_ = BridgeNet(
+            self.graph_,
+            train.kind,
+            len(self.cell_types_),
+            cfg.dim,
+            cfg.heads,
+            cfg.time_dim,
+            cfg.layers_continuous,
+            cfg.layers_discrete if cfg.use_discrete else 0,
+            cfg.dropout,
+            None if feats is None else feats.shape[1],
+            len(train.vocab) if train.kind == 'label' else None,
+            self.seed,
+            cfg.gat_residual,
+            cfg.shared_readout,
+            cfg.direct_effect,
+            self.table_.trained_nodes(self.graph_.n_nodes) if cfg.target_identity and train.kind == 'gene' else None,
+        )
         self.anchor_, frame = None, None
         if cfg.anchor:
             if cfg.use_discrete:
@@ -331,9 +360,11 @@ class Departures(TrainedModel):
             pos, S = self.anchor_.cell_shifts(train)
             frame = (pos, (S / train.x_max if cfg.scaled else S).astype(np.float32))
         self.batches_ = BridgePairs(train, cfg, self.seed, frame)
-        tc = self.train_config(resume, **{**dict(steps=cfg.steps, epochs=None if cfg.steps else cfg.epochs, schedule='linear',
+        tc = self.train_config(resume,
+                               **{**dict(steps=cfg.steps, epochs=None if cfg.steps else cfg.epochs, schedule='linear',
                                                  log_every=max(1, len(self.batches_) // 2), out_dir=out_dir,
-                                                 ckpt_every=len(self.batches_) if out_dir else None), **train_overrides})
+                                                 ckpt_every=len(self.batches_) if out_dir else None),
+                                          **train_overrides})
         loss = lambda net, b, g: bridge_loss(net, b, g, self.table_, cfg)
         self.history_ = train_fit(self.net_, loss, self.batches_, tc, stop_after=stop_after, desc='departures').history
         self.device_ = resolve_device(self.device)
@@ -344,14 +375,16 @@ class Departures(TrainedModel):
 @torch.no_grad()
 def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx: int, dose: float, mode: str, gen,
                   sampling_steps: int | None = None, sigma: float | None = None) -> torch.Tensor:
-    "x̂_T ⊙ d̂_T for control cells x_ctrl under one condition (cond_idx -1: the control condition, no residual, no anchor)."
+    """x̂_T ⊙ d̂_T for control cells x_ctrl under one condition (cond_idx -1: the control condition, no residual, no
+    anchor)."""
     cfg, net = self.config, self.net_
     n, dev = len(x_ctrl), x_ctrl.device
     pert = self.table_.batch(torch.full((n,), cond_idx), torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                              torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown'))).to(dev)
     ct = torch.full((n,), ct_idx, device=dev)
     steps, sig = sampling_steps or cfg.sampling_steps, cfg.sigma if sigma is None else sigma
-    if cfg.decode_residual and cond_idx >= 0:  # both chains driven by the same noise, so the network's common error cancels
+    if cfg.decode_residual and cond_idx >= 0:  # both chains driven by the same noise, so the network's common error
+                                               # cancels
         s = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
         g1, g0 = (torch.Generator(device=dev).manual_seed(s) for _ in range(2))
         none = self.table_.batch(torch.full((n,), -1)).to(dev)
@@ -390,7 +423,8 @@ def predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0,
 def generate_controls(self: Departures, cell_type: str, n_cells: int = 100, seed: int = 0) -> np.ndarray:
     "Control cells of one cell type (log1p, [n_cells, genes]): its control cells bridged under the control condition."
     self._check_fitted()
-    if cell_type not in self.cell_types_: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {self.cell_types_}.")
+    if cell_type not in self.cell_types_:
+        raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {self.cell_types_}.")
     dev = self.device_
     self.net_.to(dev).eval()
     rng, gen = self.generators(seed, 13, cell_type)

@@ -20,7 +20,8 @@ import anndata as ad
 import pandas as pd
 
 import perturbdiff
-from .api import (DATA_KEYS, BenchmarkResult, _say, atomic_write, benchmark, data_notes, load_data, make_model,
+from .api import (DATA_KEYS, BenchmarkResult, _say, atomic_write, benchmark, data_notes, load_data,
+                             make_model,
                              make_split, model_names, model_overrides, paper_table, parse_overrides, parse_test_group,
                              read_test_file, run_command)
 from .api import (check_option, finished_models, parse_value, read_anndata,  # noqa: F401 (re-exported:
@@ -62,20 +63,24 @@ def _fraction(text: str) -> float:
 # %% ../nbs/13a_cli.ipynb #4c292d93
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('data')
-    g.add_argument('--data', default='synthetic', help="h5ad path; 'synthetic' or 'synthetic-drug' (the simulator, offline); "
+    g.add_argument('--data', default='synthetic',
+                   help="h5ad path; 'synthetic' or 'synthetic-drug' (the simulator, offline); "
                    "or a public dataset: adamson, norman, replogle_k562_essential, sciplex3 (default: synthetic)")
     g.add_argument('--condition-key', help="obs column of conditions (default: 'condition')")
     g.add_argument('--control', action='append', help='control label (repeatable; default: ctrl, control, DMSO, ...)')
-    g.add_argument('--sep', help="separator between the targets of a combination in the labels (default: '+', as in A+B)")
+    g.add_argument('--sep',
+                   help="separator between the targets of a combination in the labels (default: '+', as in A+B)")
     g.add_argument('--cell-type-key', help='obs column of cell types (default: one cell type)')
     g.add_argument('--dose-key', help="obs column of doses (drugs); 'none' pools the doses of each drug")
     g.add_argument('--smiles-key', help='obs column of SMILES strings (drugs; the trained models need them)')
     g.add_argument('--smiles-table', help='CSV of drug name,SMILES to attach (sciplex3)')
-    g.add_argument('--kind', choices=['auto', 'gene', 'drug', 'label'], help='what the conditions perturb (default: auto)')
+    g.add_argument('--kind', choices=['auto', 'gene', 'drug', 'label'],
+                   help='what the conditions perturb (default: auto)')
     g.add_argument('--mode', help='gene perturbation mode of all cells: CRISPRa, CRISPRi, knockout, ...')
     g.add_argument('--mode-key', help='obs column with the mode of each cell')
     g.add_argument('--layer', help='read expression from this layer instead of X')
-    g.add_argument('--space', choices=['auto', *SPACES], help='what the expression is (default: auto, decided from the values)')
+    g.add_argument('--space', choices=['auto', *SPACES],
+                   help='what the expression is (default: auto, decided from the values)')
     g.add_argument('--subset', action='append', default=[], metavar='KEY=VALUE',
                    help='keep cells with obs[KEY] == VALUE (repeatable; one key: OR, several keys: AND)')
     g.add_argument('--cache', help='dataset cache folder (default: $PERTURBDIFF_CACHE or ~/.cache/perturbdiff)')
@@ -83,24 +88,33 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 # %% ../nbs/13a_cli.ipynb #767a6411
 def _split_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('split')
-    g.add_argument('--split', default='unseen_perturbation', choices=SPLITS, help='the task (default: unseen_perturbation)')
-    g.add_argument('--test-frac', type=_fraction, default=0.25, help='fraction of conditions (or groups) held out (default: 0.25)')
-    g.add_argument('--single-test-frac', type=_fraction, default=0.0, help='unseen_combo: also hold out this fraction of singles')
+    g.add_argument('--split', default='unseen_perturbation', choices=SPLITS,
+                   help='the task (default: unseen_perturbation)')
+    g.add_argument('--test-frac', type=_fraction, default=0.25,
+                   help='fraction of conditions (or groups) held out (default: 0.25)')
+    g.add_argument('--single-test-frac', type=_fraction, default=0.0,
+                   help='unseen_combo: also hold out this fraction of singles')
     g.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]',
-                   help='a test group (repeatable; needed by custom); a CSV row: quote a name with a comma, \'G1,"type, a"\'')
+                   help='a test group (repeatable; needed by custom); a CSV row: quote a name with a comma, '
+                        '\'G1,"type, a"\'')
     g.add_argument('--test-file', help='CSV or TSV file of test groups, one COND[,CELL_TYPE[,DOSE]] row per line')
-    g.add_argument('--n-top-genes', type=_integer(1), help='keep this many highly variable genes, chosen on training cells')
+    g.add_argument('--n-top-genes', type=_integer(1),
+                   help='keep this many highly variable genes, chosen on training cells')
 
 # %% ../nbs/13a_cli.ipynb #3f3ce697
 def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
     g = p.add_argument_group('models')
-    if many: g.add_argument('--models', default=','.join(MODELS), help=f"comma-separated model names (default: {','.join(MODELS)})")
+    if many:
+        g.add_argument('--models', default=','.join(MODELS),
+                       help=f"comma-separated model names (default: {','.join(MODELS)})")
     else: g.add_argument('--model', required=True, choices=list(MODELS), help='model name')
     g.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper'],
-                   help='quick: minutes on a CPU, anchored (ours); plain: the same sizes without the anchor; paper: the papers\' settings')
+                   help='quick: minutes on a CPU, anchored (ours); plain: the same sizes without the anchor; paper: '
+                        'the papers\' settings')
     g.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE',
                    help='a model option, e.g. steps=200 (the models run that have it; an error if none has it) or '
-                        'linear.n_dims=5 (repeatable); values as in Python or JSON: use_latent=False, clip=null, decoder=[64,64]')
+                        'linear.n_dims=5 (repeatable); values as in Python or JSON: use_latent=False, clip=null, '
+                        'decoder=[64,64]')
     g.add_argument('--n-cells', type=_integer(1), help='predicted cells per group (default: as many as the true cells)')
     if many: _metric_arg(g)
 
@@ -143,30 +157,38 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     "The `perturbdiff` argument parser."
     p = _Parser(prog='perturbdiff', epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                description='Predict single-cell responses to unseen perturbations: Unlasting, Doloris, Departures and baselines.')
+                description='Predict single-cell responses to unseen perturbations: Unlasting, Doloris, Departures and '
+                            'baselines.')
     p.add_argument('--version', action='version', version=f'perturbdiff {perturbdiff.__version__}')
     p.add_argument('--traceback', action='store_true', help='show the full traceback on errors')
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
     b = sub.add_parser('benchmark', help='fit, predict and evaluate several models on one split')
     _data_args(b); _split_args(b); _model_args(b)
-    _run_args(b, 'results', 'output folder; each model\'s tables and predictions are written as it finishes', resumable=True)
+    _run_args(b, 'results', 'output folder; each model\'s tables and predictions are written as it finishes',
+              resumable=True)
     b.set_defaults(func=run_benchmark)
     f = sub.add_parser('fit', help='fit one model on the training part of a split and save it')
     _data_args(f); _split_args(f); _model_args(f, many=False); _run_args(f, 'run', 'output folder', resumable=True)
     f.set_defaults(func=run_fit)
     pr = sub.add_parser('predict', help='predict cells with a model saved by `fit`')
     pr.add_argument('--run', required=True, help='folder written by `perturbdiff fit`')
-    pr.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]', help='groups to predict (default: its test split)')
-    pr.add_argument('--n-cells', type=_integer(1), help='cells per group (default: as many as the true cells; 100 for --test groups)')
+    pr.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]',
+                    help='groups to predict (default: its test split)')
+    pr.add_argument('--n-cells', type=_integer(1),
+                    help='cells per group (default: as many as the true cells; 100 for --test groups)')
     _run_args(pr, 'predictions.h5ad', 'h5ad of predicted cells, replaced whole (never left half-written)')
     pr.set_defaults(func=run_predict)
     e = sub.add_parser('evaluate', help='score predicted cells against the true cells of a split')
-    e.add_argument('--pred', required=True, help='h5ad of predicted cells (from predict, or any model keeping the contract)')
-    e.add_argument('--run', help='folder written by `perturbdiff fit`: its data and split (else give the data and split options)')
+    e.add_argument('--pred', required=True,
+                   help='h5ad of predicted cells (from predict, or any model keeping the contract)')
+    e.add_argument(
+        '--run', help='folder written by `perturbdiff fit`: its data and split (else give the data and split options)'
+    )
     e.add_argument('--name', help='model name in the tables (default: the one recorded in the h5ad)')
     _metric_arg(e)
     _data_args(e); _split_args(e); _run_args(e, 'evaluation', 'output folder'); e.set_defaults(func=run_evaluate)
-    sc = sub.add_parser('scale', help='data larger than memory: backed h5ad, torchrun training, chunked predict/evaluate',
+    sc = sub.add_parser('scale',
+                        help='data larger than memory: backed h5ad, torchrun training, chunked predict/evaluate',
                         description=SCALE_DESCRIPTION + ' The same commands as `python -m perturbdiff.scale`.')
     add_scale_commands(sc.add_subparsers(dest='scale_command', required=True, metavar='COMMAND'))
     return p
@@ -184,20 +206,23 @@ def _split_from(args, data: PerturbData) -> Split:
 def _run_info(args, argv, split: Split) -> dict:
     from importlib.metadata import version
     saved = {k: v for k, v in vars(args).items() if k != 'func'}
-    if Path(str(saved.get('data'))).is_file(): saved['data'] = str(Path(saved['data']).resolve())  # predict may run elsewhere
+    # predict may run elsewhere
+    if Path(str(saved.get('data'))).is_file(): saved['data'] = str(Path(saved['data']).resolve())
     if saved.get('test') or saved.get('test_file'):  # the parsed groups: a file need not be there at predict time
         from_file = read_test_file(saved['test_file']) if saved.get('test_file') else []
         saved['test'] = [parse_test_group(t) for t in saved.get('test') or []] + from_file
         saved['test_file'] = None
     return dict(argv=list(argv), args=saved, perturbdiff=perturbdiff.__version__, torch=version('torch'),
-                anndata=version('anndata'), split=dict(kind=split.kind, seed=split.seed, train_cells=split.train.n_cells,
+                anndata=version('anndata'),
+                split=dict(kind=split.kind, seed=split.seed, train_cells=split.train.n_cells,
                 test_cells=split.test.n_cells, genes=split.train.n_genes, test_groups=list(split.test_groups.index)))
 
 def _write_json(path: Path, info: dict) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
 
 # %% ../nbs/13a_cli.ipynb #76a9bf97
-BENCHMARK_OUTPUTS = ('results.csv', 'summary.csv', 'summary_by_subgroup.csv', 'timing.csv', 'run.json', 'predictions', 'checkpoints')
+BENCHMARK_OUTPUTS = ('results.csv', 'summary.csv', 'summary_by_subgroup.csv', 'timing.csv', 'run.json', 'predictions',
+                     'checkpoints')
 FIT_OUTPUTS = ('model', 'run.json', 'checkpoints')
 
 def _writable(folder: Path, what: str) -> None:
@@ -209,17 +234,22 @@ def _writable(folder: Path, what: str) -> None:
     except OSError as e: raise ValueError(f"{what} {str(folder)!r} cannot be written: {e.strerror or e}.") from None
 
 # %% ../nbs/13a_cli.ipynb #8a10fa43
-def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bool = False, overwrite: bool = False) -> Path:
-    "The output folder, checked before any work: writable, and without `outputs` of an earlier run unless resuming or overwriting."
+def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bool = False,
+                overwrite: bool = False) -> Path:
+    """The output folder, checked before any work: writable, and without `outputs` of an earlier run unless resuming or
+    overwriting."""
     out = Path(path)
     _writable(out, '--out')
     old = [o for o in outputs if (out / o).exists()]
     if old and not (resume or overwrite):
-        raise ValueError(f"--out {str(out)!r} already holds the outputs of an earlier run ({', '.join(old)}); pass --resume to "
+        raise ValueError(f"--out {str(out)!r} already holds the outputs of an earlier run ({', '.join(old)}); pass "
+                         "--resume to "
                          f"continue it, --overwrite to replace it, or choose another folder.")
     foreign = [f for o in old for f in _not_ours(out / o)] if overwrite else []
-    if foreign: raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where it "
-                                 f"writes its outputs; nothing was deleted. Choose another --out.")
+    if foreign:
+        raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where "
+                         "it "
+                         f"writes its outputs; nothing was deleted. Choose another --out.")
     return out
 
 # %% ../nbs/13a_cli.ipynb #a06eef09
@@ -240,10 +270,13 @@ def _not_ours(path: Path) -> list[str]:
 
 # %% ../nbs/13a_cli.ipynb #172c1fee
 def clear_outputs(out: Path, outputs: Sequence[str]) -> None:
-    "Delete the `outputs` of an earlier run in `out` (--overwrite); other files stay. Refuses folders holding files not ours."
+    """Delete the `outputs` of an earlier run in `out` (--overwrite); other files stay. Refuses folders holding files
+    not ours."""
     foreign = [f for o in outputs if (out / o).exists() for f in _not_ours(out / o)]
-    if foreign: raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where it "
-                                 f"writes its outputs; nothing was deleted. Choose another --out.")
+    if foreign:
+        raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where "
+                         "it "
+                         f"writes its outputs; nothing was deleted. Choose another --out.")
     for o in outputs:
         if (out / o).is_dir(): shutil.rmtree(out / o)
         elif (out / o).exists(): (out / o).unlink()
@@ -252,11 +285,14 @@ def clear_outputs(out: Path, outputs: Sequence[str]) -> None:
 _NOT_COMPARED = {'func', 'quiet', 'device', 'resume', 'overwrite', 'out', 'models', 'traceback', 'cache'}
 
 def _check_resumable(out: Path, info: dict, outputs: Sequence[str], names: Sequence[str] = ()) -> bool:
-    "Whether `out` holds a run to resume; refuse one made with other settings, or with models not in `names` (benchmark)."
+    """Whether `out` holds a run to resume; refuse one made with other settings, or with models not in `names`
+    (benchmark)."""
     p = out / 'run.json'
     if not p.is_file():
         old = [o for o in outputs if (out / o).exists()]
-        if old: raise ValueError(f"--resume: {str(out)!r} holds {', '.join(old)} but no run.json to resume; pass --overwrite.")
+        if old:
+            raise ValueError(f"--resume: {str(out)!r} holds {', '.join(old)} but no run.json to resume; pass "
+                             "--overwrite.")
         return False
     try: old = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -268,24 +304,29 @@ def _check_resumable(out: Path, info: dict, outputs: Sequence[str], names: Seque
             raise ValueError(f"--resume: {str(out)!r} holds a run with other settings ({k}: {old_args.get(k)!r} there, "
                              f"{new_args[k]!r} now); rerun with its options, or pass --overwrite to start again.")
     if old.get('split', {}).get('test_groups') != norm(info['split']['test_groups']):
-        raise ValueError(f"--resume: the data give another split than the run in {str(out)!r}; pass --overwrite to start again.")
+        raise ValueError(f"--resume: the data give another split than the run in {str(out)!r}; pass --overwrite to "
+                         "start again.")
     if names:
         had = set(pd.read_csv(out / 'results.csv').model) if (out / 'results.csv').is_file() else set()
-        had |= {q.stem for q in (out / 'predictions').glob('*.h5ad') if not q.name.startswith('.')}  # not a killed write's .part file
+        # not a killed write's .part file
+        had |= {q.stem for q in (out / 'predictions').glob('*.h5ad') if not q.name.startswith('.')}
         others = sorted(had - set(names))
-        if others: raise ValueError(f"--resume: {str(out)!r} also holds results of {others}, not in --models; add them to "
-                                    f"--models, or pass --overwrite to start again.")
+        if others:
+            raise ValueError(f"--resume: {str(out)!r} also holds results of {others}, not in --models; add them to "
+                             f"--models, or pass --overwrite to start again.")
     return True
 
 # %% ../nbs/13a_cli.ipynb #14d7374c
 def check_task(data: PerturbData, split: Split, names: Sequence[str]) -> None:
     "Refuse, before any fit, what the models run cannot learn: no perturbed training cells; drugs without SMILES."
     if split.train.obs.control.all() and any(n != 'control' for n in names):
-        raise ValueError(f"The training split has no perturbed cells: the {split.kind!r} split holds out every condition. "
+        raise ValueError(f"The training split has no perturbed cells: the {split.kind!r} split holds out every "
+                         "condition. "
                          f"Hold out fewer (a --test-frac below 1, or fewer --test groups).")
     trained = [n for n in names if hasattr(model_class(n), 'from_preset')]
     if data.kind == 'drug' and trained and not data.smiles:
-        raise ValueError(f"{', '.join(trained)} encode drugs by their SMILES, and this drug data has none: pass --smiles-key, "
+        raise ValueError(f"{', '.join(trained)} encode drugs by their SMILES, and this drug data has none: pass "
+                         "--smiles-key, "
                          f"the obs column of SMILES strings (sciplex3: --smiles-table). The baselines need no SMILES.")
 
 # %% ../nbs/13a_cli.ipynb #f7dfe15c
@@ -341,11 +382,13 @@ def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
     "The model that `fit` saved in run_dir/model, on `device`; a missing, empty or truncated file is a one-line error."
     path = Path(run_dir) / 'model' / 'model.pkl'
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the fit of this run did not finish. Continue it with `perturbdiff fit "
+        raise FileNotFoundError(f"{path} not found: the fit of this run did not finish. Continue it with `perturbdiff "
+                                "fit "
                                 f"--resume` and the same options.")
     try: return model_class(name).load(path.parent, device=device)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is empty, truncated or from another "
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is empty, truncated or from "
+                         "another "
                          f"version of perturbdiff. Fit the model again.") from None
 
 # %% ../nbs/13a_cli.ipynb #7d0adaea

@@ -43,12 +43,14 @@ def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, defau
         for spec in ([groups] if isinstance(groups, str) else list(groups)):
             spec = parse_group_spec(spec)
             for ct in ([spec[1]] if len(spec) > 1 else cts):
-                rows.append(dict(condition=train.resolve(spec[0]), cell_type=ct, dose=float(spec[2]) if len(spec) > 2 else np.nan))
+                rows.append(dict(condition=train.resolve(spec[0]), cell_type=ct,
+                                 dose=float(spec[2]) if len(spec) > 2 else np.nan))
         g = pd.DataFrame(rows)
     g['condition'] = [train.resolve(c) for c in g['condition'].astype(str)]
     g['cell_type'] = g['cell_type'].astype(str)
     g['dose'] = g['dose'].astype(float) if 'dose' in g else np.nan
-    if (g.condition == CONTROL_KEY).any(): raise ValueError("Predicting the control group is not a perturbation; drop it.")
+    if (g.condition == CONTROL_KEY).any():
+        raise ValueError("Predicting the control group is not a perturbation; drop it.")
     known = set(train.obs.cell_type[train.obs.control])
     unknown = sorted(set(g.cell_type) - known)
     if unknown: raise ValueError(f"No training control cells for cell types {unknown}; models predict from the "
@@ -142,7 +144,8 @@ class PerturbationModel:
 
 # %% ../nbs/02b_contract.ipynb #02ca0365
 class TrainedModel(PerturbationModel):
-    "Base of the trained models: config from a preset, seed, device, progress; training config; seeded generators; save."
+    """Base of the trained models: config from a preset, seed, device, progress; training config; seeded generators;
+    save."""
     family = 'trained'
     def __init__(self, config=None, seed: int = 0, device: str = 'auto', progress: bool = True):
         self.config = config if config is not None else self.make_config()
@@ -162,7 +165,8 @@ class TrainedModel(PerturbationModel):
         return {f.name: hints.get(f.name, object) for f in fields(cfg)}
 
     @classmethod
-    def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True, **overrides):
+    def from_preset(cls, preset: str = 'quick', seed: int = 0, device: str = 'auto', progress: bool = True,
+                    **overrides):
         "A model with a preset's configuration and overrides."
         return cls(cls.make_config(preset, **overrides), seed, device, progress)
 
@@ -191,7 +195,8 @@ class TrainedModel(PerturbationModel):
 @patch
 def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, prepare: Callable, sample: Callable,
                     key: tuple = ()) -> ad.AnnData:
-    "The trained models' predict loop: `prepare(cell_type)` once per cell type, `sample(state, row, rng, gen)` per group."
+    """The trained models' predict loop: `prepare(cell_type)` once per cell type, `sample(state, row, rng, gen)` per
+    group."""
     self._check_fitted()
     g = resolve_groups(groups, self.train_, n_cells)
     states, X, ids = {}, [], []
@@ -249,7 +254,8 @@ class TrainingOptions:
 @dataclass
 class GraphOptions:
     "The gene graph a model reads perturbations through (`perturbdiff.priors.build_graph`)."
-    graph: object = 'auto'  # 'auto' (co-expression on training controls + GO when available), a GeneGraph, or a list of sources
+    graph: object = 'auto'  # 'auto' (co-expression on training controls + GO when available), a GeneGraph, or a list of
+                            # sources
     coexpression_threshold: float = 0.3
 
 # %% ../nbs/02b_contract.ipynb #0587f4be
@@ -261,7 +267,8 @@ class SamplingOptions:
 
 # %% ../nbs/02b_contract.ipynb #5681bf60
 def preset_config(config_cls, presets: dict, preset: str, overrides: dict, model: str, tuples: Sequence[str] = ()):
-    "config_cls(**{**presets[preset], **overrides}); unknown presets and options raise, lists in `tuples` fields become tuples."
+    """config_cls(**{**presets[preset], **overrides}); unknown presets and options raise, lists in `tuples` fields
+    become tuples."""
     if preset not in presets: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(presets)}.")
     check_known(overrides, [f.name for f in fields(config_cls)], model)
     kw = {**presets[preset], **overrides}

@@ -38,7 +38,8 @@ def _close(name, options) -> str:
     return f" Did you mean {', '.join(map(repr, m))}?" if m else ''
 
 def check_choices(config, choices: dict) -> None:
-    "Raise if a field of `config` named in `choices` (field -> allowed values) holds another value (configs call it when built)."
+    """Raise if a field of `config` named in `choices` (field -> allowed values) holds another value (configs call it
+    when built)."""
     for key, allowed in choices.items():
         v = getattr(config, key)
         if v not in allowed:
@@ -107,13 +108,19 @@ def _parse_dose(values: pd.Series, key: str, labels=None) -> np.ndarray:
     raw = values.astype(object).to_numpy()
     uniq = {v: _dose_value(v) for v in pd.unique(raw[~pd.isna(raw)])}
     bad = [v for v, d in uniq.items() if d is None]
-    if bad: raise ValueError(f"obs[{key!r}] (dose_key) must hold numbers, but holds {bad[:5]} in {_cells_of(labels, pd.Series(raw).isin(bad).to_numpy())}: "
-                             f"convert them to numbers (e.g. '10 nM' -> 10) or drop those cells; if another obs column "
-                             f"holds the doses, pass it as dose_key= (CLI --dose-key).")
+    if bad:
+        raise ValueError(f"obs[{key!r}] (dose_key) must hold numbers, but holds {bad[:5]} in "
+                         f"{_cells_of(labels, pd.Series(raw).isin(bad).to_numpy())}: "
+                         f"convert them to numbers (e.g. '10 nM' -> 10) or drop those cells; if another obs column "
+                         f"holds the doses, pass it as dose_key= (CLI --dose-key).")
     split = [v for v, d in uniq.items() if d == -np.inf]
-    if split: raise ValueError(f"obs[{key!r}] values {split[:5]} give different doses per target; per-target doses are not supported.")
+    if split:
+        raise ValueError(f"obs[{key!r}] values {split[:5]} give different doses per target; per-target doses are not "
+                         "supported.")
     out = pd.Series(raw, dtype=object).map(uniq).to_numpy(dtype=np.float64)  # missing values stay NaN
-    if (out < 0).any(): raise ValueError(f"obs[{key!r}] has negative doses ({sorted(set(out[out < 0].tolist()))[:5]}) in {_cells_of(labels, out < 0)}.")
+    if (out < 0).any():
+        raise ValueError(f"obs[{key!r}] has negative doses ({sorted(set(out[out < 0].tolist()))[:5]}) in "
+                         f"{_cells_of(labels, out < 0)}.")
     return out
 
 # %% ../nbs/00b_data.ipynb #7ee505b0
@@ -125,7 +132,8 @@ def seeded_rng(seed: int, *parts) -> np.random.Generator:
 DOSE_LIKE = re.compile(r'dose|dosage|concentration|(^|[^a-z])conc([^a-z]|$)', re.IGNORECASE)  # names of dose columns
 
 def dose_like_columns(obs: pd.DataFrame, condition) -> list[str]:
-    "obs columns with a dose-like name whose numbers differ within some perturbed condition (`condition`: keys per cell)."
+    """obs columns with a dose-like name whose numbers differ within some perturbed condition (`condition`: keys per
+    cell)."""
     cond = pd.Series(np.asarray(condition, dtype=object), index=obs.index)
     pert = (cond != CONTROL_KEY).to_numpy()
     out = []
@@ -160,13 +168,17 @@ class PerturbData:
                  sep: str = '+',  # separator of combinations in the labels (keys always join targets with '+')
                  normalize: bool = True,  # normalise + log1p counts; if False, non-log1p input is an error
                  target_sum: float = 1e4,  # counts per cell when normalising
-                 space: str = 'auto',  # the input's space, one of SPACES; 'auto' decides from the values (one line says what)
+                 space: str = 'auto',  # the input's space, one of SPACES; 'auto' decides from the values (one line says
+                                       # what)
                 ):
         if not isinstance(adata, ad.AnnData): raise TypeError(f"Expected an AnnData, got {type(adata).__name__}.")
-        if adata.n_obs == 0 or adata.n_vars == 0: raise ValueError(f"The AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise ValueError(f"The AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
         if adata.isbacked and layer is None:  # X is still in the file (layers are read into memory even when backed)
-            raise ValueError(f"The AnnData is backed (its X stays in {str(adata.filename)!r}) and PerturbData needs X in memory: "
-                             f"read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); for data larger "
+            raise ValueError(f"The AnnData is backed (its X stays in {str(adata.filename)!r}) and PerturbData needs X "
+                             "in memory: "
+                             "read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); for data "
+                             "larger "
                              f"than memory use perturbdiff.scale.BackedPerturbData(path, ...).")
         self.keys = dict(condition=condition_key, cell_type=cell_type_key, dose=dose_key or None, smiles=smiles_key,
                          mode=mode_key, sep=sep)
@@ -186,17 +198,23 @@ class PerturbData:
         if control is not None:  # a declared control is a whole label or a token of a combination ('A+NegCtrl0')
             tokens = {t.strip() for l in map(str, uniq) for t in l.split(sep)}
             missing = [c for c in ctrl_names if c not in set(uniq) and c not in tokens]
-            if missing: raise ValueError(f"Control label(s) {missing} not found in obs[{condition_key!r}].{_close(missing[0], uniq)}")
+            if missing:
+                raise ValueError(f"Control label(s) {missing} not found in "
+                                 f"obs[{condition_key!r}].{_close(missing[0], uniq)}")
         parsed = {l: parse_condition(l, ctrl_names, sep) for l in uniq}
         _check_controls(parsed, ctrl_names, control is not None, condition_key, sep)
         all_targets = sorted({t for ts in parsed.values() for t in ts})
         if kind == 'auto': kind = infer_kind(uniq, all_targets, genes, smiles_key is not None, ctrl_names)
-        if kind not in ('gene', 'drug', 'label'): raise ValueError(f"kind must be 'gene', 'drug', 'label' or 'auto', got {kind!r}")
+        if kind not in ('gene', 'drug', 'label'):
+            raise ValueError(f"kind must be 'gene', 'drug', 'label' or 'auto', got {kind!r}")
         self.kind = kind
         if sep != '+':  # keys join targets with '+' whatever the labels use, so '+' cannot be inside a target
             plus = sorted({l for l, ts in parsed.items() if any('+' in t for t in ts)})
-            if plus: raise ValueError(f"Condition labels {plus[:3]} have a '+' inside a target with sep={sep!r}; perturbdiff "
-                                      f"keys join targets with '+'. Rename those targets, or use sep='+' if '+' separates them.")
+            if plus:
+                raise ValueError(f"Condition labels {plus[:3]} have a '+' inside a target with sep={sep!r}; "
+                                 "perturbdiff "
+                                 "keys join targets with '+'. Rename those targets, or use sep='+' if '+' separates "
+                                 "them.")
         key_of = {l: canonical_key(t) for l, t in parsed.items()}  # always '+'-joined: one grammar downstream
         cond = labels.map(key_of).to_numpy()
         is_ctrl = cond == CONTROL_KEY
@@ -253,12 +271,14 @@ def _check_controls(parsed: dict, ctrl_names, declared: bool, key: str, sep: str
     if not ctrl:
         hint = (f" Labels {odd[:5]} look like controls: pass control={odd[0]!r} (several: control={odd[:5]}; CLI "
                 f"{cli(odd[:5])})." if odd else " Pass control='<your control label>' (CLI --control).")
-        raise ValueError(f"No control cells: none of the labels of obs[{key!r}] (e.g. {[str(l) for l in list(parsed)[:5]]}) "
+        raise ValueError(f"No control cells: none of the labels of obs[{key!r}] (e.g. "
+                         f"{[str(l) for l in list(parsed)[:5]]}) "
                          f"is a control name {CONTROL_NAMES}.{hint}")
     inner = control_like_tokens(parsed, ctrl_names, sep)
     if inner:
         toks = sorted({t for ts in inner.values() for t in ts})
-        warnings.warn(f"Combination labels {list(inner)[:5]} of obs[{key!r}] hold tokens {toks[:5]} that look like controls: "
+        warnings.warn(f"Combination labels {list(inner)[:5]} of obs[{key!r}] hold tokens {toks[:5]} that look like "
+                      "controls: "
                       f"they are read as perturbation targets. If they mean 'no perturbation', add them to the control "
                       f"labels: control={ctrl + toks[:5]} (CLI {cli(ctrl + toks[:5])}).", stacklevel=3)
     if not odd: return
@@ -267,7 +287,8 @@ def _check_controls(parsed: dict, ctrl_names, declared: bool, key: str, sep: str
                          f"control is {ctrl}. Say which labels are controls: control={ctrl + odd[:5]} (CLI "
                          f"{cli(ctrl + odd[:5])}); or pass control={ctrl[0]!r} to keep them as perturbations.")
     warnings.warn(f"Labels {odd[:5]} of obs[{key!r}] look like controls but are not in control={list(ctrl_names)}: "
-                  f"they are kept as perturbations. Add them to control= (CLI --control) to pool them with the controls.",
+                  "they are kept as perturbations. Add them to control= (CLI --control) to pool them with the "
+                  "controls.",
                   stacklevel=3)
 
 # %% ../nbs/00b_data.ipynb #5ba36847
@@ -276,8 +297,10 @@ def _mode_of(value: str, labels, mode_key: str) -> str:
     try: return normalize_mode(value)
     except ValueError:
         conds = sorted(set(map(str, labels)))[:5]
-        hint = (f"if those cells are controls, add {conds} to the control labels: control=[<your control>, {conds[0]!r}] (CLI --control)"
-                if CONTROL_LIKE.fullmatch(value.strip()) else f"use one of {MODES} (or a screen name such as CRISPRa, CRISPRi)")
+        hint = (f"if those cells are controls, add {conds} to the control labels: control=[<your control>, "
+                f"{conds[0]!r}] (CLI --control)"
+                if CONTROL_LIKE.fullmatch(value.strip()) else f"use one of {MODES} (or a screen name such as CRISPRa, "
+                                                              "CRISPRi)")
         raise ValueError(f"obs[{mode_key!r}] is {value!r} for cells of conditions {conds}, which are not controls, and "
                          f"{value!r} is no gene perturbation mode: {hint}.") from None
 
@@ -285,8 +308,9 @@ def _doses(obs, key: str, labels, is_ctrl) -> np.ndarray:
     "Dose per cell; control cells may have none (vehicle), perturbed cells must have one."
     doses = _parse_dose(_require_column(obs, key, 'Dose', allow_missing=True), key, labels)
     lacking = np.isnan(doses) & ~is_ctrl
-    if lacking.any(): raise ValueError(f"obs[{key!r}] (dose_key) is empty on {_cells_of(labels, lacking)}, which are not "
-                                       f"controls: give them their dose or drop them (only control cells may have no dose).")
+    if lacking.any():
+        raise ValueError(f"obs[{key!r}] (dose_key) is empty on {_cells_of(labels, lacking)}, which are not "
+                         f"controls: give them their dose or drop them (only control cells may have no dose).")
     return doses
 
 # %% ../nbs/00b_data.ipynb #f007ff35
@@ -296,7 +320,8 @@ def _smiles(obs, key: str, cond, labels) -> dict:
     text = np.array(['' if pd.isna(s) else str(s) for s in col], dtype=object)
     lacking = pd.Series(text).str.strip().str.lower().isin(_MISSING).to_numpy() & (cond != CONTROL_KEY)
     if lacking.any():
-        raise ValueError(f"{_cells_of(labels, lacking)} have no SMILES in obs[{key!r}]; only control cells may lack one. "
+        raise ValueError(f"{_cells_of(labels, lacking)} have no SMILES in obs[{key!r}]; only control cells may lack "
+                         "one. "
                          f"Fill them in or drop those cells; if another obs column holds the SMILES, pass it as "
                          f"smiles_key= (CLI --smiles-key).")
     out = {}
@@ -310,9 +335,10 @@ def _smiles(obs, key: str, cond, labels) -> dict:
 def _check_pooled_doses(obs, cond) -> None:
     "Warn when drug data without dose_key have an obs column of doses: each drug's doses are pooled."
     cols = dose_like_columns(obs, cond)
-    if cols: warnings.warn(f"Drug data without dose_key, but obs[{cols[0]!r}] holds different doses within a condition: "
-                           f"the doses of each drug are pooled into one group. Pass dose_key={cols[0]!r} (CLI --dose-key "
-                           f"{cols[0]}), or dose_key=False (CLI --dose-key none) to pool them on purpose.", stacklevel=3)
+    if cols:
+        warnings.warn(f"Drug data without dose_key, but obs[{cols[0]!r}] holds different doses within a condition: "
+                      f"the doses of each drug are pooled into one group. Pass dose_key={cols[0]!r} (CLI --dose-key "
+                      f"{cols[0]}), or dose_key=False (CLI --dose-key none) to pool them on purpose.", stacklevel=3)
 
 def _check_target_case(targets, genes, key: str) -> None:
     "Warn when targets match measured genes only when case is ignored."
@@ -320,7 +346,8 @@ def _check_target_case(targets, genes, key: str) -> None:
     if cased: warnings.warn(
         f"{len(cased)} of {len(targets)} targets match a measured gene only when case is ignored (e.g. "
         f"{', '.join(f'target {t!r} ~ gene {g!r}' for t, g in cased[:3])}), so they count as unmeasured: write the "
-        f"condition labels in the case of the gene symbols (e.g. adata.obs[{key!r}].str.upper()) or pick gene_symbol_key=.",
+        f"condition labels in the case of the gene symbols (e.g. adata.obs[{key!r}].str.upper()) or pick "
+        "gene_symbol_key=.",
         stacklevel=3)
 
 # %% ../nbs/00b_data.ipynb #efac025d
@@ -345,7 +372,8 @@ def _check_groups(self: PerturbData):
     "Every group has one mode; warn about cell types without control cells."
     m = self.obs.groupby('group', observed=True)['mode'].nunique()
     if (m > 1).any():
-        raise ValueError(f"Groups {list(m[m > 1].index[:3])} mix perturbation modes; give them distinct condition labels.")
+        raise ValueError(f"Groups {list(m[m > 1].index[:3])} mix perturbation modes; give them distinct condition "
+                         "labels.")
     ct_ctrl = set(self.obs.loc[self.obs.control, 'cell_type'])
     lacking = sorted(set(self.obs.loc[~self.obs.control, 'cell_type']) - ct_ctrl)
     if lacking and self.obs.control.any():
@@ -364,7 +392,12 @@ def _take(X, rows=None, cols=None):
 def _derive(self: PerturbData, cells=None, genes=None, x_max='same') -> PerturbData:
     "A new PerturbData on a subset of cells (bool mask or positions) and genes (symbols), sharing metadata."
     new = type(self).__new__(type(self))
-    new.keys, new.kind, new.input_space, new.preprocessing = dict(self.keys), self.kind, self.input_space, list(self.preprocessing)
+    new.keys, new.kind, new.input_space, new.preprocessing = (
+        dict(self.keys),
+        self.kind,
+        self.input_space,
+        list(self.preprocessing),
+    )
     rows = None if cells is None else np.asarray(cells)
     if rows is not None and rows.dtype == bool: rows = np.flatnonzero(rows)
     cols = None if genes is None else self.gene_index(genes)
@@ -396,9 +429,12 @@ def _props(cls):
     cls.n_genes = property(lambda s: len(s.genes))
     cls.conditions = property(lambda s: sorted(set(s.obs.condition[~s.obs.control])), doc="Non-control condition keys.")
     cls.cell_types = property(lambda s: sorted(set(s.obs.cell_type)), doc="Cell types present.")
-    cls.targets = property(lambda s: sorted({t for c in s.conditions for t in c.split('+')}), doc="All perturbed targets.")
+    cls.targets = property(lambda s: sorted({t for c in s.conditions for t in c.split('+')}),
+                           doc="All perturbed targets.")
     cls.measured_targets = property(lambda s: [t for t in s.targets if t in set(s.genes)] if s.kind == 'gene' else [])
-    cls.unmeasured_targets = property(lambda s: [t for t in s.targets if t not in set(s.genes)] if s.kind == 'gene' else [])
+    cls.unmeasured_targets = property(
+        lambda s: [t for t in s.targets if t not in set(s.genes)] if s.kind == 'gene' else []
+    )
     return cls
 
 # %% ../nbs/00b_data.ipynb #ca793213
@@ -447,7 +483,8 @@ def __repr__(self: PerturbData) -> str:
              f"  preprocessing: {', '.join(self.preprocessing)}",
              f"  scale: {'x / %.6g (training max)' % self.x_max if self.x_max else 'not fitted'}"]
     if self.kind == 'gene':
-        lines.append(f"  targets: {len(self.targets)} ({len(self.measured_targets)} measured, {len(self.unmeasured_targets)} not)")
+        lines.append(f"  targets: {len(self.targets)} ({len(self.measured_targets)} measured, "
+                     f"{len(self.unmeasured_targets)} not)")
     return '\n'.join(lines)
 
 # %% ../nbs/00b_data.ipynb #c1c088f7
@@ -482,11 +519,13 @@ def select_genes(self: PerturbData, n_top_genes: int | None = None, cells=None, 
     if n_top_genes is None: return self._derive()
     X = self.X if cells is None else _take(self.X, np.asarray(cells))
     hv = set(highly_variable(X, self.genes, n_top_genes, flavor))
-    return self._keep_genes(hv, keep_targets, extra, f'{n_top_genes} highly variable genes ({flavor}) on {X.shape[0]} cells')
+    return self._keep_genes(hv, keep_targets, extra,
+                            f'{n_top_genes} highly variable genes ({flavor}) on {X.shape[0]} cells')
 
 @patch
 def _keep_genes(self: PerturbData, hv: set, keep_targets: bool, extra: Sequence[str], how: str) -> PerturbData:
-    "A copy with the genes `hv`, the measured targets (`keep_targets`) and `extra`, in data order; `how` says how hv was chosen."
+    """A copy with the genes `hv`, the measured targets (`keep_targets`) and `extra`, in data order; `how` says how hv
+    was chosen."""
     keep = hv | (set(self.measured_targets) if keep_targets else set()) | set(self.genes[self.gene_index(extra)])
     new = self._derive(genes=[g for g in self.genes if g in keep])
     new.preprocessing.append(how + (f' + {len(keep - hv)} measured targets/extra' if keep - hv else ''))
@@ -503,7 +542,8 @@ def fit_scale(self: PerturbData, cells=None) -> PerturbData:
     return self._derive(x_max=m)
 
 def _need_scale(self):
-    if not self.x_max: raise RuntimeError("The scale is not fitted; call fit_scale() (split() does it on training cells).")
+    if not self.x_max:
+        raise RuntimeError("The scale is not fitted; call fit_scale() (split() does it on training cells).")
 
 # %% ../nbs/00b_data.ipynb #c5052d13
 @patch
@@ -563,7 +603,8 @@ class Split:
     def __iter__(self): return iter((self.train, self.test))
     def __repr__(self):
         sub = self.test_groups.subgroup.value_counts().to_dict()
-        return (f"Split({self.kind!r}, seed={self.seed}): {self.train.n_cells} train cells, {self.test.n_cells} test cells "
+        return (f"Split({self.kind!r}, seed={self.seed}): {self.train.n_cells} train cells, {self.test.n_cells} test "
+                "cells "
                 f"in {len(self.test_groups)} test groups {sub}; {self.train.n_genes} genes")
 
 # %% ../nbs/00b_data.ipynb #503acd33
@@ -578,15 +619,19 @@ def _draw(items: Sequence, frac: float, rng, at_least_one: bool = True) -> list:
 
 # %% ../nbs/00b_data.ipynb #1c0ae305
 def parse_group_spec(spec: str | Sequence, delimiter: str = ',', what: str = 'Test group') -> tuple:
-    "(condition[, cell_type[, dose]]) from a tuple, or a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a field holding a comma)."
-    row = next(csv.reader([spec], delimiter=delimiter, skipinitialspace=True), []) if isinstance(spec, str) else list(spec)
+    """(condition[, cell_type[, dose]]) from a tuple, or a CSV row 'COND[,CELL_TYPE[,DOSE]]' (quote a field holding a
+    comma)."""
+    row = next(csv.reader([spec], delimiter=delimiter, skipinitialspace=True),
+               []) if isinstance(spec, str) else list(spec)
     row = [r.strip() if isinstance(r, str) else r for r in row]
     if not 1 <= len(row) <= 3 or not row[0]:
-        raise ValueError(f"{what} {spec!r}: expected (condition[, cell_type[, dose]]) or 'COND[,CELL_TYPE[,DOSE]]'; quote a "
+        raise ValueError(f"{what} {spec!r}: expected (condition[, cell_type[, dose]]) or 'COND[,CELL_TYPE[,DOSE]]'; "
+                         "quote a "
                          f"name holding a comma: 'COND,\"type, a\"'.")
     if len(row) == 3:
         try: row[2] = float(row[2])
-        except (TypeError, ValueError): raise ValueError(f"{what} {spec!r}: the dose {row[2]!r} is not a number.") from None
+        except (TypeError,
+                ValueError): raise ValueError(f"{what} {spec!r}: the dose {row[2]!r} is not a number.") from None
     return tuple(row)
 
 # %% ../nbs/00b_data.ipynb #4f337693
@@ -601,11 +646,14 @@ def _custom_groups(data: PerturbData, test) -> set:
         if not m.any(): raise ValueError(f"Unknown test condition {spec[0]!r}.{_close(spec[0], g.condition.unique())}")
         if len(spec) > 1:
             if spec[1] not in set(g.cell_type[m]):
-                raise ValueError(f"Condition {cond!r} has no cells of cell type {spec[1]!r}; it has {sorted(set(g.cell_type[m]))}.")
+                raise ValueError(f"Condition {cond!r} has no cells of cell type {spec[1]!r}; it has "
+                                 f"{sorted(set(g.cell_type[m]))}.")
             m &= g.cell_type == spec[1]
         if len(spec) > 2:
             d = float(spec[2]); m &= np.isclose(g.dose.astype(float), d)
-            if not m.any(): raise ValueError(f"Condition {cond!r} in {spec[1]!r} has no dose {d}; doses: {sorted(set(g.dose[g.condition == cond]))}.")
+            if not m.any():
+                raise ValueError(f"Condition {cond!r} in {spec[1]!r} has no dose {d}; doses: "
+                                 f"{sorted(set(g.dose[g.condition == cond]))}.")
         chosen |= set(g.index[m])
     return chosen
 
@@ -620,13 +668,15 @@ def _test_groups(data: PerturbData, kind: str, test, test_frac: float, single_te
     g = data.groups()
     if kind in ('unseen_perturbation', 'ood_drug'):
         if kind == 'ood_drug' and data.kind != 'drug':
-            raise ValueError(f"ood_drug holds out drugs, but this data's kind is {data.kind!r}; use 'unseen_perturbation'.")
+            raise ValueError(f"ood_drug holds out drugs, but this data's kind is {data.kind!r}; use "
+                             "'unseen_perturbation'.")
         if test: names = [c for c in _custom_groups_conditions(data, test)]
         else: names = _draw(g.condition.unique(), test_frac, rng)
         return set(g.index[g.condition.isin(names)])
     if kind == 'unseen_combo':
         combos = g.condition[g.n_targets > 1].unique()
-        if not len(combos): raise ValueError("unseen_combo needs combinations (conditions like 'A+B'); this data has none.")
+        if not len(combos):
+            raise ValueError("unseen_combo needs combinations (conditions like 'A+B'); this data has none.")
         singles = g.condition[g.n_targets == 1].unique()
         names = (_custom_groups_conditions(data, test) if test else _draw(combos, test_frac, rng)) + \
                 _draw(singles, single_test_frac, rng, at_least_one=False)
@@ -650,7 +700,9 @@ def _test_groups(data: PerturbData, kind: str, test, test_frac: float, single_te
 # %% ../nbs/00b_data.ipynb #ec1b30a9
 def _custom_groups_conditions(data: PerturbData, test) -> list:
     "Condition keys named in `test`, each checked to exist."
-    return sorted({data.groups().loc[gid, 'condition'] for gid in _custom_groups(data, [(parse_group_spec(t)[0],) for t in test])})
+    return sorted(
+        {data.groups().loc[gid, 'condition'] for gid in _custom_groups(data, [(parse_group_spec(t)[0],) for t in test])}
+    )
 
 # %% ../nbs/00b_data.ipynb #510bea13
 @patch

@@ -55,8 +55,10 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # %% ../nbs/01_datasets.ipynb #4015258f
 @contextlib.contextmanager
 def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
-    "A temporary path beside `dest` (hidden, same suffix), renamed onto it (atomic on one file system) when the block succeeds, else removed."
-    dest = Path(dest); tmp = dest.with_name(f".{dest.stem}.part-{os.getpid()}-{threading.get_ident()}{dest.suffix}")  # per process and thread
+    """A temporary path beside `dest` (hidden, same suffix), renamed onto it (atomic on one file system) when the block
+    succeeds, else removed."""
+    # per process and thread
+    dest = Path(dest); tmp = dest.with_name(f".{dest.stem}.part-{os.getpid()}-{threading.get_ident()}{dest.suffix}")
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -88,15 +90,19 @@ def download(url: str, dest: str | os.PathLike, size: int | None = None, sha256:
                         f.write(b); h.update(b); bar.update(len(b))
             got = tmp.stat().st_size
             if total is not None and got != total:
-                raise DownloadError(f"Download of {url} was cut short: {got} of {total} bytes. Try again. {_manual_hint(url, dest)}")
+                raise DownloadError(f"Download of {url} was cut short: {got} of {total} bytes. Try again. "
+                                    f"{_manual_hint(url, dest)}")
             if size is not None and got != size:
-                raise DownloadError(f"{url} has {got} bytes, expected {size}: the remote file changed or is damaged. {_manual_hint(url, dest)}")
+                raise DownloadError(f"{url} has {got} bytes, expected {size}: the remote file changed or is damaged. "
+                                    f"{_manual_hint(url, dest)}")
             if sha256 is not None and h.hexdigest() != sha256:
-                raise DownloadError(f"Checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}. {_manual_hint(url, dest)}")
+                raise DownloadError(f"Checksum mismatch for {url}: got sha256 {h.hexdigest()}, expected {sha256}. "
+                                    f"{_manual_hint(url, dest)}")
             if verify is not None:
                 try: verify(tmp)
                 except DownloadError as e:
-                    raise DownloadError(f"{url} was downloaded but failed verification: {e} It was deleted and nothing was "
+                    raise DownloadError(f"{url} was downloaded but failed verification: {e} It was deleted and nothing "
+                                        "was "
                                         f"cached; call again to retry. {_manual_hint(url, dest)}") from None
             _hash_record(dest).unlink(missing_ok=True)  # a record of an earlier file must not judge this one
         with atomic_write(_hash_record(dest)) as rec: rec.write_text(h.hexdigest() + '\n')
@@ -172,7 +178,8 @@ def _verify(path: Path, member: str | None) -> None:
 
 # %% ../nbs/01_datasets.ipynb #1aacb2ae
 def _check_cached(path: Path, size: int | None, sha256: str | None) -> None:
-    "A cached (verified) file against the pinned size and SHA-256, else the SHA-256 recorded at download; records it if absent."
+    """A cached (verified) file against the pinned size and SHA-256, else the SHA-256 recorded at download; records it
+    if absent."""
     got = path.stat().st_size
     if size is not None and got != size: raise DownloadError(f"it has {got} bytes, expected {size}.")
     rec, digest = _hash_record(path), sha256sum(path)
@@ -195,11 +202,13 @@ def _extract(archive: Path, member: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_write(out) as tmp:
-            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(tmp, 'wb') as dst: shutil.copyfileobj(src, dst)
+            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(tmp, 'wb') as dst:
+                shutil.copyfileobj(src, dst)
             _verify_h5ad(tmp)
     except DownloadError as e:
         _discard(archive)
-        raise DownloadError(f"{member} in {archive} is not a usable AnnData: {e} The archive has been removed; call again "
+        raise DownloadError(f"{member} in {archive} is not a usable AnnData: {e} The archive has been removed; call "
+                            "again "
                             f"to download it anew (if this repeats, the upstream file is broken).") from None
     return out
 
@@ -323,10 +332,12 @@ def _design(kind, n_single, n_combo, n_drugs, n_genes, n_regulators, mode, rng, 
     singles = sorted(pool[:n_single].tolist())
     modes = {t: (rng.choice(list(_DIRECT)) if mode == 'mixed' else mode) for t in pool.tolist()}
     out = [dict(condition=names[t], targets=(t,), mode=modes[t]) for t in singles]
-    if combos_of not in ('pool', 'singles'): raise ValueError(f"combos_of must be 'pool' or 'singles', got {combos_of!r}")
+    if combos_of not in ('pool', 'singles'):
+        raise ValueError(f"combos_of must be 'pool' or 'singles', got {combos_of!r}")
     parts = pool if combos_of == 'pool' else np.asarray(singles)
     if n_combo > len(parts) * (len(parts) - 1) // 2:
-        raise ValueError(f"{n_combo} distinct pairs cannot be drawn from {len(parts)} targets; lower n_combo or raise n_single.")
+        raise ValueError(f"{n_combo} distinct pairs cannot be drawn from {len(parts)} targets; lower n_combo or raise "
+                         "n_single.")
     seen = set()
     while len(out) < n_single + n_combo:
         a, b = sorted(rng.choice(parts, 2, replace=False).tolist())
@@ -370,8 +381,10 @@ def simulate(
     loadings = rng.normal(0, 0.25, (n_genes, 3))
     dropout = rng.uniform(0, 0.25, n_genes)
     design = _design(kind, n_single, n_combo, n_drugs, n_genes, n_nodes - n_genes, mode, rng, combos_of)
-    block_targets = {b: {int(t): float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.6)) for t in rng.choice(n_nodes, 3, replace=False)}
-                     for b in _HEADS + _RINGS + _TAILS}
+    block_targets = {
+        b: {int(t): float(rng.choice([-1, 1]) * rng.uniform(0.8, 1.6)) for t in rng.choice(n_nodes, 3, replace=False)}
+        for b in _HEADS + _RINGS + _TAILS
+    }
     interaction = {d['condition']: (rng.choice(n_genes, 5, replace=False), rng.choice([-0.8, 0.8], 5))
                    for d in design if len(d.get('targets', ())) > 1 and rng.random() < 1 / 3}
 

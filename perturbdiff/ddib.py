@@ -22,7 +22,15 @@ from .conditions import MODES
 from .data import PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
-from .gat import DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp, pseudobulk_pca
+from perturbdiff.gat import (
+    DirectEffect,
+    GRNBlock,
+    PerturbationTable,
+    VectorPerturbation,
+    cell_modes,
+    mlp,
+    pseudobulk_pca,
+)
 from .anchor import ShiftAnchor
 from .mask import DolorisMaskNet, MaskModel, MaskNet, MaskOptions, UnlastingMaskNet
 from .train import BatchSequence, fit as train_fit, resolve_device
@@ -42,11 +50,15 @@ class DiffusionOptions:
     T: int = 500
     train_on_respaced: bool = True  # train on the S-step chain (authors) or on the full T-step chain
     clip: tuple | None = None  # clamp x0 predictions, e.g. (-1, 1) (authors: sci-Plex only)
-    ode_start: int = 0  # timestep (of T) where inversion starts and decoding ends: 0 (authors) or e.g. 20 (see 06_diffusion)
-    bridge_depth: int | None = None  # ours: timestep (of T) where inversion stops and decoding starts; None: the whole chain (authors)
-    decode_residual: bool = False  # ours: predicted cell = control cell + D(z, target) - D(z, source); False: D(z, target) (authors)
+    ode_start: int = 0  # timestep (of T) where inversion starts and decoding ends: 0 (authors) or e.g. 20 (see
+                        # 06_diffusion)
+    bridge_depth: int | None = None  # ours: timestep (of T) where inversion stops and decoding starts; None: the whole
+                                     # chain (authors)
+    decode_residual: bool = False  # ours: predicted cell = control cell + D(z, target) - D(z, source); False: D(z,
+                                   # target) (authors)
     precondition: bool = False  # x̂0 = c_skip·x_t/√ᾱ + c_out·F (EDM-style skip); False: x̂0 = F (authors)
-    fill_unexpressed: bool = False  # zeros -> draws from the group's expressed values before noising/inverting (see below)
+    fill_unexpressed: bool = False  # zeros -> draws from the group's expressed values before noising/inverting (see
+                                    # below)
     anchor: bool = False  # ours, not the papers': train and decode in the ShiftAnchor's frame (05a_anchor; see below)
     n_control: int = 100  # control cells inverted per cell type (authors: 100)
     reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
@@ -64,7 +76,8 @@ class DenoiserOptions:
     gat_residual: bool = False  # residual connections around the GAT layers (see perturbdiff.gat.GRNBlock)
     shared_readout: bool = False  # a readout vector shared by all genes in the GRN block
     direct_effect: bool = False  # a gene-agnostic term at each target gene's own output (perturbdiff.gat.DirectEffect)
-    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.gat.TargetIdentity); False: the papers'
+    target_identity: bool = False  # ours: a learned vector per trained target (perturbdiff.gat.TargetIdentity); False:
+                                   # the papers'
     pca_dim: int = 32  # Doloris: frozen PCA node features
     dropout: float = 0.1
 
@@ -95,8 +108,8 @@ class DDIBConfig(MaskOptions, TrainingOptions, GraphOptions, ConditioningOptions
 DDIB_PRESETS = {
     'unlasting': {
         'paper': dict(hidden=None, time_dim=1024, decoder=(1024, 1024, 1024), grn_dim=64, steps=10_000, batch_size=32,
-                      lr=1e-4, ema=0.9999, grad_clip=None, mask_strategy='threshold', mask_lr=1e-3, mask_weight_decay=1e-2,
-                      mask_epochs=2, mask_batch_size=64, mask_hidden=1024),
+                      lr=1e-4, ema=0.9999, grad_clip=None, mask_strategy='threshold', mask_lr=1e-3,
+                      mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=64, mask_hidden=1024),
         'quick': dict(hidden=256, time_dim=128, decoder=(256, 256), grn_dim=16, steps=400, batch_size=64, lr=1e-3,
                       mask_strategy='coherent', mask_match_marginals=True, mask_steps=200, precondition=True,
                       control_residual=False, gat_residual=True, shared_readout=True, direct_effect=True,
@@ -193,8 +206,9 @@ class UnlastingNet(nn.Module):
         ct_dim = n_cell_types if n_cell_types > 1 else None
         if self.use_grn:
             self.grn = GRNBlock(graph, cfg.grn_dim, cfg.heads, kind, time_dim=cfg.time_dim, cell_type_dim=ct_dim,
-                                drug_dim=drug_dim, n_labels=n_labels, layers=cfg.gat_layers, dropout=cfg.dropout, seed=seed,
-                                residual=cfg.gat_residual, shared_readout=cfg.shared_readout, trained_targets=trained_targets)
+                                drug_dim=drug_dim, n_labels=n_labels, layers=cfg.gat_layers, dropout=cfg.dropout,
+                                seed=seed, residual=cfg.gat_residual, shared_readout=cfg.shared_readout,
+                                trained_targets=trained_targets)
         else:
             self.pert = VectorPerturbation(graph, kind, hidden, drug_dim=drug_dim, n_labels=n_labels, seed=seed,
                                            trained_targets=trained_targets)
@@ -250,11 +264,14 @@ class Preconditioned(nn.Module):
     def forward(self, x_t, t, cond):
         a = self.abar[t][:, None]
         s2, d2 = (1 - a) / a, self.sigma_data ** 2
-        return d2 / (s2 + d2) * x_t / a.sqrt() + (s2.sqrt() * self.sigma_data / (s2 + d2).sqrt()) * self.net(x_t, t, cond)
+        return d2 / (s2 + d2) * x_t / a.sqrt() + (s2.sqrt() * self.sigma_data / (s2 + d2).sqrt()) * self.net(
+            x_t, t, cond
+        )
 
 # %% ../nbs/07_ddib.ipynb #96828f03
 def expressed_std(train: PerturbData, chunk: int = 4096) -> float:
-    "σ_data: std (ddof 0) of the expressed (> 0) scaled training values, streamed in chunks (1.0 when none is expressed)."
+    """σ_data: std (ddof 0) of the expressed (> 0) scaled training values, streamed in chunks (1.0 when none is
+    expressed)."""
     n, mean, m2 = 0, 0.0, 0.0
     for a in range(0, train.n_cells, chunk):
         x = train.dense(np.arange(a, min(a + chunk, train.n_cells)), scaled=True)
@@ -315,11 +332,13 @@ class DDIBBatches:
     "Seeded per-epoch training batches mixing control (source) and perturbed (target) cells."
     def __init__(self, train: PerturbData, batch_size: int, source_fraction: float, seed: int,
                  fill: 'ExpressedStats | None' = None,  # adds each cell's fill_mean/fill_std to its batch
-                 anchor: 'tuple[np.ndarray, torch.Tensor] | None' = None):  # (row per cell, shifts): adds each cell's 'anchor'
+                 anchor: 'tuple[np.ndarray, torch.Tensor] | None' = None):  # (row per cell, shifts): adds each cell's
+                                                                            # 'anchor'
         self.train, self.bs, self.seed, self.fill, self.anchor = train, batch_size, seed, fill, anchor
         ctrl = train.obs.control.to_numpy()
         self.ctrl_rows, self.pert_rows = np.flatnonzero(ctrl), np.flatnonzero(~ctrl)
-        if not len(self.ctrl_rows): raise ValueError("Training data without control cells: the source model needs them.")
+        if not len(self.ctrl_rows):
+            raise ValueError("Training data without control cells: the source model needs them.")
         if not len(self.pert_rows): raise ValueError("Training data without perturbed cells.")
         self.n_src = max(1, int(round(batch_size * source_fraction)))
         self.n_tgt = max(1, batch_size - self.n_src)
@@ -368,7 +387,8 @@ def ddib_loss(net, batch: dict, generator, sched: Schedule, conditioner: Conditi
     t = torch.as_tensor(sched.timesteps, device=x0.device)[i]
     x_t = q_sample(x0, i, sched, generator=generator)
     ctrl = conditioner.noisy_control(batch['cell_type'], generator)
-    cond = conditioner.cond(batch['cell_type'], batch['condition'], batch['dose'], batch['mode'], batch['is_target'], ctrl)
+    cond = conditioner.cond(batch['cell_type'], batch['condition'], batch['dose'], batch['mode'], batch['is_target'],
+                            ctrl)
     pred = net(x_t, t, cond)
     mask = expressed
     if conditioner.zero_loss == 'all': mask = torch.ones_like(mask)
@@ -381,7 +401,8 @@ class DDIBModel(TrainedModel):
     "Shared skeleton of Unlasting and Doloris: fit (denoiser + mask model), DDIB predict; the rest from TrainedModel."
     family = 'ddib'
     @classmethod
-    def make_config(cls, preset: str = 'quick', **overrides) -> DDIBConfig: return ddib_config(cls.family, preset, **overrides)
+    def make_config(cls, preset: str = 'quick', **overrides) -> DDIBConfig:
+        return ddib_config(cls.family, preset, **overrides)
     def networks(self) -> list: return [getattr(self, 'net_', None), getattr(getattr(self, 'mask_', None), 'net', None)]
 
     def _node_features(self, train, graph) -> torch.Tensor | None:
@@ -404,7 +425,8 @@ def fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume:
          stop_after: int | None = None, **train_overrides) -> DDIBModel:
     "Train the denoiser, then the mask model, on the training split."
     cfg = self.config
-    if not train.x_max: raise ValueError("The training data has no fitted scale; use data.split(...) or data.fit_scale().")
+    if not train.x_max:
+        raise ValueError("The training data has no fitted scale; use data.split(...) or data.fit_scale().")
     torch.manual_seed(self.seed)
     self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold, verbose=self.progress)
     self.cond_ = Conditioner(train, self.graph_, cfg)
@@ -412,15 +434,18 @@ def fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume:
     self.net_ = self._build_net(train, self.graph_, self.cond_, feats)
     self.sched_train_, self.sched_ = self._schedules()
     if cfg.precondition:
-        self.net_ = Preconditioned(self.net_, Schedule.make(cfg.schedule, cfg.T), expressed_std(train))  # streamed: backed data fit
+        # streamed: backed data fit
+        self.net_ = Preconditioned(self.net_, Schedule.make(cfg.schedule, cfg.T), expressed_std(train))
     self.fill_ = expressed_stats(train) if cfg.fill_unexpressed else None
     self.anchor_, frame = None, None
     if cfg.bridge_depth is not None:
-        if not cfg.use_latent: raise ValueError("bridge_depth stops the inversion of control cells part-way; with use_latent=False "
-                                                "there is no inversion. Set bridge_depth=None or use_latent=True.")
+        if not cfg.use_latent:
+            raise ValueError("bridge_depth stops the inversion of control cells part-way; with use_latent=False "
+                             "there is no inversion. Set bridge_depth=None or use_latent=True.")
         self._stop_index(self.sched_)  # refuse a depth outside the chain now, not at predict time
     if cfg.decode_residual and not cfg.use_latent:
-        raise ValueError("decode_residual adds the condition's change to each inverted control cell; with use_latent=False "
+        raise ValueError("decode_residual adds the condition's change to each inverted control cell; with "
+                         "use_latent=False "
                          "nothing is inverted. Set decode_residual=False or use_latent=True.")
     if cfg.anchor:
         if cfg.fill_unexpressed or cfg.use_mask:
@@ -432,14 +457,17 @@ def fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume:
     batches = DDIBBatches(train, cfg.batch_size, cfg.source_fraction, self.seed, self.fill_, frame)
     tc = self.train_config(resume, **{**dict(steps=cfg.steps, log_every=max(1, cfg.steps // 20),
                                              out_dir=None if out_dir is None else str(Path(out_dir) / 'denoiser'),
-                                             ckpt_every=None if out_dir is None else max(1, cfg.steps // 10)), **train_overrides})
+                                             ckpt_every=None if out_dir is None else max(1, cfg.steps // 10)),
+                                      **train_overrides})
     loss = lambda net, b, g: ddib_loss(net, b, g, self.sched_train_, self.cond_)
-    self.history_ = train_fit(self.net_, loss, batches, tc, stop_after=stop_after, desc=f'{self.family} denoiser').history
+    self.history_ = train_fit(self.net_, loss, batches, tc, stop_after=stop_after,
+                              desc=f'{self.family} denoiser').history
     self.device_ = resolve_device(self.device)
     self.mask_ = None
     if cfg.use_mask and (stop_after is None):
         torch.manual_seed(self.seed + 17)
-        self.mask_ = MaskModel(self._build_mask_net(train, self.graph_, self.cond_, feats), train, self.cond_, cfg, self.seed).fit(
+        self.mask_ = MaskModel(self._build_mask_net(train, self.graph_, self.cond_, feats), train, self.cond_, cfg,
+                               self.seed).fit(
             device=self.device, progress=self.progress,
             out_dir=None if out_dir is None else str(Path(out_dir) / 'mask'), resume=resume)
     return self
@@ -461,7 +489,8 @@ def _stop_index(self: DDIBModel, sched: Schedule) -> int | None:
 def entry_index(sched: Schedule, t0: int) -> int:
     "First index of the chain whose timestep is >= t0 (where DDIM enters and leaves the chain)."
     idx = int(np.searchsorted(sched.timesteps, t0))
-    if idx >= sched.n_steps: raise ValueError(f"ode_start={t0} is beyond the chain's last timestep {sched.timesteps[-1]}.")
+    if idx >= sched.n_steps:
+        raise ValueError(f"ode_start={t0} is beyond the chain's last timestep {sched.timesteps[-1]}.")
     return idx
 
 # %% ../nbs/07_ddib.ipynb #a6051ee8
@@ -491,8 +520,8 @@ def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Sche
     n, dev = len(x_ctrl), x_ctrl.device
     cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.full((n,), -1), None, None,
                            torch.zeros(n, dtype=torch.bool, device=dev), torch.zeros_like(x_ctrl))
-    return ddim_invert(self._denoiser(cond), x_ctrl, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
-                       stop=self._stop_index(sched))
+    return ddim_invert(self._denoiser(cond), x_ctrl, sched, clip=self.config.clip,
+                       start=entry_index(sched, self.config.ode_start), stop=self._stop_index(sched))
 
 # %% ../nbs/07_ddib.ipynb #baa374b3
 @patch
@@ -506,25 +535,29 @@ def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: 
                            torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                            torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown')),
                            torch.ones(n, dtype=torch.bool, device=dev), x_ctrl)
-    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
-                       stop=self._stop_index(sched))
+    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip,
+                       start=entry_index(sched, self.config.ode_start), stop=self._stop_index(sched))
 
 # %% ../nbs/07_ddib.ipynb #c43d80e4
 @patch
 @torch.no_grad()
-def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None, whole_chain: bool = False) -> torch.Tensor:
-    "Source-model decoding of latents (from `bridge_depth`, or from the chain's end with `whole_chain`): the control cells."
+def _reconstruct(self: DDIBModel, latents, ct_idx: int, sched: Schedule | None = None,
+                 whole_chain: bool = False) -> torch.Tensor:
+    """Source-model decoding of latents (from `bridge_depth`, or from the chain's end with `whole_chain`): the control
+    cells."""
     sched = sched or self.sched_
     n, dev = len(latents), latents.device
     cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.full((n,), -1), None, None,
                            torch.zeros(n, dtype=torch.bool, device=dev), torch.zeros_like(latents))
-    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip, start=entry_index(sched, self.config.ode_start),
+    return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip,
+                       start=entry_index(sched, self.config.ode_start),
                        stop=None if whole_chain else self._stop_index(sched))
 
 # %% ../nbs/07_ddib.ipynb #267f0c39
 @patch
 def _fill_controls(self: DDIBModel, x_ctrl: torch.Tensor, cell_type: str, gen) -> torch.Tensor:
-    "Control cells as they are inverted: unexpressed entries filled from their control group (fill_unexpressed), else as given."
+    """Control cells as they are inverted: unexpressed entries filled from their control group (fill_unexpressed), else
+    as given."""
     fill = getattr(self, 'fill_', None)
     if fill is None: return x_ctrl
     g = fill.control[cell_type]
@@ -536,8 +569,9 @@ def sampling_schedule(self: DDIBModel, steps: int | None = None) -> Schedule:
     "The chain used for inversion and decoding: the configured one, or `steps` respaced from the chain trained on."
     if steps is None: return self.sched_
     base = self.sched_train_
-    if steps > base.n_steps: raise ValueError(f"The model was trained on a {base.n_steps}-step chain; sample with at most that many steps "
-                                              f"(train with train_on_respaced=False to sample with up to T={self.config.T}).")
+    if steps > base.n_steps:
+        raise ValueError(f"The model was trained on a {base.n_steps}-step chain; sample with at most that many steps "
+                         f"(train with train_on_respaced=False to sample with up to T={self.config.T}).")
     return base.respace(steps)
 
 # %% ../nbs/07_ddib.ipynb #3e8b20dd
@@ -556,24 +590,29 @@ def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, 
         x_pool = torch.as_tensor(self.train_.dense(pool, scaled=True), device=self.device_)
         x_in = self._fill_controls(x_pool, ct, gen)  # what is inverted (x_pool itself unless fill_unexpressed)
         lat = self._invert(x_in, cts.index(ct), gen, sched) if cfg.reuse_latents else None
-        rec = self._reconstruct(lat, cts.index(ct), sched) if (cfg.decode_residual and lat is not None) else None  # once
+        # once
+        rec = self._reconstruct(lat, cts.index(ct), sched) if (cfg.decode_residual and lat is not None) else None
         return pool, x_pool, x_in, lat, rec
 
     def sample(state, row, rng, gen):  # per group: controls drawn from the pool, inverted, decoded, masked
         pool, x_pool, x_in, lat, rec = state
         k, c = cts.index(row.cell_type), self._condition_index(row.condition)
-        pick = np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[:row.n_cells]
+        pick = np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[
+            : row.n_cells
+        ]
         def decode(rows):
             j = torch.as_tensor(pick[rows], device=self.device_)
             l = lat[j] if lat is not None else self._invert(x_in[j], k, gen, sched)
             d = self._decode(l, x_pool[j], k, c, row.dose, row['mode'], sched)
             if not cfg.decode_residual: return d
             r = rec[j] if rec is not None else self._reconstruct(l, k, sched)
-            return x_in[j] + d - r  # the condition's change to this cell; the source model's reconstruction error cancels
+            return x_in[j] + d - r  # the condition's change to this cell; the source model's reconstruction error
+                                    # cancels
         xt = self.in_batches(len(pick), decode).cpu().numpy().astype(np.float64)
         if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
             xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
-        masks = self.mask_.masks(self, pool[pick], row.cell_type, row, seed) if (self.mask_ is not None and cfg.use_mask) else None
+        masks = self.mask_.masks(self, pool[pick], row.cell_type, row,
+                                 seed) if (self.mask_ is not None and cfg.use_mask) else None
         if return_raw: raw.append(xt)
         return self.train_.unscale(np.clip(xt * masks if masks is not None else xt, 0, None))
 
@@ -593,12 +632,15 @@ def expression_rate(data: PerturbData, rows: np.ndarray, chunk: int = 4096) -> n
 # %% ../nbs/07_ddib.ipynb #3e48bedb
 @patch
 @torch.no_grad()
-def generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0, zeros: str = 'auto') -> np.ndarray:
-    "Control cells of one cell type (log1p, [n_cells, genes]) sampled by the source model from noise; `zeros`: see above."
+def generate_controls(self: DDIBModel, cell_type: str, n_cells: int = 100, seed: int = 0,
+                      zeros: str = 'auto') -> np.ndarray:
+    """Control cells of one cell type (log1p, [n_cells, genes]) sampled by the source model from noise; `zeros`: see
+    above."""
     self._check_fitted()
     if zeros not in ZEROS: raise ValueError(f"zeros={zeros!r} is not one of {list(ZEROS)}.")
     cts = list(self.cond_.cell_types)
-    if cell_type not in cts: raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {cts}.")
+    if cell_type not in cts:
+        raise ValueError(f"Cell type {cell_type!r} has no training control cells; trained on {cts}.")
     dev = self.device_
     self.net_.to(dev).eval()
     rng, gen = self.generators(seed, 13, cell_type)
@@ -616,12 +658,12 @@ class Unlasting(DDIBModel):
     "Unlasting: DDIB with a GRN (gene-graph attention) branch in its denoiser and its mask model."
     family = 'unlasting'
     def _build_net(self, train, graph, cond, node_features=None):
-        return UnlastingNet(graph, self.config, len(cond.cell_types), train.kind, cond.drug_dim, cond.n_labels, self.seed,
-                            self._trained_targets(train, graph, cond))
+        return UnlastingNet(graph, self.config, len(cond.cell_types), train.kind, cond.drug_dim, cond.n_labels,
+                            self.seed, self._trained_targets(train, graph, cond))
     def _build_mask_net(self, train, graph, cond, node_features=None):
         c = self.config
-        return UnlastingMaskNet(graph, train.n_genes, len(cond.cell_types), c.mask_hidden, train.kind, c.grn_dim, c.heads,
-                                cond.drug_dim, cond.n_labels, self.seed, c.gat_residual, c.shared_readout)
+        return UnlastingMaskNet(graph, train.n_genes, len(cond.cell_types), c.mask_hidden, train.kind, c.grn_dim,
+                                c.heads, cond.drug_dim, cond.n_labels, self.seed, c.gat_residual, c.shared_readout)
 
 # %% ../nbs/07_ddib.ipynb #045d6502
 class Doloris(DDIBModel):
@@ -641,7 +683,8 @@ class Doloris(DDIBModel):
 @torch.no_grad()
 def reconstruction_error(model: DDIBModel, steps: Sequence[int] = (5, 10, 25, 50, 100), n_cells: int = 100,
                          seed: int = 0) -> pd.DataFrame:
-    "Mean absolute error (scaled space, expressed and all entries) of decode(invert(x)) for control cells, per step count."
+    """Mean absolute error (scaled space, expressed and all entries) of decode(invert(x)) for control cells, per step
+    count."""
     model._check_fitted()
     tr, dev = model.train_, model.device_
     rows = np.flatnonzero(tr.obs.control.to_numpy())
@@ -652,9 +695,12 @@ def reconstruction_error(model: DDIBModel, steps: Sequence[int] = (5, 10, 25, 50
     if fill is not None:  # the cells as the model inverts them (their zeros filled from their control group)
         g = torch.as_tensor(fill.group[rows])
         x = fill_unexpressed(x, fill.mean[g], fill.std[g], torch.Generator(device=dev).manual_seed(seed))
-    ct = torch.as_tensor(tr.obs.cell_type.astype(str).map({c: i for i, c in enumerate(model.cond_.cell_types)}).to_numpy()[rows], device=dev)
+    ct = torch.as_tensor(tr.obs.cell_type.astype(str).map({c: i for i,
+                                                           c in enumerate(model.cond_.cell_types)}).to_numpy()[rows],
+                         device=dev)
     n = len(rows)
-    cond = model.cond_.cond(ct, torch.full((n,), -1), None, None, torch.zeros(n, dtype=torch.bool, device=dev), torch.zeros_like(x))
+    cond = model.cond_.cond(ct, torch.full((n,), -1), None, None, torch.zeros(n, dtype=torch.bool, device=dev),
+                            torch.zeros_like(x))
     f, full = model._denoiser(cond), Schedule.make(model.config.schedule, model.config.T)
     out = []
     for S in steps:

@@ -101,9 +101,11 @@ def _abar(sched: Schedule, i: int, like: torch.Tensor) -> torch.Tensor:
 def ddim_sample(model: Denoiser, x_T: torch.Tensor, sched: Schedule, eta: float = 0.0, clip=None,
                 generator: torch.Generator | None = None, return_path: bool = False, start: int = 0,
                 stop: int | None = None):
-    "Decode latents to data: DDIM from the last chain index (or from index `stop`) to x0 (ODESolve(x^l, 1 → 0) when η=0)."
+    """Decode latents to data: DDIM from the last chain index (or from index `stop`) to x0 (ODESolve(x^l, 1 → 0) when
+    η=0)."""
     top = sched.n_steps - 1 if stop is None else stop
-    if not start <= top < sched.n_steps: raise ValueError(f"stop={stop} must lie in [start={start}, {sched.n_steps - 1}].")
+    if not start <= top < sched.n_steps:
+        raise ValueError(f"stop={stop} must lie in [start={start}, {sched.n_steps - 1}].")
     x, path = x_T, [x_T]
     for i in range(top, start - 1, -1):
         x0 = _predict(model, x, sched, i, clip)
@@ -113,9 +115,10 @@ def ddim_sample(model: Denoiser, x_T: torch.Tensor, sched: Schedule, eta: float 
 
 # %% ../nbs/06_diffusion.ipynb #9837c534
 @torch.no_grad()
-def ddim_invert(model: Denoiser, x0: torch.Tensor, sched: Schedule, clip=None, return_path: bool = False, start: int = 0,
-                stop: int | None = None):
-    "Encode data to latents: deterministic DDIM from x0 to the last index (ODESolve(x^c, 0 → 1)), or only up to index `stop`."
+def ddim_invert(model: Denoiser, x0: torch.Tensor, sched: Schedule, clip=None, return_path: bool = False,
+                start: int = 0, stop: int | None = None):
+    """Encode data to latents: deterministic DDIM from x0 to the last index (ODESolve(x^c, 0 → 1)), or only up to index
+    `stop`."""
     if stop is not None and not start <= stop < sched.n_steps:
         raise ValueError(f"stop={stop} must lie in [start={start}, {sched.n_steps - 1}].")
     x = x0 if start == 0 else _abar(sched, start, x0).sqrt() * x0  # enter the chain at index `start`

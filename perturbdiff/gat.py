@@ -93,7 +93,8 @@ def plan_edges(edge_index: torch.Tensor, num_nodes: int, edge_attr: torch.Tensor
 
 # %% ../nbs/05_gat.ipynb #e1fb8bc5
 def gatv2_reference(x_l: torch.Tensor, x_r: torch.Tensor, att: torch.Tensor, plan: EdgePlan,
-                    edge_term: torch.Tensor | None = None, negative_slope: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+                    edge_term: torch.Tensor | None = None,
+                    negative_slope: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     "GATv2 messages on [N, B, H, C] features over one shared graph: (aggregated [N, B, H, C], alpha [E, B, H])."
     src, dst = plan.src, plan.dst
     s = x_l[src] + x_r[dst]  # [E, B, H, C]: W_l x_j + W_r x_i
@@ -123,7 +124,8 @@ def _map_chunks(fn, chunks: list, workers: int, cpu: bool) -> list:
     torch.set_num_threads(1)  # this thread and the new worker threads run operations single-threaded
     try:
         if workers == 1: return [call(chunks)]
-        with ThreadPoolExecutor(workers) as pool: return list(pool.map(call, [chunks[i::workers] for i in range(workers)]))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(call, [chunks[i::workers] for i in range(workers)]))
     finally: torch.set_num_threads(old)
 
 # %% ../nbs/05_gat.ipynb #09e9ef25
@@ -199,7 +201,8 @@ class _FusedGATv2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, _):
         xl, xr, att, alpha, edge_term, keep = ctx.saved_tensors
-        grads = _gatv2_fused_backward(dout, xl, xr, att, alpha, ctx.plan, edge_term, ctx.slope, ctx.cap, keep, ctx.workers)
+        grads = _gatv2_fused_backward(dout, xl, xr, att, alpha, ctx.plan, edge_term, ctx.slope, ctx.cap, keep,
+                                      ctx.workers)
         return (*grads, None, None, None, None, None)
 
 # %% ../nbs/05_gat.ipynb #833ebad5
@@ -221,12 +224,18 @@ class BatchedGATv2(nn.Module):
                  add_self_loops: bool = False,  # gene graphs carry their own self-loops
                  edge_dim: int | None = None, fill_value: float | str = 'mean', bias: bool = True,
                  share_weights: bool = False,
-                 chunk_elements: int | None = None,  # elements per chunk of the fused kernel (default 2^20 CPU, 2^25 CUDA)
+                 chunk_elements: int | None = None,  # elements per chunk of the fused kernel (default 2^20 CPU, 2^25
+                                                     # CUDA)
                  num_threads: int | None = None):  # CPU worker threads of the fused kernel (default: torch's count)
         super().__init__()
         self.in_dim, self.out_dim, self.heads, self.concat = in_dim, out_dim, heads, concat
         self.negative_slope, self.dropout, self.add_self_loops = negative_slope, dropout, add_self_loops
-        self.edge_dim, self.fill_value, self.chunk_elements, self.num_threads = edge_dim, fill_value, chunk_elements, num_threads
+        self.edge_dim, self.fill_value, self.chunk_elements, self.num_threads = (
+            edge_dim,
+            fill_value,
+            chunk_elements,
+            num_threads,
+        )
         self.lin_l = nn.Linear(in_dim, heads * out_dim, bias=bias)
         self.lin_r = self.lin_l if share_weights else nn.Linear(in_dim, heads * out_dim, bias=bias)
         self.att = nn.Parameter(torch.empty(1, heads, out_dim))
@@ -254,7 +263,8 @@ def forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | EdgePlan,
     if single: x = x.unsqueeze(0)
     B, N, _ = x.shape
     plan = graph if isinstance(graph, EdgePlan) else self.plan(graph, N, edge_attr)
-    if plan.num_nodes != N: raise ValueError(f"The graph has {plan.num_nodes} nodes but x has {N} (x: [batch, nodes, dim]).")
+    if plan.num_nodes != N:
+        raise ValueError(f"The graph has {plan.num_nodes} nodes but x has {N} (x: [batch, nodes, dim]).")
     if plan.self_loops_added != self.add_self_loops:
         raise ValueError("The EdgePlan's self-loop policy differs from the layer's; build it with layer.plan(...).")
     H, C = self.heads, self.out_dim
@@ -263,14 +273,17 @@ def forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | EdgePlan,
     x_r = x_l if self.lin_r is self.lin_l else self.lin_r(xt).view(N, B, H, C)
     edge_term = None
     if self.lin_edge is not None:
-        if plan.edge_attr is None: raise ValueError(f"This layer has edge_dim={self.edge_dim}; pass edge_attr (or a plan with it).")
+        if plan.edge_attr is None:
+            raise ValueError(f"This layer has edge_dim={self.edge_dim}; pass edge_attr (or a plan with it).")
         edge_term = self.lin_edge(plan.edge_attr.to(x.dtype)).view(-1, H, C)
     keep = None
     if self.training and self.dropout > 0:
-        keep = torch.empty(plan.n_edges, B, H, dtype=x.dtype, device=x.device).bernoulli_(1 - self.dropout) / (1 - self.dropout)
+        keep = torch.empty(plan.n_edges, B, H, dtype=x.dtype,
+                           device=x.device).bernoulli_(1 - self.dropout) / (1 - self.dropout)
     if impl == 'reference':
         out, alpha = gatv2_reference(x_l, x_r, self.att.view(H, C), plan, edge_term, self.negative_slope)
-        if keep is not None: out = _pyg_scatter(x_l[plan.src] * (alpha * keep).unsqueeze(-1), plan.dst, 0, dim_size=N, reduce='sum')
+        if keep is not None:
+            out = _pyg_scatter(x_l[plan.src] * (alpha * keep).unsqueeze(-1), plan.dst, 0, dim_size=N, reduce='sum')
     elif impl == 'fused':
         out, alpha = gatv2_fused(x_l, x_r, self.att, plan, edge_term, self.negative_slope, self.chunk_elements, keep,
                                  self.num_threads)
@@ -287,7 +300,8 @@ def forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | EdgePlan,
 def from_pyg(cls: BatchedGATv2, conv) -> BatchedGATv2:
     "A BatchedGATv2 with the hyper-parameters and weights of a torch_geometric GATv2Conv."
     if getattr(conv, 'res', None) is not None: raise ValueError("GATv2Conv(residual=True) is not supported.")
-    if not isinstance(conv.in_channels, int): raise ValueError("Bipartite GATv2Conv (in_channels as a tuple) is not supported.")
+    if not isinstance(conv.in_channels, int):
+        raise ValueError("Bipartite GATv2Conv (in_channels as a tuple) is not supported.")
     layer = cls(conv.in_channels, conv.out_channels, conv.heads, conv.concat, conv.negative_slope, conv.dropout,
                 conv.add_self_loops, conv.edge_dim, conv.fill_value, conv.bias is not None, conv.share_weights)
     layer.load_state_dict(conv.state_dict())
@@ -362,22 +376,34 @@ class PerturbationTable:
             for i, p in enumerate(parts): tab[i, :len(p)] = torch.as_tensor(graph.node_index(p))
             self.targets = tab
             modes = modes or {}
-            self.modes = torch.tensor([MODES.index(modes.get(c, default_mode)) for c in self.vocab] + [MODES.index('unknown')])
+            self.modes = torch.tensor(
+                [MODES.index(modes.get(c, default_mode)) for c in self.vocab] + [MODES.index('unknown')]
+            )
         elif kind == 'drug':
-            if drug_features is None: raise ValueError("Drug perturbations need drug_features (see perturbdiff.priors.drug_features).")
+            if drug_features is None:
+                raise ValueError("Drug perturbations need drug_features (see perturbdiff.priors.drug_features).")
             feats = combination_features(drug_features, self.vocab).to_numpy()
             self.features = torch.cat([torch.as_tensor(feats), torch.zeros(1, feats.shape[1])])
         elif kind != 'label': raise ValueError(f"kind must be 'gene', 'drug' or 'label', got {kind!r}")
-        self.seen = torch.tensor([c in set(seen) for c in self.vocab] + [True]) if seen is not None else torch.ones(V + 1, dtype=torch.bool)
+        self.seen = (
+            torch.tensor([c in set(seen) for c in self.vocab] + [True])
+            if seen is not None
+            else torch.ones(V + 1, dtype=torch.bool)
+        )
 
 # %% ../nbs/05_gat.ipynb #98448518
 @patch(cls_method=True)
-def from_data(cls: PerturbationTable, data: PerturbData, graph: GeneGraph | None = None, drug_features: pd.DataFrame | None = None,
+def from_data(cls: PerturbationTable, data: PerturbData, graph: GeneGraph | None = None,
+              drug_features: pd.DataFrame | None = None,
                      unseen_labels: str = 'error') -> PerturbationTable:
     "The table for a PerturbData (normally the training split): its vocab, kind, per-condition modes, seen labels."
     modes = {}
     if data.kind == 'gene':
-        per = data.obs[~data.obs.control].groupby('condition', observed=True)['mode'].agg(lambda m: m.iloc[0] if m.nunique() == 1 else 'unknown')
+        per = (
+            data.obs[~data.obs.control]
+            .groupby('condition', observed=True)['mode']
+            .agg(lambda m: m.iloc[0] if m.nunique() == 1 else 'unknown')
+        )
         modes = {str(k): str(v) for k, v in per.items()}
     pert_modes = data.obs.loc[~data.obs.control, 'mode'].astype(str)
     default = pert_modes.mode().iloc[0] if len(pert_modes) else 'unknown'
@@ -389,19 +415,25 @@ def batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.Tensor |
                  mode: torch.Tensor | None = None) -> PerturbationBatch:
     "A PerturbationBatch for condition indices (-1: control), raw doses and optional per-cell modes."
     cond = torch.as_tensor(condition, dtype=torch.long).cpu()
-    if (cond >= len(self.vocab)).any() or (cond < -1).any(): raise IndexError(f"Condition indices must be in [-1, {len(self.vocab)}).")
+    if (cond >= len(self.vocab)).any() or (cond < -1).any():
+        raise IndexError(f"Condition indices must be in [-1, {len(self.vocab)}).")
     row = torch.where(cond < 0, len(self.vocab), cond)
     if self.kind == 'gene':
         m = self.modes[row] if mode is None else torch.as_tensor(mode, dtype=torch.long)
         return PerturbationBatch('gene', targets=self.targets[row], mode=m)
     if self.kind == 'drug':
-        d = torch.zeros(len(cond)) if dose is None else torch.log10(1 + torch.as_tensor(dose, dtype=torch.float32).nan_to_num(0.0))
+        d = (
+            torch.zeros(len(cond))
+            if dose is None
+            else torch.log10(1 + torch.as_tensor(dose, dtype=torch.float32).nan_to_num(0.0))
+        )
         return PerturbationBatch('drug', drug=self.features[row], dose=torch.where(cond < 0, torch.zeros_like(d), d))
     unseen = ~self.seen[row]
     if unseen.any():
         names = sorted({self.vocab[i] for i in row[unseen].tolist()})
         if self.unseen_labels == 'error':
-            raise ValueError(f"Labels {names[:5]} have no training cells, so no learned embedding. Train on them, or build "
+            raise ValueError(f"Labels {names[:5]} have no training cells, so no learned embedding. Train on them, or "
+                             "build "
                              f"the table with unseen_labels='zero' to treat them as the control.")
         cond = torch.where(unseen, -1, cond)
     return PerturbationBatch('label', label=cond)
@@ -428,13 +460,15 @@ class TargetIdentity(nn.Module):
         self.register_buffer('trained', trained.clone())
         self.weight = nn.Parameter(symbol_normal(genes, dim, seed + 2, std) * trained[:, None].float())
     def forward(self, targets: torch.Tensor) -> torch.Tensor:
-        "targets [...] node indices (-1: none) -> [..., dim]; zero rows for padding and for targets without training cells."
+        """targets [...] node indices (-1: none) -> [..., dim]; zero rows for padding and for targets without training
+        cells."""
         keep = (targets >= 0) & self.trained[targets.clamp(min=0)]
         return self.weight[targets.clamp(min=0)] * keep[..., None].to(self.weight.dtype)
 
 # %% ../nbs/05_gat.ipynb #89e867bf
 class GenePerturbation(nn.Module):
-    "Eq. 10 of Unlasting: mask each target's embedding; add a learned direction for the perturbation mode (+ identity, ours)."
+    """Eq. 10 of Unlasting: mask each target's embedding; add a learned direction for the perturbation mode (+ identity,
+    ours)."""
     def __init__(self, dim: int, n_modes: int = len(MODES), identity: TargetIdentity | None = None):
         super().__init__()
         self.direction = nn.Parameter(torch.zeros(n_modes, dim))  # u_m; zero = pure masking
@@ -504,7 +538,8 @@ class PerturbationEncoder(nn.Module):
 
 # %% ../nbs/05_gat.ipynb #4f304b95
 class GRNBlock(nn.Module):
-    "Unlasting's GRN branch: per-gene features (eqs. 7-10) -> GATv2 over the gene graph (eq. 11) -> per-gene readout (eq. 12)."
+    """Unlasting's GRN branch: per-gene features (eqs. 7-10) -> GATv2 over the gene graph (eq. 11) -> per-gene readout
+    (eq. 12)."""
     def __init__(self, graph: GeneGraph, dim: int = 64, heads: int = 2, kind: str = 'gene',
                  time_dim: int | None = None,  # size of the time embedding given to forward (None: no time input)
                  cell_type_dim: int | None = None,  # size of the cell-type embedding (None: none)
@@ -521,10 +556,12 @@ class GRNBlock(nn.Module):
         self.unmeasured = nn.Parameter(torch.zeros(dim))
         self.time = nn.Linear(time_dim, dim) if time_dim else None
         self.cell_type = nn.Linear(cell_type_dim, dim) if cell_type_dim else None
-        identity = TargetIdentity(graph.genes, trained_targets, dim, seed) if trained_targets is not None and kind == 'gene' else None
+        identity = TargetIdentity(graph.genes, trained_targets, dim,
+                                  seed) if trained_targets is not None and kind == 'gene' else None
         self.perturbation = PerturbationEncoder(kind, dim, drug_dim, n_labels, identity)
         self.gat = nn.ModuleList([BatchedGATv2(dim, dim, heads, concat=False, edge_dim=1 if use_edge_weight else None,
-                                               chunk_elements=chunk_elements, num_threads=num_threads) for _ in range(layers)])
+                                               chunk_elements=chunk_elements,
+                                               num_threads=num_threads) for _ in range(layers)])
         self.norm = nn.ModuleList([nn.LayerNorm(dim) for _ in range(layers)])
         self.drop = nn.Dropout(dropout)
         self.readout = PerGeneReadout(graph.measured, dim, seed, shared_readout)
@@ -539,16 +576,19 @@ def plan(self: GRNBlock) -> EdgePlan:
     "The gene graph's EdgePlan on the block's device (built once per device)."
     key = str(self.edge_index.device)
     if key not in self._plans:
-        self._plans[key] = self.gat[0].plan(self.edge_index, self.graph.n_nodes, self.edge_weight if self.use_edge_weight else None)
+        self._plans[key] = self.gat[0].plan(self.edge_index, self.graph.n_nodes,
+                                            self.edge_weight if self.use_edge_weight else None)
     return self._plans[key]
 
 # %% ../nbs/05_gat.ipynb #b86957fa
 @patch
 def node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None = None,
-                   cell_type_emb: torch.Tensor | None = None, perturbation: PerturbationBatch | None = None) -> torch.Tensor:
+                   cell_type_emb: torch.Tensor | None = None,
+                  perturbation: PerturbationBatch | None = None) -> torch.Tensor:
     "Eqs. 7-10: h [B, N, dim] from the noisy input, time, cell type and perturbation."
     if x_t.dim() != 2 or x_t.shape[1] != self.n_measured:
-        raise ValueError(f"x_t must be [batch, {self.n_measured}] (the graph's measured genes, in order); got {tuple(x_t.shape)}.")
+        raise ValueError(f"x_t must be [batch, {self.n_measured}] (the graph's measured genes, in order); got "
+                         f"{tuple(x_t.shape)}.")
     B, N = x_t.shape[0], self.graph.n_nodes
     e = self.embedding()
     xin = self.x_encoder(x_t.unsqueeze(-1))  # [B, G, dim]
@@ -564,7 +604,7 @@ def node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None 
 
 # %% ../nbs/05_gat.ipynb #1cb526e2
 @patch
-def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:  # noqa: F811 (@patch)
+def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:  # noqa: F811
     "Per-gene output [B, G] (eq. 12) for noisy input x_t [B, G]."
     h, plan = self.node_features(x_t, t_emb, cell_type_emb, perturbation), self.plan()
     for gat, norm in zip(self.gat, self.norm):
@@ -606,7 +646,8 @@ def pseudobulk_pca(data: PerturbData, graph: GeneGraph, n_components: int = 32) 
     ids, inv = np.unique(data.obs['group'].astype(str).to_numpy(), return_inverse=True)
     M = sp.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(ids), data.n_cells))
     P = M @ data.X
-    P = (P.toarray() if sp.issparse(P) else np.asarray(P)).astype(np.float64).T / np.bincount(inv)[None]  # genes x groups
+    # genes x groups
+    P = (P.toarray() if sp.issparse(P) else np.asarray(P)).astype(np.float64).T / np.bincount(inv)[None]
     P -= P.mean(1, keepdims=True)
     U, S, _ = np.linalg.svd(P, full_matrices=False)
     k = min(n_components, len(S))
@@ -627,7 +668,8 @@ class DolorisPerturbationEmbedding(nn.Module):
         self.register_buffer('node_features', node_features.float().clone())
         self.register_buffer('edge_index', graph.edge_index.clone(), persistent=False)
         dims = [node_features.shape[1]] + [dim] * layers
-        self.gat = nn.ModuleList([BatchedGATv2(a, b, heads, concat=False, chunk_elements=chunk_elements, num_threads=num_threads)
+        self.gat = nn.ModuleList([BatchedGATv2(a, b, heads, concat=False, chunk_elements=chunk_elements,
+                                               num_threads=num_threads)
                                   for a, b in zip(dims[:-1], dims[1:])])
         self.n_nodes, self._plans = graph.n_nodes, {}
 
@@ -662,7 +704,8 @@ def mlp(sizes: Sequence[int], act=nn.SiLU, dropout: float = 0.0, last_act: bool 
 
 # %% ../nbs/05_gat.ipynb #c69bfebb
 class VectorPerturbation(nn.Module):
-    "A perturbation as one vector [B, out_dim] (zero for controls): gene rows, drug MLP x dose gate, or label embedding."
+    """A perturbation as one vector [B, out_dim] (zero for controls): gene rows, drug MLP x dose gate, or label
+    embedding."""
     def __init__(self, graph: GeneGraph, kind: str, out_dim: int, node_features: torch.Tensor | None = None,
                  grn_dim: int = 32, heads: int = 2, layers: int = 1, drug_dim: int | None = None,
                  n_labels: int | None = None, seed: int = 0,

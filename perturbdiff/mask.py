@@ -52,7 +52,8 @@ class MaskBank:
 
     @classmethod
     def from_data(cls, data, n_genes_search: int = 300, max_cells: int = 500, seed: int = 0) -> 'MaskBank':
-        "Index the training cells of a PerturbData by (condition, cell type, dose) group (at most `max_cells` kept per group)."
+        """Index the training cells of a PerturbData by (condition, cell type, dose) group (at most `max_cells` kept per
+        group)."""
         groups = data.obs.group.astype(str).to_numpy()
         masks, freq, ct = {}, {}, {}
         rng = np.random.default_rng(seed)
@@ -78,7 +79,8 @@ class MaskBank:
 
 # %% ../nbs/06a_mask.ipynb #465bc9d6
 def match_marginals(masks: np.ndarray, target: np.ndarray, seed: int = 0) -> np.ndarray:
-    "Flip random entries of boolean `masks` [cells, genes] so each gene's on-fraction matches `target` [genes] in expectation."
+    """Flip random entries of boolean `masks` [cells, genes] so each gene's on-fraction matches `target` [genes] in
+    expectation."""
     masks = np.asarray(masks, dtype=bool)
     q, f = _check_probs(target), masks.mean(0)
     if q.shape != f.shape: raise ValueError(f"target has {q.shape} entries; the masks have {f.shape[0]} genes.")
@@ -90,7 +92,8 @@ def match_marginals(masks: np.ndarray, target: np.ndarray, seed: int = 0) -> np.
 # %% ../nbs/06a_mask.ipynb #1e4567c3
 def coherent_masks(probs: np.ndarray, bank: MaskBank, cell_type: str, high: float = 0.95, low: float = 0.05,
                    seed: int = 0, match: bool = False) -> tuple[np.ndarray, str]:
-    "Doloris: masks of real cells from the nearest training subset (marginals matched to `probs` when `match`), confident genes overridden; returns (masks, subset)."
+    """Doloris: masks of real cells from the nearest training subset (marginals matched to `probs` when `match`),
+    confident genes overridden; returns (masks, subset)."""
     probs = _check_probs(probs)
     if not 0 <= low < high <= 1: raise ValueError(f"Need 0 <= low < high <= 1, got low={low}, high={high}.")
     subset = bank.nearest(probs.mean(0), cell_type)
@@ -126,7 +129,8 @@ class MaskNet(nn.Module):
         return out
 
     def __setstate__(self, state):
-        "Model files written before the family subclasses hold a MaskNet with a `family`: load them as that family's net."
+        """Model files written before the family subclasses hold a MaskNet with a `family`: load them as that family's
+        net."""
         super().__setstate__(state)
         family = state.get('family')
         if type(self) is MaskNet and family is not None:
@@ -135,7 +139,8 @@ class MaskNet(nn.Module):
 # %% ../nbs/06a_mask.ipynb #a2149ff4
 class UnlastingMaskNet(MaskNet):
     "Unlasting: a GRN block (no time) over the gene graph adds a per-gene term."
-    def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32, heads: int = 2,
+    def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32,
+                 heads: int = 2,
                  drug_dim: int | None = None, n_labels: int | None = None, seed: int = 0, residual: bool = False,
                  shared_readout: bool = False):
         super().__init__(n_genes, n_cell_types, hidden)
@@ -146,8 +151,10 @@ class UnlastingMaskNet(MaskNet):
 
 # %% ../nbs/06a_mask.ipynb #68307798
 class DolorisMaskNet(MaskNet):
-    "Doloris: the denoiser's perturbation vector (GAT rows over frozen node features, drug MLP, label embedding) in the trunk."
-    def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32, heads: int = 2,
+    """Doloris: the denoiser's perturbation vector (GAT rows over frozen node features, drug MLP, label embedding) in
+    the trunk."""
+    def __init__(self, graph, n_genes: int, n_cell_types: int, hidden: int, kind: str, grn_dim: int = 32,
+                 heads: int = 2,
                  node_features: torch.Tensor | None = None, drug_dim: int | None = None, n_labels: int | None = None,
                  seed: int = 0):
         super().__init__(n_genes, n_cell_types, hidden)
@@ -210,7 +217,8 @@ def _batches(self: MaskModel):
 def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=False) -> MaskModel:
     "Train the mask network (BCE on x > 0 of perturbed training cells)."
     c = self.config
-    tc = TrainConfig(epochs=None if c.mask_steps else c.mask_epochs, steps=c.mask_steps, lr=c.mask_lr, weight_decay=c.mask_weight_decay, batch_size=c.mask_batch_size,
+    tc = TrainConfig(epochs=None if c.mask_steps else c.mask_epochs, steps=c.mask_steps, lr=c.mask_lr,
+                     weight_decay=c.mask_weight_decay, batch_size=c.mask_batch_size,
                      schedule='constant', device=device, seed=self.seed + 17, progress=progress, log_every=20,
                      out_dir=out_dir, ckpt_every=50 if out_dir else None, resume=resume)
     self.history_ = train_fit(self.net, self._loss, self._batches(), tc, desc='mask model').history
@@ -220,7 +228,8 @@ def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=Fals
 # %% ../nbs/06a_mask.ipynb #2d6cb181
 @patch
 @torch.no_grad()
-def probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition: str, dose: float, mode: str) -> np.ndarray:
+def probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition: str, dose: float,
+                  mode: str) -> np.ndarray:
     "P(x > 0) per gene for control inputs x_ctrl [n, G] (scaled) under one condition of one cell type."
     dev = next(self.net.parameters()).device
     n = len(x_ctrl)
@@ -231,7 +240,8 @@ def probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition
                           torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown')),
                           torch.ones(n, dtype=torch.bool, device=dev), x)
     self.net.eval()
-    return torch.sigmoid(self.net(cond['ctrl'] if self.cond.use_stats else x, ct, cond['pert'])).cpu().numpy().astype(np.float64)
+    return torch.sigmoid(self.net(cond['ctrl'] if self.cond.use_stats else x, ct,
+                                  cond['pert'])).cpu().numpy().astype(np.float64)
 
 # %% ../nbs/06a_mask.ipynb #89f14b41
 @patch

@@ -75,7 +75,11 @@ def _pair_sum(A: np.ndarray, B: np.ndarray | None = None) -> float:
 
 def _centred(X: np.ndarray, Y: np.ndarray | None = None):
     "float64 copies of X (and Y) minus their pooled mean."
-    c = X.mean(0, dtype=np.float64) if Y is None else (X.sum(0, dtype=np.float64) + Y.sum(0, dtype=np.float64)) / (len(X) + len(Y))
+    c = (
+        X.mean(0, dtype=np.float64)
+        if Y is None
+        else (X.sum(0, dtype=np.float64) + Y.sum(0, dtype=np.float64)) / (len(X) + len(Y))
+    )
     return (X - c, None) if Y is None else (X - c, Y - c)
 
 # %% ../nbs/02_metrics.ipynb #da6641ae
@@ -238,8 +242,10 @@ def rank_genes(t: np.ndarray, genes: Sequence[str]) -> list[str]:
 # %% ../nbs/02_metrics.ipynb #b191dd2c
 def _control_stats(control: PerturbData, cell_type: str, genes: pd.Index) -> tuple:
     rows = control.control_rows(cell_type)
-    if len(rows) < 2: raise ValueError(f"Ranking DE genes and shift metrics need control cells of cell type {cell_type!r}; the control data "
-                                       f"has {len(rows)}. Pass the training split (it holds all controls) or de_genes=.")
+    if len(rows) < 2:
+        raise ValueError(f"Ranking DE genes and shift metrics need control cells of cell type {cell_type!r}; the "
+                         "control data "
+                         f"has {len(rows)}. Pass the training split (it holds all controls) or de_genes=.")
     X = control.dense(rows)[:, control.gene_index(genes)]
     return (*_mean_var(X), len(rows))
 
@@ -262,7 +268,8 @@ def gears_de_genes(adata: ad.AnnData, key: str = 'rank_genes_groups_cov_all', ce
     if key not in adata.uns: raise KeyError(f"adata.uns has no {key!r} (keys: {list(adata.uns.keys())}); GEARS files "
                                             f"store DE genes in 'rank_genes_groups_cov_all', chemCPA in 'lincs_DEGs'.")
     symbol = dict(zip(adata.var_names.astype(str), gene_symbols(adata, gene_symbol_key)))
-    cts = sorted(map(str, adata.obs[cell_type_key].unique()), key=len, reverse=True) if cell_type_key in adata.obs else []
+    cts = sorted(map(str, adata.obs[cell_type_key].unique()), key=len,
+                 reverse=True) if cell_type_key in adata.obs else []
     out = {}
     for k, genes in adata.uns[key].items():
         ct = next((c for c in cts if k.startswith(c + '_')), k.split('_', 1)[0])
@@ -292,8 +299,10 @@ def _check_space(X: np.ndarray, truth: PerturbData) -> None:
     "Refuse predictions that cannot be log1p expression in the truth's units (negative, counts, far too large)."
     neg = int((X < -1e-6).sum())
     if neg and (neg > 0.01 * X.size or X.min() < -0.5):
-        raise ValueError(f"pred.X has {neg} negative values (min {X.min():.3g}); evaluate compares log1p expression, which "
-                         f"is never negative. Undo any centring or scaling of the predictions (models' predict() returns log1p).")
+        raise ValueError(f"pred.X has {neg} negative values (min {X.min():.3g}); evaluate compares log1p expression, "
+                         "which "
+                         "is never negative. Undo any centring or scaling of the predictions (models' predict() "
+                         "returns log1p).")
     if neg:  # a few small negatives (another tool's regression output): scored as given, with a word
         warnings.warn(f"pred.X has {neg} small negative values (min {X.min():.3g}); they are scored as given. Clip the "
                       f"predictions at 0 if they stand for no expression.")
@@ -310,16 +319,19 @@ def _check_space(X: np.ndarray, truth: PerturbData) -> None:
                       f"model's scaled space (x / x_max)? Convert them with PerturbData.unscale before evaluate.")
 
 # %% ../nbs/02_metrics.ipynb #244a9530
-def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str, check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str,
+                        check: bool = True) -> tuple[np.ndarray, np.ndarray]:
     "Pred expression (cells x truth genes) and its group ids, after checking it."
-    if not isinstance(pred, ad.AnnData): raise TypeError(f"pred must be the AnnData a model's predict returns, got {type(pred).__name__}.")
+    if not isinstance(pred, ad.AnnData):
+        raise TypeError(f"pred must be the AnnData a model's predict returns, got {type(pred).__name__}.")
     if GROUP_COL not in pred.obs: raise KeyError(f"pred.obs has no {GROUP_COL!r} column naming each cell's test group; "
                                                  f"predict() writes it (see perturbdiff.contract.prediction_anndata).")
     genes = pd.Index(pred.var_names.astype(str))
     missing, extra = truth.genes.difference(genes), genes.difference(truth.genes)
     if len(missing) or len(extra) or genes.has_duplicates:
         raise ValueError(f"pred and truth must have the same genes: {len(missing)} truth genes are missing from pred "
-                         f"(e.g. {list(missing[:3])}), {len(extra)} pred genes are not in truth (e.g. {list(extra[:3])}). "
+                         f"(e.g. {list(missing[:3])}), {len(extra)} pred genes are not in truth (e.g. "
+                         f"{list(extra[:3])}). "
                          f"Predict with a model fitted on the training split of the same data.")
     X = pred.X[:, genes.get_indexer(truth.genes)]
     X = as_cells(X, 'pred.X')
@@ -334,7 +346,8 @@ def _lookup_de(de_genes: Mapping, gid: str, cond: str, ct: str) -> list:
         if k in de_genes: return list(de_genes[k])
     hits = [k for k in de_genes if str(k).split('|')[0] == cond]
     if len(hits) == 1: return list(de_genes[hits[0]])
-    raise KeyError(f"No DE list for test group {gid!r} in de_genes (keys like {list(de_genes)[:3]}); key it by group id "
+    raise KeyError(f"No DE list for test group {gid!r} in de_genes (keys like {list(de_genes)[:3]}); key it by group "
+                   "id "
                    f"('condition|cell_type|dose') or condition, or leave de_genes=None to rank on the true cells.")
 
 def _gene_sets(ranked: list | None, genes: pd.Index, n_de: Sequence[int]) -> dict:
@@ -374,7 +387,8 @@ def _score(P: np.ndarray, T: np.ndarray, sets: dict, metrics: Sequence[str], edi
 def _subgroup_map(subgroups) -> dict:
     if subgroups is None: return {}
     if isinstance(subgroups, pd.DataFrame):
-        if 'subgroup' not in subgroups: raise KeyError("A subgroups table needs a 'subgroup' column (e.g. Split.test_groups).")
+        if 'subgroup' not in subgroups:
+            raise KeyError("A subgroups table needs a 'subgroup' column (e.g. Split.test_groups).")
         subgroups = subgroups['subgroup']
     return {str(k): v for k, v in dict(subgroups).items()}
 
@@ -383,14 +397,16 @@ def _true_groups(truth: PerturbData, pred_groups: list, groups, min_cells: int) 
     "The test groups to score, checked in both directions."
     tg = truth.groups()
     unknown = sorted(set(pred_groups) - set(tg.index))
-    if unknown: raise ValueError(f"{len(unknown)} predicted groups have no true cells in truth: {unknown[:3]}. Evaluate "
-                                 f"against the test split the groups came from (truth groups: {list(tg.index[:3])} ...).")
+    if unknown:
+        raise ValueError(f"{len(unknown)} predicted groups have no true cells in truth: {unknown[:3]}. Evaluate "
+                         f"against the test split the groups came from (truth groups: {list(tg.index[:3])} ...).")
     want = list(tg.index) if groups is None else [str(g) for g in groups]
     missing = [g for g in want if g not in tg.index]
     if missing: raise ValueError(f"Groups {missing[:3]} have no true cells in truth.")
     lacking = [g for g in want if g not in set(pred_groups)]
-    if lacking: raise ValueError(f"{len(lacking)} test groups have no predicted cells: {lacking[:3]}. Predict every test "
-                                 f"group, or pass groups=[...] to score a subset.")
+    if lacking:
+        raise ValueError(f"{len(lacking)} test groups have no predicted cells: {lacking[:3]}. Predict every test "
+                         f"group, or pass groups=[...] to score a subset.")
     small = [g for g in want if tg.loc[g, 'n_cells'] < min_cells]
     if small: warnings.warn(f"Dropping {len(small)} groups with fewer than {min_cells} true cells: {small[:3]}.")
     return tg.loc[[g for g in want if g not in small]]
@@ -415,10 +431,13 @@ def evaluate(pred: ad.AnnData, truth: PerturbData, control: PerturbData | None =
     X, pg = _aligned_prediction(pred, truth, space, check_space)
     tg = _true_groups(truth, list(pd.unique(pg)), groups, min_cells)
     if de_genes is None:
-        if control is None: raise ValueError("Pass control= (the training split, with the control cells) to rank DE genes, or de_genes=.")
+        if control is None:
+            raise ValueError("Pass control= (the training split, with the control cells) to rank DE genes, or "
+                             "de_genes=.")
         de_genes = de_rankings(truth, control, list(tg.index))
     if 'delta' in metrics and control is None:
-        raise ValueError("The 'delta' metrics measure shifts against the control mean: pass control= (the training split).")
+        raise ValueError("The 'delta' metrics measure shifts against the control mean: pass control= (the training "
+                         "split).")
     tgrp, rows, cmean = truth.obs.group.to_numpy(), [], {}
     for gid, g in tg.iterrows():
         T = truth.dense(np.flatnonzero(tgrp == gid)); T = truth.scale(T, dtype=np.float64) if space == 'scaled' else T
@@ -429,7 +448,8 @@ def evaluate(pred: ad.AnnData, truth: PerturbData, control: PerturbData | None =
         sets = _gene_sets(_lookup_de(de_genes, gid, g.condition, g.cell_type), truth.genes, n_de)
         row = dict(group=gid, condition=g.condition, cell_type=g.cell_type, dose=g.dose)
         if sub: row['subgroup'] = sub.get(gid, 'none')
-        rows.append({**row, 'n_true': len(T), 'n_pred': len(P), **_score(P, T, sets, metrics, opts, cmean.get(g.cell_type))})
+        rows.append({**row, 'n_true': len(T), 'n_pred': len(P),
+                     **_score(P, T, sets, metrics, opts, cmean.get(g.cell_type))})
     return pd.DataFrame(rows)
 
 # %% ../nbs/02_metrics.ipynb #25712568
@@ -459,7 +479,8 @@ def summarize(results: pd.DataFrame, by: str | Sequence[str] = ('model',), metri
     g = results.groupby(by, sort=False) if by else results.assign(all='all').groupby('all')
     mean, std = g[metrics].mean(), g[metrics].std(ddof=0)
     if as_text:
-        out = pd.DataFrame({m: [f'{a:.{digits}f} ± {s:.{digits}f}' for a, s in zip(mean[m], std[m])] for m in metrics}, index=mean.index)
+        out = pd.DataFrame({m: [f'{a:.{digits}f} ± {s:.{digits}f}' for a, s in zip(mean[m], std[m])] for m in metrics},
+                           index=mean.index)
     else: out = pd.concat({'mean': mean, 'std': std}, axis=1).swaplevel(axis=1)[metrics]
     out['n_groups'] = g.size()
     return out
@@ -474,7 +495,8 @@ def sampling_floor(truth: PerturbData, groups: Sequence[str] | None = None, de_g
     unknown = [g for g in groups if g not in tg.index]
     if unknown: raise KeyError(f"Groups {unknown[:3]} are not groups of truth; see truth.groups().index.")
     if n_de is not None and de_genes is None:
-        if control is None: raise ValueError("Pass control= (the training split) to rank DE genes, de_genes=, or n_de=None.")
+        if control is None:
+            raise ValueError("Pass control= (the training split) to rank DE genes, de_genes=, or n_de=None.")
         de_genes = de_rankings(truth, control, groups)
     opts, out = edist_options(edist), {}
     gid = truth.obs.group.astype(str).to_numpy()
@@ -505,7 +527,8 @@ def snr(data: PerturbData, sizes: Sequence[int | None] = (20, 40, 100, None), ra
             st = _control_stats(control, ct, data.genes)
             order = np.argsort(-np.mean([np.abs(welch_t(c, control_stats=st)) for c in cells], 0), kind='stable')
         elif isinstance(ranking, str) and ranking == 'between': order = np.argsort(-between, kind='stable')
-        elif isinstance(ranking, str): raise ValueError(f"ranking must be 'de', 'between' or a list of genes, got {ranking!r}.")
+        elif isinstance(ranking, str):
+            raise ValueError(f"ranking must be 'de', 'between' or a list of genes, got {ranking!r}.")
         else: order = data.gene_index(list(ranking))
         for k in sizes:
             S = order[:k] if k is not None else order

@@ -23,7 +23,8 @@ __all__ = ['PALETTE', 'colors', 'group_id', 'group_cells', 'violin_de', 'pca_fit
            'activation_scatter', 'nfe_curve', 'snr_curve', 'metric_bars', 'ablation_bars']
 
 # %% ../nbs/12_plots.ipynb #e0e1d36c
-PALETTE = {'control cells': '#c8c8c8', 'true': '#222222', 'control': '#7f7f7f', 'mean': '#c49a00', 'additive': '#1f77b4',
+PALETTE = {'control cells': '#c8c8c8', 'true': '#222222', 'control': '#7f7f7f', 'mean': '#c49a00',
+           'additive': '#1f77b4',
            'linear': '#9467bd', 'unlasting': '#d62728', 'doloris': '#2a9d8f', 'departures': '#ff7f0e'}
 _CYCLE = ['#2ca02c', '#17becf', '#e377c2', '#8c564b', '#bcbd22', '#1f77b4', '#d62728', '#9467bd']
 
@@ -39,7 +40,8 @@ def colors(names: Sequence[str]) -> dict[str, str]:
 def _as_dict(preds) -> dict[str, ad.AnnData]:
     "{name: AnnData} from one AnnData (named by uns['perturbdiff']['model']) or a mapping."
     if isinstance(preds, ad.AnnData): return {preds.uns.get('perturbdiff', {}).get('model', 'predicted'): preds}
-    if not isinstance(preds, Mapping) or not preds: raise TypeError("preds must be an AnnData or a non-empty {name: AnnData}.")
+    if not isinstance(preds, Mapping) or not preds:
+        raise TypeError("preds must be an AnnData or a non-empty {name: AnnData}.")
     return dict(preds)
 
 def _figure(nrows: int = 1, ncols: int = 1, size: tuple = (5, 4), **kw) -> tuple[Figure, np.ndarray]:
@@ -64,8 +66,9 @@ def group_id(truth: PerturbData, group: str | None = None) -> str:
 def _pred_rows(pred: ad.AnnData, truth: PerturbData, groups: Sequence[str]) -> np.ndarray:
     "Predicted cells of `groups` on truth's genes (dense)."
     pos = pd.Index(pred.var_names.astype(str)).get_indexer(truth.genes)
-    if (pos < 0).any(): raise ValueError(f"The prediction lacks {int((pos < 0).sum())} of the test genes; predict with a "
-                                         f"model fitted on the training split of the same data.")
+    if (pos < 0).any():
+        raise ValueError(f"The prediction lacks {int((pos < 0).sum())} of the test genes; predict with a "
+                         f"model fitted on the training split of the same data.")
     rows = np.flatnonzero(pred.obs[GROUP_COL].astype(str).isin(list(groups)).to_numpy())
     return as_cells(pred.X[rows][:, pos], 'pred.X', min_cells=0)
 
@@ -73,7 +76,11 @@ def _pred_rows(pred: ad.AnnData, truth: PerturbData, groups: Sequence[str]) -> n
 def group_cells(preds, truth: PerturbData, group: str | Sequence[str] | None = None, control: PerturbData | None = None,
                 max_cells: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     "{'control cells', 'true', model...: cells x genes} for one group, a list of groups, or (None) all test groups."
-    gids = list(truth.groups().index) if group is None else [group_id(truth, g) for g in ([group] if isinstance(group, str) else group)]
+    gids = (
+        list(truth.groups().index)
+        if group is None
+        else [group_id(truth, g) for g in ([group] if isinstance(group, str) else group)]
+    )
     rng = np.random.default_rng(seed)
     def cap(X):
         return X[np.sort(rng.choice(len(X), max_cells, replace=False))] if max_cells and len(X) > max_cells else X
@@ -106,10 +113,12 @@ def violin_de(preds, truth: PerturbData, control: PerturbData, group: str | None
     fig, axes = _figure(1, 1, (width, 3.6)); ax = axes[0, 0]
     step = 0.9 / len(names)
     for k, n in enumerate(names):
-        _violin(ax, [cells[n][:, j] for j in pos], np.arange(len(pos)) + (k - (len(names) - 1) / 2) * step, step * 0.95, col[n])
+        _violin(ax, [cells[n][:, j] for j in pos], np.arange(len(pos)) + (k - (len(names) - 1) / 2) * step, step * 0.95,
+                col[n])
     ax.set_xticks(np.arange(len(pos)), list(genes), rotation=45, ha='right')
     ax.set_ylabel('expression (log1p)'); ax.set_title(f'top DE genes of {gid.rstrip("|")}')
-    ax.legend(handles=[Patch(color=col[n], label=n) for n in names], ncol=min(len(names), 5), fontsize=8, loc='upper right')
+    ax.legend(handles=[Patch(color=col[n], label=n) for n in names], ncol=min(len(names), 5), fontsize=8,
+              loc='upper right')
     fig.tight_layout()
     return fig
 
@@ -124,10 +133,14 @@ def pca_fit(X: np.ndarray, n_components: int = 2) -> tuple[np.ndarray, np.ndarra
 def _umap(blocks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     "UMAP coordinates of all blocks embedded together (scanpy)."
     os.environ.setdefault('NUMBA_CACHE_DIR', os.path.join(os.path.expanduser('~'), '.cache', 'perturbdiff', 'numba'))
-    try: import scanpy as sc
-    except ImportError: raise ImportError("method='umap' needs scanpy (pip install scanpy); method='pca' needs nothing.") from None
+    try:
+        import scanpy as sc
+    except ImportError:
+        raise ImportError("method='umap' needs scanpy (pip install scanpy); method='pca' needs nothing.") from None
     X = np.vstack(list(blocks.values())); a = ad.AnnData(X.astype(np.float32))
-    sc.pp.pca(a, n_comps=min(30, X.shape[1] - 1, X.shape[0] - 1)); sc.pp.neighbors(a, random_state=seed); sc.tl.umap(a, random_state=seed)
+    sc.pp.pca(a,
+              n_comps=min(30, X.shape[1] - 1, X.shape[0] - 1));    sc.pp.neighbors(a, random_state=seed)
+    sc.tl.umap(a, random_state=seed)
     cut = np.cumsum([0] + [len(b) for b in blocks.values()])
     return {k: a.obsm['X_umap'][cut[i]:cut[i + 1]] for i, k in enumerate(blocks)}
 
@@ -180,7 +193,8 @@ def activation_scatter(preds, truth: PerturbData, group: str | None = None, size
     fig, axes = _figure(1, len(models), size, sharex=True, sharey=True)
     col = colors(models)
     for ax, m in zip(axes[0], models):
-        p = np.concatenate([activation_prob(c[m]) for c in per]); t = np.concatenate([activation_prob(c['true']) for c in per])
+        p = np.concatenate([activation_prob(c[m]) for c in per])
+        t = np.concatenate([activation_prob(c['true']) for c in per])
         r = np.corrcoef(p, t)[0, 1] if p.std() > 0 and t.std() > 0 else np.nan
         ax.scatter(t, p, s=6, c=col[m], alpha=0.6, linewidths=0)
         ax.plot([0, 1], [0, 1], color='#222222', lw=0.8, ls='--')
@@ -208,11 +222,13 @@ def nfe_curve(table: pd.DataFrame, y: str = 'edist_all', x: str = 'nfe', hue: st
     return fig
 
 # %% ../nbs/12_plots.ipynb #fd61f027
-def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool = True, size: tuple = (5, 3.6)) -> Figure:
+def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool = True,
+              size: tuple = (5, 3.6)) -> Figure:
     "SNR of the top-k genes against k (`metrics.snr` tables; {dataset: table} for several), relative to all genes."
     tables = {'': tables} if isinstance(tables, pd.DataFrame) else dict(tables)
     fig, axes = _figure(1, 1, size); ax = axes[0, 0]
-    lines = [(f'{n} {ct}'.strip(), t[t.cell_type == ct].sort_values('k')) for n, t in tables.items() for ct in pd.unique(t.cell_type)]
+    lines = [(f'{n} {ct}'.strip(), t[t.cell_type == ct].sort_values('k')) for n,
+             t in tables.items() for ct in pd.unique(t.cell_type)]
     col = colors([l for l, _ in lines])
     for label, t in lines:
         y = t.snr / t.snr.iloc[-1] if relative else t.snr
@@ -225,7 +241,8 @@ def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool 
 
 # %% ../nbs/12_plots.ipynb #969d5af8
 def metric_bars(results: pd.DataFrame, metrics: Sequence[str] = ('edist', 'emd', 'rmse'),
-                gene_sets: Sequence[str] = ('all', 'de20', 'de40'), by: str = 'model', size: tuple = (4.2, 3.4)) -> Figure:
+                gene_sets: Sequence[str] = ('all', 'de20', 'de40'), by: str = 'model',
+                size: tuple = (4.2, 3.4)) -> Figure:
     "Mean ± std over test groups per metric (panels), gene set (x) and model (bars)."
     cols = [f'{m}_{s}' for m in metrics for s in gene_sets]
     miss = [c for c in cols if c not in results]
@@ -239,7 +256,8 @@ def metric_bars(results: pd.DataFrame, metrics: Sequence[str] = ('edist', 'emd',
             x = np.arange(len(gene_sets)) + (k - (len(names) - 1) / 2) * w
             ax.bar(x, [mean.loc[n, f'{m}_{s}'] for s in gene_sets], w, yerr=[std.loc[n, f'{m}_{s}'] for s in gene_sets],
                    color=col[n], label=n, capsize=2)
-        ax.set_xticks(np.arange(len(gene_sets)), [s.upper() if s != 'all' else 'all genes' for s in gene_sets]); ax.set_title(m)
+        ax.set_xticks(np.arange(len(gene_sets)),
+                      [s.upper() if s != 'all' else 'all genes' for s in gene_sets]); ax.set_title(m)
     axes[0, -1].legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
@@ -257,7 +275,8 @@ def ablation_bars(results: pd.DataFrame, metric: str = 'edist_de20', by: str = '
     y = np.arange(len(mean))[::-1]
     ax.barh(y, mean, xerr=std, color=['#e4572e' if v == ref else '#8fb3d9' for v in mean.index], capsize=3)
     for yi, (v, m) in zip(y, mean.items()):
-        if v != ref: ax.text(m + np.nan_to_num(std[v]), yi, f'  {100 * (m / mean[ref] - 1):+.0f}%', va='center', fontsize=8)
+        if v != ref:
+            ax.text(m + np.nan_to_num(std[v]), yi, f'  {100 * (m / mean[ref] - 1):+.0f}%', va='center', fontsize=8)
     ax.set_yticks(y, list(mean.index)); ax.set_xlabel(metric); ax.set_title(f'ablation (reference: {ref})')
     fig.tight_layout()
     return fig

@@ -47,9 +47,10 @@ def go_db_path(path: str | os.PathLike | None = None) -> Path | None:
     "Path of the org.Hs.eg.db SQLite file: `path`, $PERTURBDIFF_GO_DB, or the cache; None if absent."
     if path is not None:
         p = Path(path).expanduser()
-        if not p.exists(): raise FileNotFoundError(f"GO annotation file {p} does not exist. Pass an existing GAF, org.Hs.eg.sqlite "
-                                                   f"or gene2go file, fetch the SQLite file with tools/fetch_go_db.sh, or call "
-                                                   f"read_go() to download the GO Consortium's GAF.")
+        if not p.exists():
+            raise FileNotFoundError(f"GO annotation file {p} does not exist. Pass an existing GAF, org.Hs.eg.sqlite "
+                                    f"or gene2go file, fetch the SQLite file with tools/fetch_go_db.sh, or call "
+                                    f"read_go() to download the GO Consortium's GAF.")
         return p
     env = os.environ.get('PERTURBDIFF_GO_DB')
     if env: return go_db_path(env)
@@ -82,9 +83,11 @@ def gaf_cache_path(url: str | None = None, cache: str | os.PathLike | None = Non
 # %% ../nbs/04_priors.ipynb #3892ccd1
 def _go_help(url: str, dest: Path, by_hand: bool = True) -> str:
     "What to do when GO annotations are missing (one line); `by_hand=False` when the message already says it."
-    fetch = 'python -m perturbdiff.priors fetch-go' + ('' if url == GO_GAF_URL else f' --url {url}')  # works from a pip install
+    # works from a pip install
+    fetch = 'python -m perturbdiff.priors fetch-go' + ('' if url == GO_GAF_URL else f' --url {url}')
     return ((f"To use GO, download {url} by hand (browser or curl; any OS) and save it as {dest}; or" if by_hand else
-             "Or") + f" run `{fetch}` on a machine with internet and copy the file it prints to {dest}; or, in a clone of "
+             "Or") + f" run `{fetch}` on a machine with internet and copy the file it prints to {dest}; or, in a clone "
+                     "of "
             f"the repository, run tools/fetch_go_db.sh {dest.parent} (Debian/Ubuntu; it stores {GO_DB_NAME} there), "
             f"or pass a file: read_go(path) / go('/path/to/goa_human.gaf.gz') (a GAF, {GO_DB_NAME} or a GEARS gene2go "
             f"pickle; or set PERTURBDIFF_GO_DB). To go without GO, leave go() out of the graph's sources "
@@ -93,12 +96,14 @@ def _go_help(url: str, dest: Path, by_hand: bool = True) -> str:
 # %% ../nbs/04_priors.ipynb #41c1e767
 class SymbolResolver:
     "Maps gene symbols to official symbols through an alias table (case-sensitive)."
-    def __init__(self, official: Sequence[str], aliases: pd.DataFrame | None = None, overrides: Mapping[str, str] | None = None):
+    def __init__(self, official: Sequence[str], aliases: pd.DataFrame | None = None,
+                 overrides: Mapping[str, str] | None = None):
         self.official = set(official)
         al = aliases if aliases is not None else pd.DataFrame(columns=['alias', 'symbol'])
         al = al[al.alias != al.symbol].drop_duplicates().sort_values(['alias', 'symbol'])
         self.candidates: dict[str, list[str]] = {}
-        for a, s in zip(al.alias.tolist(), al.symbol.tolist()): self.candidates.setdefault(a, []).append(s)  # sorted lists
+        # sorted lists
+        for a, s in zip(al.alias.tolist(), al.symbol.tolist()): self.candidates.setdefault(a, []).append(s)
         self.overrides = dict(overrides or {})
         self.ambiguous: dict[str, list[str]] = {}
 
@@ -123,11 +128,13 @@ _GO_ID = re.compile(r'GO:\d{7}')
 def _open_text(path: Path):
     "A text handle on a file, gunzipped when it is gzip."
     with open(path, 'rb') as f: gz = f.read(2) == b'\x1f\x8b'
-    return gzip.open(path, 'rt', encoding='utf-8', errors='replace') if gz else open(path, encoding='utf-8', errors='replace')
+    return gzip.open(path, 'rt', encoding='utf-8',
+                     errors='replace') if gz else open(path, encoding='utf-8', errors='replace')
 
 # %% ../nbs/04_priors.ipynb #1a3e7619
 def parse_gaf(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    "Annotations (symbol, go_id, ontology, evidence), aliases (alias, symbol) and header facts of a GAF file; NOT lines dropped."
+    """Annotations (symbol, go_id, ontology, evidence), aliases (alias, symbol) and header facts of a GAF file; NOT
+    lines dropped."""
     rows, syn, meta = [], [], dict(skipped_not=0, skipped_malformed=0)
     try:
         with _open_text(Path(path)) as f:
@@ -158,7 +165,8 @@ def _verify_gaf(path: Path) -> None:
             if not first.startswith('!gaf-version'):
                 raise DownloadError(f"it is not a GAF file (it starts with {first[:40]!r}, not '!gaf-version').")
             for last in f: n += last[:1] not in ('!', '\n', '\r')  # reads to the end: a cut gzip stream fails here
-    except (OSError, EOFError, zlib.error) as e: raise DownloadError(f"it is not a complete gzip/GAF file ({e}).") from None
+    except (OSError, EOFError,
+            zlib.error) as e: raise DownloadError(f"it is not a complete gzip/GAF file ({e}).") from None
     if n == 0: raise DownloadError("it holds no annotation lines.")
     if last and not last.endswith('\n'): raise DownloadError("its last line is incomplete (the file was cut short).")
 
@@ -168,9 +176,12 @@ def fetch_gaf(url: str | None = None, cache: str | os.PathLike | None = None, sh
     "The GAF from `url` (default: GO_GAF_URL) in the cache, downloaded and verified on first use."
     url = gaf_url(url); dest = gaf_cache_path(url, cache)
     if dest.exists(): return dest
-    if not download: raise GOUnavailableError(f"No GO annotations: {dest} is not there and download=False. {_go_help(url, dest)}")
-    try: return _download(url, dest, sha256=sha256, progress=progress, timeout=timeout, verify=_verify_gaf)
-    except DownloadError as e: raise GOUnavailableError(f"No GO annotations: {e} {_go_help(url, dest, by_hand=False)}") from None
+    if not download:
+        raise GOUnavailableError(f"No GO annotations: {dest} is not there and download=False. {_go_help(url, dest)}")
+    try:
+        return _download(url, dest, sha256=sha256, progress=progress, timeout=timeout, verify=_verify_gaf)
+    except DownloadError as e:
+        raise GOUnavailableError(f"No GO annotations: {e} {_go_help(url, dest, by_hand=False)}") from None
 
 # %% ../nbs/04_priors.ipynb #bede2141
 def _write_table(path: Path, df: pd.DataFrame, meta: dict) -> None:
@@ -201,19 +212,25 @@ def _parsed_gaf(path: Path, cache=None) -> tuple[pd.DataFrame, pd.DataFrame, dic
 
 # %% ../nbs/04_priors.ipynb #ebfdef16
 def fetch_go_cli(argv: Sequence[str] | None = None) -> Path:
-    "`python -m perturbdiff.priors fetch-go [--url URL] [--cache DIR]`: fetch_gaf into the cache; print the file's path."
-    p = argparse.ArgumentParser(prog='python -m perturbdiff.priors', description='Fetch GO annotations for perturbdiff.')
+    """`python -m perturbdiff.priors fetch-go [--url URL] [--cache DIR]`: fetch_gaf into the cache; print the file's
+    path."""
+    p = argparse.ArgumentParser(prog='python -m perturbdiff.priors',
+                                description='Fetch GO annotations for perturbdiff.')
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    f = sub.add_parser('fetch-go', help="download and verify the GO Consortium's human GAF into the cache, for read_go()")
+    f = sub.add_parser('fetch-go',
+                       help="download and verify the GO Consortium's human GAF into the cache, for read_go()")
     f.add_argument('--url', help=f"the GAF to fetch (default: $PERTURBDIFF_GO_URL, else {GO_GAF_URL})")
-    f.add_argument('--cache', help="cache folder; the file goes to <cache>/go (default: $PERTURBDIFF_CACHE, else ~/.cache/perturbdiff)")
+    f.add_argument('--cache',
+                   help="cache folder; the file goes to <cache>/go (default: $PERTURBDIFF_CACHE, else "
+                        "~/.cache/perturbdiff)")
     args = p.parse_args(argv)
     try: path = fetch_gaf(args.url, args.cache, progress=True)
     except GOUnavailableError as e: p.exit(1, f"error: {e}\n")
     print(path)
     return path
 
-if __name__ == '__main__' and '__file__' in globals(): fetch_go_cli()  # `python -m perturbdiff.priors`, not a notebook kernel
+if __name__ == '__main__' and '__file__' in globals(): fetch_go_cli()  # `python -m perturbdiff.priors`, not a notebook
+                                                                       # kernel
 
 # %% ../nbs/04_priors.ipynb #2caad070
 @dataclass
@@ -244,13 +261,17 @@ def _read_go_sqlite(path: Path, ontologies: Sequence[str], exclude_evidence: Seq
         if not need <= tables:
             raise ValueError(f"{path} is not an org.Hs.eg.db database: tables {sorted(need - tables)} are missing.")
         ex = ','.join(f"'{e}'" for e in exclude_evidence) or "''"
-        ann = pd.concat([pd.read_sql(f"select g.symbol, t.go_id from go_{o.lower()} t join gene_info g on t._id = g._id "
+        ann = pd.concat([pd.read_sql(f"select g.symbol, t.go_id from go_{o.lower()} t join gene_info g on t._id = "
+                                     "g._id "
                                      f"where t.evidence not in ({ex})", con) for o in ontologies])
         official = pd.read_sql("select symbol from gene_info", con).symbol
-        aliases = pd.read_sql("select a.alias_symbol as alias, g.symbol from alias a join gene_info g on a._id = g._id", con)
+        aliases = pd.read_sql("select a.alias_symbol as alias, g.symbol from alias a join gene_info g on a._id = g._id",
+                              con)
         meta = (dict(con.execute("select name, value from metadata").fetchall()) if 'metadata' in tables else {})
-    version = ', '.join(f"{k} {meta[v]}" for k, v in (('GO', 'GOSOURCEDATE'), ('gene2go', 'GOEGSOURCEDATE')) if v in meta)
-    return GeneOntology(ann.drop_duplicates().reset_index(drop=True), SymbolResolver(official, aliases), str(path), 'sqlite', version)
+    version = ', '.join(f"{k} {meta[v]}" for k,
+                        v in (('GO', 'GOSOURCEDATE'), ('gene2go', 'GOEGSOURCEDATE')) if v in meta)
+    return GeneOntology(ann.drop_duplicates().reset_index(drop=True), SymbolResolver(official, aliases), str(path),
+                        'sqlite', version)
 
 # %% ../nbs/04_priors.ipynb #aec6bd14
 def _read_go_gaf(path: Path, ontologies: Sequence[str], exclude_evidence: Sequence[str], cache=None,
@@ -268,7 +289,8 @@ def _read_gene2go(gene2go: Mapping[str, set] | str | os.PathLike) -> GeneOntolog
         src = str(gene2go)
         with open(gene2go, 'rb') as f: gene2go = pickle.load(f)
     if not isinstance(gene2go, Mapping):
-        raise TypeError(f"A gene2go pickle must hold a dict gene symbol -> set of GO ids, found {type(gene2go).__name__}.")
+        raise TypeError("A gene2go pickle must hold a dict gene symbol -> set of GO ids, found "
+                        f"{type(gene2go).__name__}.")
     pairs = [(g, t) for g, ts in gene2go.items() for t in ts]
     ann = pd.DataFrame(pairs, columns=['symbol', 'go_id']).drop_duplicates().reset_index(drop=True)
     return GeneOntology(ann, SymbolResolver(list(gene2go)), src, 'gene2go')
@@ -299,7 +321,8 @@ def _gaf(path: Path, url: str | None, ontologies, exclude_evidence, cache) -> Ge
 
 # %% ../nbs/04_priors.ipynb #1ec042b4
 def read_go(
-    source: str | os.PathLike | Mapping | GeneOntology | None = None,  # None (the default order), 'gaf', 'sqlite', a GAF URL,
+    source: str | os.PathLike | Mapping | GeneOntology | None = None,  # None (the default order), 'gaf', 'sqlite', a
+                                                                       # GAF URL,
                                 # a file (GAF[.gz], org.Hs.eg.sqlite, gene2go pickle) or a dict symbol -> GO ids
     ontologies: Sequence[str] = GO_ONTOLOGIES,  # which GO branches (GAF and SQLite)
     exclude_evidence: Sequence[str] | None = None,  # evidence codes to drop; None: ('ND',) for a GAF, none for SQLite
@@ -317,8 +340,9 @@ def read_go(
     elif source == 'sqlite':
         env = os.environ.get('PERTURBDIFF_GO_DB')
         path = go_db_path(env) if env else go_cache_dir(cache) / GO_DB_NAME
-        if not path.exists(): raise GOUnavailableError(f"No {GO_DB_NAME} at {path}: run tools/fetch_go_db.sh {path.parent} "
-                                                       f"(Debian/Ubuntu), or use read_go('gaf') for the GO Consortium's GAF.")
+        if not path.exists():
+            raise GOUnavailableError(f"No {GO_DB_NAME} at {path}: run tools/fetch_go_db.sh {path.parent} "
+                                     f"(Debian/Ubuntu), or use read_go('gaf') for the GO Consortium's GAF.")
     elif source == 'gaf' or str(source).startswith(('http://', 'https://')):
         url = gaf_url(None if source == 'gaf' else str(source))
         path = fetch_gaf(url, cache, download=download, timeout=timeout)
@@ -372,7 +396,8 @@ def _top_k(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int | None
     return cat(src, np.int64), cat(dst, np.int64), cat(w, np.float32)
 
 def _edges_frame(src, dst, w) -> pd.DataFrame:
-    return pd.DataFrame({'src': np.asarray(src, np.int64), 'dst': np.asarray(dst, np.int64), 'weight': np.asarray(w, np.float32)})
+    return pd.DataFrame({'src': np.asarray(src, np.int64), 'dst': np.asarray(dst, np.int64),
+                         'weight': np.asarray(w, np.float32)})
 
 # %% ../nbs/04_priors.ipynb #b109fde1
 @dataclass
@@ -387,7 +412,8 @@ class CoexpressionSource:
         data = nodes.data
         if data is None: raise ValueError("co-expression needs the data: GeneGraph.build(data, ...).")
         ctrl = np.flatnonzero(data.obs.control.to_numpy())
-        if len(ctrl) < 3: raise ValueError(f"co-expression needs control cells; this data has {len(ctrl)}. Pass the training split.")
+        if len(ctrl) < 3:
+            raise ValueError(f"co-expression needs control cells; this data has {len(ctrl)}. Pass the training split.")
         if self.max_cells is not None and len(ctrl) > self.max_cells:
             ctrl = np.sort(np.random.default_rng(self.seed).choice(ctrl, self.max_cells, replace=False))
         X = data.dense(ctrl).astype(np.float64)
@@ -455,15 +481,18 @@ def edges(self: GOSource, nodes: _Nodes) -> pd.DataFrame:
 
 def go(source: str | os.PathLike | Mapping | GeneOntology | None = None, k: int | None = 20,
        min_similarity: float = 0.1) -> GOSource:
-    "GO-similarity edges (GEARS): Jaccard > min_similarity, top-k per gene, from any `read_go` source (default: its order)."
+    """GO-similarity edges (GEARS): Jaccard > min_similarity, top-k per gene, from any `read_go` source (default: its
+    order)."""
     return GOSource(source, k, min_similarity)
 
 # %% ../nbs/04_priors.ipynb #b568dab6
 def go_if_available(k: int | None = 20, min_similarity: float = 0.1, download: bool = True,
                     timeout: float = 30.0) -> GOSource | None:
-    "A GO source when annotations can be had (cached, or fetched now); else None, with a warning that says how to get them."
+    """A GO source when annotations can be had (cached, or fetched now); else None, with a warning that says how to get
+    them."""
     key = (gaf_url(), str(go_cache_dir()))
-    if download and key in _GO_FAILED: download = False  # one failed fetch per process: later fits do not retry the network
+    if download and key in _GO_FAILED: download = False  # one failed fetch per process: later fits do not retry the
+                                                         # network
     try: return go(read_go(None, download=download, timeout=timeout), k, min_similarity)
     except GOUnavailableError as e:
         if key not in _GO_FAILED: warnings.warn(f"{e} The graph is built without GO.", stacklevel=2)
@@ -487,18 +516,23 @@ class EdgeListSource:
             t = pd.read_csv(t, sep='\t' if str(t).endswith(('.tsv', '.tsv.gz', '.txt')) else ',')
         cols = [self.source_col, self.target_col] + ([self.weight_col] if self.weight_col else [])
         miss = [c for c in cols if c not in t.columns]
-        if miss: raise KeyError(f"Edge list lacks columns {miss}; it has {list(t.columns)}. Pass source_col=, target_col=, weight_col=.")
+        if miss:
+            raise KeyError(f"Edge list lacks columns {miss}; it has {list(t.columns)}. Pass source_col=, target_col=, "
+                           "weight_col=.")
         return t
     def edges(self, nodes: _Nodes) -> pd.DataFrame:
         t = self.frame()
-        s = nodes.lookup(t[self.source_col].astype(str).tolist()); d = nodes.lookup(t[self.target_col].astype(str).tolist())
+        s = nodes.lookup(t[self.source_col].astype(str).tolist())
+        d = nodes.lookup(t[self.target_col].astype(str).tolist())
         w = t[self.weight_col].to_numpy(np.float32) if self.weight_col else np.ones(len(t), np.float32)
         ok = (s >= 0) & (d >= 0) & (s != d)
         self.dropped = int((~((s >= 0) & (d >= 0))).sum())
         return _edges_frame(s[ok], d[ok], w[ok])
     def describe(self) -> str:
         src = 'a DataFrame' if isinstance(self.table, pd.DataFrame) else str(self.table)
-        return f"edge list from {src}" + (f" ({self.dropped} rows outside the graph)" if getattr(self, 'dropped', 0) else '')
+        return f"edge list from {src}" + (
+            f" ({self.dropped} rows outside the graph)" if getattr(self, 'dropped', 0) else ''
+        )
 
 # %% ../nbs/04_priors.ipynb #8a852712
 def edge_list(table: pd.DataFrame | str | os.PathLike, source_col: str = 'source', target_col: str = 'target',
@@ -509,7 +543,8 @@ def edge_list(table: pd.DataFrame | str | os.PathLike, source_col: str = 'source
 # %% ../nbs/04_priors.ipynb #15807864
 def _read_embedding(table) -> pd.DataFrame:
     if isinstance(table, pd.DataFrame): return table
-    if isinstance(table, Mapping): return pd.DataFrame.from_dict({k: np.asarray(v) for k, v in table.items()}, orient='index')
+    if isinstance(table, Mapping):
+        return pd.DataFrame.from_dict({k: np.asarray(v) for k, v in table.items()}, orient='index')
     p = str(table)
     if p.endswith('.parquet'): return pd.read_parquet(p)
     return pd.read_csv(p, sep='\t' if p.endswith(('.tsv', '.txt')) else ',', index_col=0)
@@ -524,7 +559,8 @@ class EmbeddingSource:
     block: int = 2048
     name: str = 'embedding'
     def edges(self, nodes: _Nodes) -> pd.DataFrame:
-        if self.threshold is None and self.k is None: raise ValueError("embedding(...) needs threshold= or k= (or both).")
+        if self.threshold is None and self.k is None:
+            raise ValueError("embedding(...) needs threshold= or k= (or both).")
         t = _read_embedding(self.table)
         node = nodes.lookup([str(s) for s in t.index])
         ok = node >= 0
@@ -580,7 +616,9 @@ def _node_list(genes: Sequence[str], targets: Sequence[str], extra: Sequence[str
     official = {}
     if resolver is not None:
         for i, g in enumerate(nodes): official.setdefault(resolver.resolve(g) or g, i)
-    for t in sorted(set(targets) - set(index)) + [g for g in dict.fromkeys(extra) if g not in index and g not in targets]:
+    for t in sorted(set(targets) - set(index)) + [
+        g for g in dict.fromkeys(extra) if g not in index and g not in targets
+    ]:
         if t in index: continue
         o = resolver.resolve(t) if resolver is not None else None
         if o is not None and o in official: index[t] = official[o]; continue  # an alias of a node we have
@@ -614,7 +652,8 @@ def _resolver(aliases, sources) -> SymbolResolver | None:
     if aliases is None or isinstance(aliases, SymbolResolver): return aliases
     if isinstance(aliases, GeneOntology): return aliases.resolver
     if isinstance(aliases, Mapping): return SymbolResolver(list(aliases.values()), overrides=aliases)
-    raise TypeError(f"aliases must be 'auto', None, a GeneOntology, a SymbolResolver or a dict; got {type(aliases).__name__}.")
+    raise TypeError("aliases must be 'auto', None, a GeneOntology, a SymbolResolver or a dict; got "
+                    f"{type(aliases).__name__}.")
 
 def _targets_of(data: PerturbData | None) -> list[str]:
     "Gene targets of every condition of the parent data set (data.vocab)."
@@ -660,7 +699,8 @@ def build(cls: GeneGraph, data: PerturbData | None = None,
 # %% ../nbs/04_priors.ipynb #ab1477fd
 @patch
 def hops_to_measured(self: GeneGraph, source: str | int | None = None) -> np.ndarray:
-    "Shortest directed path length from each node to a measured gene (0: measured; -1: none), over all edges or one source's."
+    """Shortest directed path length from each node to a measured gene (0: measured; -1: none), over all edges or one
+    source's."""
     src, dst = self.edge_index.numpy()
     if source is not None:
         if source not in (self.sources if isinstance(source, str) else range(len(self.sources))):
@@ -706,7 +746,8 @@ def summary(self: GeneGraph) -> dict:
     return dict(nodes=self.n_nodes, measured=self.n_measured, unmeasured=self.n_nodes - self.n_measured,
                 edges=self.n_edges, self_loops=int(loop.sum()),
                 edges_by_source={n: e for n, _, e, _ in per}, sources={n: d for n, d, _, _ in per},
-                in_degree=dict(zip(['min', 'q25', 'median', 'q75', 'max'], np.percentile(deg, [0, 25, 50, 75, 100]).tolist()),
+                in_degree=dict(zip(['min', 'q25', 'median', 'q75', 'max'],
+                                   np.percentile(deg, [0, 25, 50, 75, 100]).tolist()),
                                mean=float(deg.mean()), isolated=int((deg == 0).sum())),
                 targets=len(self.targets), targets_measured=int((node < self.n_measured).sum()),
                 targets_connected=sum(reach.values()), unreachable_targets=[t for t, ok in reach.items() if not ok],
@@ -718,10 +759,14 @@ def describe(self: GeneGraph) -> str:
     "The summary in words: how many targets are connected to measured genes, and where each kind of edge comes from."
     s = self.summary()
     bad = s['unreachable_targets']
-    lines = [f"Gene graph: {s['nodes']:,} nodes ({s['measured']:,} measured genes), {s['edges']:,} edges "
-             f"({s['self_loops']:,} self-loops).",
-             f"{s['targets']:,} perturbation targets ({s['targets_measured']:,} measured): {s['targets_connected']:,} connected "
-             f"to a measured gene, {len(bad):,} not" + (f" ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''})." if bad else '.')]
+    lines = [
+        f"Gene graph: {s['nodes']:,} nodes ({s['measured']:,} measured genes), {s['edges']:,} edges "
+        f"({s['self_loops']:,} self-loops).",
+        f"{s['targets']:,} perturbation targets ({s['targets_measured']:,} measured): {s['targets_connected']:,} "
+        "connected "
+        f"to a measured gene, {len(bad):,} not"
+        + (f" ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''})." if bad else '.'),
+    ]
     lines += [f"  {n}: {e:,} edges, alone connect {c:,} unmeasured targets; {d}" for n, d, e, c in self._by_source()]
     return '\n'.join(lines)
 
@@ -777,8 +822,10 @@ def _rdkit():
         from rdkit import Chem, RDLogger
         from rdkit.Chem import rdFingerprintGenerator
     except ImportError:
-        raise ImportError("Drug fingerprints need RDKit, an optional extra: pip install 'perturbdiff[drugs]' "
-                          "(or pip install rdkit). Alternatively pass precomputed vectors to drug_embedding().") from None
+        raise ImportError(
+            "Drug fingerprints need RDKit, an optional extra: pip install 'perturbdiff[drugs]' "
+            "(or pip install rdkit). Alternatively pass precomputed vectors to drug_embedding()."
+        ) from None
     RDLogger.DisableLog('rdApp.*')
     return Chem, rdFingerprintGenerator
 
@@ -802,7 +849,9 @@ def drug_embedding(table: pd.DataFrame | str | os.PathLike | Mapping, drugs: Seq
     t = _read_embedding(table).astype(np.float32)
     need = [d for d in drugs if not is_vehicle(d)]
     miss = [d for d in need if d not in t.index]
-    if miss: raise KeyError(f"{len(miss)} drugs have no row in the embedding table: {miss[:5]}. Add them or drop those drugs.")
+    if miss:
+        raise KeyError(f"{len(miss)} drugs have no row in the embedding table: {miss[:5]}. Add them or drop those "
+                       "drugs.")
     out = pd.DataFrame(0.0, index=pd.Index(list(drugs), name='drug'), columns=t.columns, dtype=np.float32)
     out.loc[need] = t.loc[need].to_numpy()
     return out
@@ -830,7 +879,8 @@ def combination_features(features: pd.DataFrame, conditions: Sequence[str], sep:
 
 # %% ../nbs/04_priors.ipynb #bg0code1
 def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3, verbose: bool = False) -> GeneGraph:
-    "The model's gene graph: a GeneGraph as given, the union of a list of sources, or 'auto'; verbose: print its summary."
+    """The model's gene graph: a GeneGraph as given, the union of a list of sources, or 'auto'; verbose: print its
+    summary."""
     if isinstance(spec, GeneGraph):
         if list(spec.measured) != list(train.genes):
             raise ValueError("The given GeneGraph's measured genes differ from the training genes (order matters); "

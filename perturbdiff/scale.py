@@ -53,7 +53,8 @@ class H5Matrix:
     def __init__(self, path: str | os.PathLike, key: str = 'X', space: str = 'auto', target_sum: float = 1e4,
                  gap: int = 4096, max_dense_gb: float = 4.0, sample_rows: int = 4096):
         self.path, self.key, self.target_sum = str(Path(path).resolve()), key, target_sum
-        self.gap, self.max_dense_gb = gap, max_dense_gb  # merge reads closer than `gap` values; refuse bigger dense reads
+        self.gap, self.max_dense_gb = gap, max_dense_gb  # merge reads closer than `gap` values; refuse bigger dense
+                                                         # reads
         self._h5 = self._pid = self._indptr = self._ds = None
         self.cache: list = []  # StreamStats of the passes made over this file (see below)
         self.n_reads = self.n_passes = 0  # h5py reads and streaming passes so far (for tests and benchmarks)
@@ -63,9 +64,11 @@ class H5Matrix:
         if isinstance(node, h5py.Group):
             enc = _attr(node, 'encoding-type', '')
             if enc == 'csc_matrix':
-                raise ValueError(f"{path}:{key} is CSC, which cannot be read by rows. Convert it once, on a machine that "
+                raise ValueError(f"{path}:{key} is CSC, which cannot be read by rows. Convert it once, on a machine "
+                                 "that "
                                  f"holds it: a = anndata.read_h5ad(path); a.X = a.X.tocsr(); a.write_h5ad(new_path).")
-            if enc != 'csr_matrix': raise ValueError(f"{path}:{key} is a group of encoding {enc!r}; expected a CSR matrix or an array.")
+            if enc != 'csr_matrix':
+                raise ValueError(f"{path}:{key} is a group of encoding {enc!r}; expected a CSR matrix or an array.")
             self.format, self.shape = 'csr', tuple(int(s) for s in node.attrs['shape'])
         else: self.format, self.shape = 'dense', tuple(node.shape)
         if space == 'auto': space = detect_space(self._sample(sample_rows))
@@ -80,7 +83,8 @@ class H5Matrix:
         return self._h5
 
     def _datasets(self) -> tuple:
-        "(data, indices) datasets of a CSR file, or (array,) of a dense one; looked up once per process (h5py lookups are slow)."
+        """(data, indices) datasets of a CSR file, or (array,) of a dense one; looked up once per process (h5py lookups
+        are slow)."""
         f = self._file()
         if self._ds is None:
             node = f[self.key]
@@ -148,10 +152,12 @@ def _validate(raw: sp.csr_matrix, m: H5Matrix) -> None:
     check_finite_nonnegative(raw, f'{m.path}:{m.key}')
     v = raw.data
     if m.space == 'counts' and v.size and not np.all(v == np.round(v)):
-        raise ValueError(f"{m.path}:{m.key} was detected as counts on a sample of rows, but other rows hold non-integer "
+        raise ValueError(f"{m.path}:{m.key} was detected as counts on a sample of rows, but other rows hold "
+                         "non-integer "
                          f"values. Pass space='normalized' or 'log1p' to say what the file holds.")
     if m.space == 'log1p' and v.size and v.max() > LOG1P_MAX:
-        raise ValueError(f"{m.path}:{m.key} was detected as log1p on a sample of rows, but other rows hold values up to "
+        raise ValueError(f"{m.path}:{m.key} was detected as log1p on a sample of rows, but other rows hold values up "
+                         "to "
                          f"{v.max():.3g} (> {LOG1P_MAX}). Pass space='normalized' (or 'counts').")
 
 # %% ../nbs/13_scale.ipynb #96a0687c
@@ -165,11 +171,13 @@ class BackedMatrix:
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.rows), self.source.shape[1] if self.cols is None else len(self.cols)
-    def __repr__(self): return f"BackedMatrix({self.shape[0]} x {self.shape[1]} of {self.source.path}:{self.source.key})"
+    def __repr__(self):
+        return f"BackedMatrix({self.shape[0]} x {self.shape[1]} of {self.source.path}:{self.source.key})"
     def __getitem__(self, key):
         rows, cols = (key if isinstance(key, tuple) else (key, slice(None)))
         pos = lambda k, n: np.flatnonzero(k) if np.asarray(k).dtype == bool else np.arange(n)[k]
-        new_rows = self.rows if isinstance(rows, slice) and rows == slice(None) else self.rows[pos(rows, len(self.rows))]
+        new_rows = self.rows if isinstance(rows,
+                                           slice) and rows == slice(None) else self.rows[pos(rows, len(self.rows))]
         new_cols = self.cols
         if not (isinstance(cols, slice) and cols == slice(None)):
             c = pos(cols, self.shape[1]); new_cols = c if self.cols is None else self.cols[c]
@@ -194,7 +202,8 @@ def read_dense(self: BackedMatrix, cells=None) -> np.ndarray:
     gb = n * self.shape[1] * 4 / 2 ** 30
     if gb > self.source.max_dense_gb:
         raise MemoryError(f"Reading {n} cells x {self.shape[1]} genes densely needs {gb:.1f} GB (limit max_dense_gb="
-                          f"{self.source.max_dense_gb}). Read in chunks (CellBatches, or data.dense on fewer cells), or "
+                          f"{self.source.max_dense_gb}). Read in chunks (CellBatches, or data.dense on fewer cells), "
+                          "or "
                           f"raise the limit: data.X.source.max_dense_gb = ...")
     return self.read_csr(cells).toarray()
 
@@ -219,7 +228,8 @@ def _chunks(m: H5Matrix, rows: np.ndarray, chunk_nnz: int = CHUNK_NNZ, chunk_row
     "Slices of `rows` (sorted file rows) holding about `chunk_nnz` stored values each."
     if not len(rows): return []
     nnz = (np.diff(m.indptr)[rows] if m.format == 'csr' else np.full(len(rows), m.shape[1])).astype(np.int64)
-    cut = np.cumsum(nnz) // max(1, chunk_nnz) + np.arange(len(rows)) // chunk_rows * (1 << 40)  # a chunk ends where either bucket changes
+    # a chunk ends where either bucket changes
+    cut = np.cumsum(nnz) // max(1, chunk_nnz) + np.arange(len(rows)) // chunk_rows * (1 << 40)
     bounds = np.r_[0, np.flatnonzero(np.diff(cut)) + 1, len(rows)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -278,7 +288,8 @@ def stream_stats(m: H5Matrix, rows, control_types=None, hvg: bool = False, chunk
     "One pass over file `rows`: per-gene max, HVG moments (if `hvg`) and control moments per cell type."
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind='stable'); rows = rows[order]
-    ctrl = np.full(len(rows), '', dtype=object) if control_types is None else np.asarray(control_types, dtype=object)[order]
+    ctrl = np.full(len(rows), '',
+                   dtype=object) if control_types is None else np.asarray(control_types, dtype=object)[order]
     parts = distributed_map(lambda sl: _part(m, rows[sl], ctrl[sl], hvg), _chunks(m, rows, chunk_nnz))
     m.n_passes += 1
     gmax, h, c = np.zeros(m.shape[1]), (Moments(0, np.zeros(m.shape[1]), np.zeros(m.shape[1])) if hvg else None), {}
@@ -327,7 +338,8 @@ class BackedPerturbData(PerturbData):
                  max_dense_gb: float = 4.0):  # refuse dense reads larger than this
         m = H5Matrix(path, 'X' if layer is None else f'layers/{layer}', space, target_sum, max_dense_gb=max_dense_gb)
         if m.space != 'log1p' and not normalize:
-            raise ValueError(f"The expression looks like {m.space}, not log1p, and normalize=False. Pass normalize=True "
+            raise ValueError(f"The expression looks like {m.space}, not log1p, and normalize=False. Pass "
+                             "normalize=True "
                              f"to normalise and log1p it on the fly, or pass log1p-normalised data.")
         f = m._file()
         obs, var = _read_frame(f['obs']), _read_frame(f['var'])
@@ -380,7 +392,8 @@ def select_genes(self: BackedPerturbData, n_top_genes: int | None = None, cells=
                          flavor: str = 'seurat', extra: Sequence[str] = ()) -> BackedPerturbData:
     "Keep the `n_top_genes` highly variable genes of `cells` (streamed), plus measured targets and `extra`."
     if n_top_genes is None: return self._derive()
-    if flavor != 'seurat': raise ValueError(f"Backed data computes HVGs from streamed moments with flavor='seurat' only, got {flavor!r}.")
+    if flavor != 'seurat':
+        raise ValueError(f"Backed data computes HVGs from streamed moments with flavor='seurat' only, got {flavor!r}.")
     cols = np.arange(self.n_genes) if self.X.cols is None else self.X.cols
     st = self._stats(cells, hvg=True)
     hv_mask = (seurat_hvg(st.hvg.mean[cols], st.hvg.var(1)[cols], n_top_genes) if n_top_genes < self.n_genes
@@ -408,9 +421,11 @@ def control_stats(self: BackedPerturbData, scaled: bool = True) -> dict[str, Con
         cells = np.flatnonzero(ctrl & (self.obs.cell_type == ct).to_numpy())
         if not len(cells): continue
         key = rows_key(self.X.rows[cells])
-        mo = next((st.control[ct][1] for st in self.source.cache if ct in st.control and st.control[ct][0] == key), None)
+        mo = next((st.control[ct][1] for st in self.source.cache if ct in st.control and st.control[ct][0] == key),
+                  None)
         if mo is None: mo = self._stats(cells).control[ct][1]  # a pass over these controls only
-        out[ct] = ControlStats((mo.mean[cols] / div).astype(np.float32), (np.sqrt(mo.var(0)[cols]) / div).astype(np.float32), len(cells))
+        out[ct] = ControlStats((mo.mean[cols] / div).astype(np.float32),
+                               (np.sqrt(mo.var(0)[cols]) / div).astype(np.float32), len(cells))
     if not out: raise ValueError("No control cells in this data: control statistics come from the training split, "
                                  "which holds all control cells.")
     return out
@@ -439,7 +454,8 @@ class CellBatches:
                  block_size: int = 256, buffer_blocks: int = 64, drop_last: bool = False, scaled: bool = True):
         self.backed = isinstance(data.X, BackedMatrix)
         if order == 'auto': order = 'block' if self.backed else 'random'
-        if order not in ('random', 'block'): raise ValueError(f"order must be 'auto', 'random' or 'block', got {order!r}.")
+        if order not in ('random', 'block'):
+            raise ValueError(f"order must be 'auto', 'random' or 'block', got {order!r}.")
         self.data, self.bs, self.seed, self.order, self.drop_last = data, batch_size, seed, order, drop_last
         self.block_size, self.buffer_blocks, self.scaled = block_size, buffer_blocks, scaled and bool(data.x_max)
         rows = np.arange(data.n_cells) if cells is None else np.asarray(cells)
@@ -452,7 +468,8 @@ class CellBatches:
         self.mode = obs['mode'].astype(str).map({m: i for i, m in enumerate(MODES)}).to_numpy().astype(np.int64)
         self.control = obs.control.to_numpy()
         self._window = (None, None, None)  # (key, sorted file rows, CSR) of the window read last
-    def __len__(self) -> int: return len(self.rows) // self.bs if self.drop_last else math.ceil(len(self.rows) / self.bs)
+    def __len__(self) -> int:
+        return len(self.rows) // self.bs if self.drop_last else math.ceil(len(self.rows) / self.bs)
 
 # %% ../nbs/13_scale.ipynb #090566d9
 @patch
@@ -509,7 +526,8 @@ def _write_elem(f, key: str, value) -> None:
     write_elem(f, key, value)
 
 def _plain_strings(df: pd.DataFrame) -> pd.DataFrame:
-    "String columns and index as object dtype: pandas 3's default string arrays are refused by anndata's writer by default."
+    """String columns and index as object dtype: pandas 3's default string arrays are refused by anndata's writer by
+    default."""
     df = df.copy()
     for c in df.columns:
         if isinstance(df[c].dtype, pd.StringDtype): df[c] = df[c].astype(object)
@@ -532,9 +550,11 @@ class H5adWriter:
             g = self.f.create_group('X')
             g.create_dataset('data', (0,), np.float32, maxshape=(None,), chunks=(chunk_values,))
             g.create_dataset('indices', (0,), np.int32, maxshape=(None,), chunks=(chunk_values,))
-            g.create_dataset('indptr', data=np.zeros(1, np.int64), maxshape=(None,), chunks=(max(1, chunk_values // 8),))
+            g.create_dataset('indptr', data=np.zeros(1, np.int64), maxshape=(None,),
+                             chunks=(max(1, chunk_values // 8),))
         else:
-            self.f.create_dataset('X', (0, G), np.float32, maxshape=(None, G), chunks=(max(1, chunk_values // max(G, 1)), max(G, 1)))
+            self.f.create_dataset('X', (0, G), np.float32, maxshape=(None, G),
+                                  chunks=(max(1, chunk_values // max(G, 1)), max(G, 1)))
     def __enter__(self): return self
     def __exit__(self, exc_type, *_):
         if exc_type is None: self.close()
@@ -546,7 +566,8 @@ def append(self: H5adWriter, X, obs: pd.DataFrame | None = None) -> None:
     "Append cells: an AnnData (its X and obs), or a matrix and its obs rows."
     if isinstance(X, ad.AnnData):
         if list(X.var_names) != list(self.var.index):
-            raise ValueError("The chunk's genes (var_names) differ from the writer's; every chunk must have the same genes in the same order.")
+            raise ValueError("The chunk's genes (var_names) differ from the writer's; every chunk must have the same "
+                             "genes in the same order.")
         X, obs = X.X, X.obs if obs is None else obs
     n, G = X.shape
     if G != len(self.var): raise ValueError(f"The chunk has {G} genes; the writer was opened with {len(self.var)}.")
@@ -555,11 +576,15 @@ def append(self: H5adWriter, X, obs: pd.DataFrame | None = None) -> None:
         c = sp.csr_matrix(X, dtype=np.float32); g = self.f['X']; k = c.nnz
         for name, vals in (('data', c.data), ('indices', c.indices.astype(np.int32))):
             g[name].resize((self.nnz + k,)); g[name][self.nnz:] = vals
-        g['indptr'].resize((self.n_obs + n + 1,)); g['indptr'][self.n_obs + 1:] = c.indptr[1:].astype(np.int64) + self.nnz
+        g['indptr'].resize((self.n_obs + n + 1,
+                            )); g['indptr'][self.n_obs + 1:] = c.indptr[1:].astype(np.int64) + self.nnz
         self.nnz += k
     else:
-        d = self.f['X']; d.resize((self.n_obs + n, G)); d[self.n_obs:] = np.asarray(X.toarray() if sp.issparse(X) else X, np.float32)
-    self.obs_parts.append(obs.copy() if obs is not None else pd.DataFrame(index=[str(self.n_obs + i) for i in range(n)]))
+        d = self.f['X']; d.resize((self.n_obs + n,
+                                   G)); d[self.n_obs:] = np.asarray(X.toarray() if sp.issparse(X) else X, np.float32)
+    self.obs_parts.append(
+        obs.copy() if obs is not None else pd.DataFrame(index=[str(self.n_obs + i) for i in range(n)])
+    )
     self.n_obs += n
 
 # %% ../nbs/13_scale.ipynb #2e39dab8
@@ -575,7 +600,8 @@ def close(self: H5adWriter) -> Path:
     f = self.f
     f.attrs['encoding-type'], f.attrs['encoding-version'] = 'anndata', '0.1.0'
     x = f['X']
-    x.attrs['encoding-type'], x.attrs['encoding-version'] = ('csr_matrix', '0.1.0') if self.sparse else ('array', '0.2.0')
+    x.attrs['encoding-type'], x.attrs['encoding-version'] = ('csr_matrix',
+                                                             '0.1.0') if self.sparse else ('array', '0.2.0')
     if self.sparse: x.attrs['shape'] = (self.n_obs, len(self.var))
     for key, val in (('obs', obs), ('var', var), ('uns', self.uns)): _write_elem(f, key, val)
     for key in ('layers', 'obsm', 'obsp', 'varm', 'varp'): _write_elem(f, key, {})
@@ -598,16 +624,20 @@ def predict_to_h5ad(model, groups, path: str | os.PathLike, n_cells: int | None 
 
 # %% ../nbs/13_scale.ipynb #e82e6b11
 def evaluate_h5ad(pred: str | os.PathLike, truth: PerturbData, control: PerturbData | None = None,
-                  groups_per_chunk: int = 64, de_genes=None, groups: Sequence[str] | None = None, **kwargs) -> pd.DataFrame:
+                  groups_per_chunk: int = 64, de_genes=None, groups: Sequence[str] | None = None,
+                  **kwargs) -> pd.DataFrame:
     "`perturbdiff.metrics.evaluate` of an h5ad of predicted cells, read and scored `groups_per_chunk` groups at a time."
     m = H5Matrix(pred, space='log1p')
     obs, var = _read_frame(m._file()['obs']), _read_frame(m._file()['var'])
-    if GROUP_COL not in obs: raise KeyError(f"{pred} has no obs column {GROUP_COL!r}; write predictions with predict_to_h5ad or model.predict.")
+    if GROUP_COL not in obs:
+        raise KeyError(f"{pred} has no obs column {GROUP_COL!r}; write predictions with predict_to_h5ad or "
+                       "model.predict.")
     pg = obs[GROUP_COL].astype(str).to_numpy()
     known = set(truth.groups().index)
     unknown = sorted(set(pg) - known)
     if unknown: raise ValueError(f"{len(unknown)} predicted groups have no true cells in truth: {unknown[:3]}.")
-    if de_genes is None and control is None: raise ValueError("Pass control= (the training split) to rank DE genes, or de_genes=.")
+    if de_genes is None and control is None:
+        raise ValueError("Pass control= (the training split) to rank DE genes, or de_genes=.")
     want = list(truth.groups().index) if groups is None else [str(g) for g in groups]
     X, out = BackedMatrix(m), []
     for s in range(0, len(want), groups_per_chunk):
@@ -634,21 +664,27 @@ def add_commands(sub) -> None:
     t.add_argument('--data', required=True, help='h5ad file (opened backed: X is read on demand)')
     for k in DATA_KEYS: t.add_argument('--' + k.replace('_', '-'), action='append' if k == 'control' else None)
     t.add_argument('--split', default='unseen_perturbation', choices=SPLITS)
-    t.add_argument('--test-frac', type=float, default=0.25); t.add_argument('--single-test-frac', type=float, default=0.0)
+    t.add_argument('--test-frac', type=float, default=0.25); t.add_argument('--single-test-frac', type=float,
+                                                                            default=0.0)
     t.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]')
     t.add_argument('--n-top-genes', type=int)
-    t.add_argument('--model', required=True, choices=list(MODELS)); t.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper'])
+    t.add_argument('--model', required=True,
+                   choices=list(MODELS)); t.add_argument('--preset', default='quick',
+                                                         choices=['quick', 'plain', 'paper'])
     t.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE')
     t.add_argument('--resume', action='store_true', help='continue from --out/checkpoints')
     for q in (t, pr := sub.add_parser('predict', help='predict the test groups of a run, chunk by chunk, into an h5ad'),
-              e := sub.add_parser('evaluate', help='score an h5ad of predictions against the run\'s test cells, chunk by chunk')):
+              e := sub.add_parser('evaluate',
+                                  help='score an h5ad of predictions against the run\'s test cells, chunk by chunk')):
         q.add_argument('--out', required=True); q.add_argument('--seed', type=int, default=0)
         q.add_argument('--device', default='auto'); q.add_argument('--quiet', action='store_true')
         q.add_argument('--groups-per-chunk', type=int, default=64)
-        q.add_argument('--traceback', action='store_true', default=argparse.SUPPRESS,  # not to reset `perturbdiff --traceback`
+        q.add_argument('--traceback', action='store_true', default=argparse.SUPPRESS,  # not to reset `perturbdiff
+                                                                                       # --traceback`
                        help='show the whole traceback of an error')
     for q in (pr, e): q.add_argument('--run', required=True, help='folder written by `train`')
-    pr.add_argument('--n-cells', type=int); pr.add_argument('--dense', action='store_true', help='write X dense, not CSR')
+    pr.add_argument('--n-cells', type=int); pr.add_argument('--dense', action='store_true',
+                                                            help='write X dense, not CSR')
     e.add_argument('--pred', required=True)
     t.set_defaults(func=run_train); pr.set_defaults(func=run_predict); e.set_defaults(func=run_evaluate)
 
@@ -670,7 +706,8 @@ def run_train(args, argv=()) -> None:
     if ctx.is_main:
         model.save(out / 'model')
         info = dict(args={k: v for k, v in vars(args).items() if k != 'func'}, data=str(Path(args.data).resolve()),
-                    keys=keys, world_size=ctx.world_size, test_groups=split.test_groups.reset_index(names='group').to_dict('list'))
+                    keys=keys, world_size=ctx.world_size,
+                    test_groups=split.test_groups.reset_index(names='group').to_dict('list'))
         (out / 'run.json').write_text(json.dumps(info, indent=1, default=str))
         _say(args, f"saved {args.model} to {out / 'model'}")
     if ctx.active: dist.barrier(); dist.destroy_process_group()
@@ -687,8 +724,8 @@ def run_predict(args, argv=()) -> None:
     "`predict`: the run's test groups (as many cells as their truth, or --n-cells), chunk by chunk, into --out."
     model, info, tg = _load_run(args.run)
     if hasattr(model, 'device'): model.device = args.device
-    path = predict_to_h5ad(model, tg, args.out, n_cells=args.n_cells, seed=args.seed, groups_per_chunk=args.groups_per_chunk,
-                           sparse=not args.dense)
+    path = predict_to_h5ad(model, tg, args.out, n_cells=args.n_cells, seed=args.seed,
+                           groups_per_chunk=args.groups_per_chunk, sparse=not args.dense)
     _say(args, f"wrote predictions of {len(tg)} groups to {path}")
 
 # %% ../nbs/13_scale.ipynb #2ab17a5d
@@ -700,7 +737,8 @@ def run_evaluate(args, argv=()) -> pd.DataFrame:
     truth = data._derive(cells=data.obs.group.isin(tg.index).to_numpy(), genes=list(train.genes), x_max=train.x_max)
     res = evaluate_h5ad(args.pred, truth, train, groups_per_chunk=args.groups_per_chunk, subgroups=tg)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(out / 'results.csv', index=False); paper_table(res.assign(model=info['args']['model'])).to_csv(out / 'summary.csv')
+    res.to_csv(out / 'results.csv',
+               index=False); paper_table(res.assign(model=info['args']['model'])).to_csv(out / 'summary.csv')
     _say(args, f"wrote {out / 'results.csv'} ({len(res)} groups)")
     return res
 

@@ -41,12 +41,16 @@ def check_finite_nonnegative(X, what: str = 'X', row_names=None) -> None:
     "Raise a clear error, naming the cells, for NaN, inf or negative expression values."
     v = _values(X)
     bad = int(np.size(v) - np.isfinite(v).sum())
-    if bad: raise ValueError(f"{what} contains {bad} NaN or infinite values, in {_which(_bad_rows(X, lambda a: ~np.isfinite(a)), row_names)}. "
-                             f"Remove or impute them (e.g. drop those cells) before building a PerturbData.")
+    if bad:
+        raise ValueError(f"{what} contains {bad} NaN or infinite values, in "
+                         f"{_which(_bad_rows(X, lambda a: ~np.isfinite(a)), row_names)}. "
+                         f"Remove or impute them (e.g. drop those cells) before building a PerturbData.")
     neg = int((v < 0).sum())
-    if neg: raise ValueError(f"{what} contains {neg} negative values (min {v.min():.3g}), in {_which(_bad_rows(X, lambda a: a < 0), row_names)}: "
-                             f"the data look centred or scaled. perturbdiff expects raw counts or log1p-normalised "
-                             f"expression; pass the unscaled data (e.g. adata.raw.to_adata() or layer='counts').")
+    if neg:
+        raise ValueError(f"{what} contains {neg} negative values (min {v.min():.3g}), in "
+                         f"{_which(_bad_rows(X, lambda a: a < 0), row_names)}: "
+                         f"the data look centred or scaled. perturbdiff expects raw counts or log1p-normalised "
+                         f"expression; pass the unscaled data (e.g. adata.raw.to_adata() or layer='counts').")
 
 # %% ../nbs/00a_spaces.ipynb #b2d8f301
 _UNIT_SCALE = {'normalized': lambda v: v, 'log1p': np.expm1, 'log2p': lambda v: np.exp2(v) - 1}  # values -> linear
@@ -95,21 +99,29 @@ _SCALE_WORDS = {'normalized': 'the values', 'log1p': 'expm1(values)', 'log2p': '
 def _decide(e: dict) -> tuple[str | None, str]:
     "The decision table applied to `space_evidence`: (space or None, the evidence in words)."
     if e['integer'] >= INTEGER_SHARE:
-        return 'counts', f"{e['integer']:.0%} of the nonzero values are whole numbers" + (' (all are 0 or 1)' if e['max'] <= 1 else '')
+        return 'counts', f"{e['integer']:.0%} of the nonzero values are whole numbers" + (
+            ' (all are 0 or 1)' if e['max'] <= 1 else ''
+        )
     best = max(e['units'], key=lambda s: e['units'][s][0]); share, n = e['units'][best]
     others = max(f for s, (f, _) in e['units'].items() if s != best)
     if n >= 5 and share >= UNIT_CELLS and others <= OTHER_CELLS:
         return best, f"in {share:.0%} of {n} cells tested, {_SCALE_WORDS[best]} are whole multiples of a per-cell unit"
     if e['cv'] < CONSTANT_CV: return 'normalized', f"every cell has the same total (cv {e['cv']:.2g})"
-    if e['cv_expm1'] < CONSTANT_CV: return 'log1p', f"every cell has the same total of expm1(values) (cv {e['cv_expm1']:.2g})"
+    if e['cv_expm1'] < CONSTANT_CV:
+        return 'log1p', f"every cell has the same total of expm1(values) (cv {e['cv_expm1']:.2g})"
     if e['row_max'] > LOG1P_MAX:
-        return 'counts', (f"non-integer values whose per-cell totals vary (cv {e['cv']:.2g}) and whose median per-cell maximum "
+        return 'counts', (f"non-integer values whose per-cell totals vary (cv {e['cv']:.2g}) and whose median per-cell "
+                          "maximum "
                           f"{e['row_max']:.3g} exceeds any log scale (> {LOG1P_MAX:g}), as ambient-corrected counts")
-    if n < 5 and e['max'] <= LOG1P_MAX:  # too few values per cell to test a unit (low depth, few genes): the old reading
-        return 'log1p', (f"too few values per cell to test a per-cell unit (cells tested: {n}); non-integer values with "
+    if n < 5 and e['max'] <= LOG1P_MAX:  # too few values per cell to test a unit (low depth, few genes): the old
+                                         # reading
+        return 'log1p', (f"too few values per cell to test a per-cell unit (cells tested: {n}); non-integer values "
+                         "with "
                          f"maximum {e['max']:.3g} (<= {LOG1P_MAX:g}) read as log1p")
-    return None, (f"{e['integer']:.0%} of the nonzero values are whole numbers; on no scale are they whole multiples of a "
-                  f"per-cell unit in most cells (best: {best}, {share:.0%} of cells); per-cell totals vary (cv {e['cv']:.2g}, of expm1: "
+    return None, (f"{e['integer']:.0%} of the nonzero values are whole numbers; on no scale are they whole multiples "
+                  "of a "
+                  f"per-cell unit in most cells (best: {best}, {share:.0%} of cells); per-cell totals vary (cv "
+                  f"{e['cv']:.2g}, of expm1: "
                   f"{e['cv_expm1']:.2g}); median per-cell maximum {e['row_max']:.3g}")
 
 # %% ../nbs/00a_spaces.ipynb #b2d8f305
@@ -135,7 +147,8 @@ def guess_space(X, uns: dict | None = None, what: str = 'X', row_names=None) -> 
     space, why = _decide(e)
     declared, mark = _uns_space(uns, what)
     if declared:
-        if space in (None, declared): return declared, f"{mark} marks it as {declared}" + (f" and {why}" if space else '')
+        if space in (None, declared):
+            return declared, f"{mark} marks it as {declared}" + (f" and {why}" if space else '')
         raise ValueError(f"{mark} marks {what} as {declared}, but {why}, as for {space}; the mark may be stale "
                          f"(e.g. counts copied back into X). Pass {_STATE} to say what {what} holds.")
     if space is None: raise ValueError(f"Cannot tell the expression space of {what}: {why}. Pass {_STATE} to state it.")
@@ -176,14 +189,18 @@ def to_log1p(
         with np.errstate(over='ignore'): totals = np.asarray(X.sum(1)).ravel()
         over = np.flatnonzero(~np.isfinite(totals))
         if len(over): raise ValueError(f"The total counts of {_which(over, row_names)} overflow (values up to "
-                                       f"{_values(X).max():.3g}): these are not counts. Remove those cells or fix their values.")
+                                       f"{_values(X).max():.3g}): these are not counts. Remove those cells or fix "
+                                       "their values.")
         if (totals == 0).any():
-            raise ValueError(f"{int((totals == 0).sum())} cells have zero total counts ({_which(np.flatnonzero(totals == 0), row_names)}); "
+            raise ValueError(f"{int((totals == 0).sum())} cells have zero total counts "
+                             f"({_which(np.flatnonzero(totals == 0), row_names)}); "
                              f"remove them before normalising (e.g. sc.pp.filter_cells(adata, min_counts=1)).")
         X = _row_scale(X, target_sum / totals); steps.append(f'normalize_total(target_sum={target_sum:g})')
     if space in ('counts', 'normalized'): X = X.log1p() if sp.issparse(X) else np.log1p(X); steps.append('log1p')
     if space == 'log2p': X = X * np.log(2); steps.append('log2 -> ln (x ln 2)')
     X = X.astype(np.float32)
     over = _bad_rows(X, lambda a: ~np.isfinite(a))
-    if len(over): raise ValueError(f"Values of {_which(over, row_names)} overflow float32 as {space}: they are not {space}; fix them or pass space=.")
+    if len(over):
+        raise ValueError(f"Values of {_which(over, row_names)} overflow float32 as {space}: they are not {space}; fix "
+                         "them or pass space=.")
     return X, steps

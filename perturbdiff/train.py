@@ -38,7 +38,8 @@ def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     d = torch.device(device)
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available here; use device='cpu' or 'auto'.")
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available here; use device='cpu' or "
+                           "'auto'.")
     return d
 
 def seed_everything(seed: int) -> None:
@@ -75,7 +76,8 @@ class TrainConfig:
         for name in ('steps', 'epochs', 'ckpt_every'):
             v = getattr(self, name)
             if v is not None and v < 0: raise ValueError(f"{name} must be >= 0, got {v}.")
-        if self.log_every < 1: raise ValueError(f"log_every must be >= 1 (steps between log rows), got {self.log_every}.")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1 (steps between log rows), got {self.log_every}.")
         if self.ckpt_every and not self.out_dir: raise ValueError("ckpt_every needs out_dir for the checkpoints.")
         if self.resume and not self.out_dir: raise ValueError("resume=True needs out_dir, where the checkpoint is.")
         if self.prefetch < 0: raise ValueError(f"prefetch must be >= 0, got {self.prefetch}.")
@@ -90,7 +92,9 @@ def train_config(preset: str = 'quick', **overrides) -> TrainConfig:
     "A TrainConfig from a preset ('paper' or 'quick') with overrides."
     if preset not in TRAIN_PRESETS: raise ValueError(f"Unknown preset {preset!r}; use one of {sorted(TRAIN_PRESETS)}.")
     unknown = set(overrides) - set(TrainConfig.__dataclass_fields__)
-    if unknown: raise TypeError(f"Unknown training options {sorted(unknown)}; valid: {sorted(TrainConfig.__dataclass_fields__)}.")
+    if unknown:
+        raise TypeError(f"Unknown training options {sorted(unknown)}; valid: "
+                        f"{sorted(TrainConfig.__dataclass_fields__)}.")
     return TrainConfig(**{**TRAIN_PRESETS[preset], **overrides})
 
 # %% ../nbs/02a_train.ipynb #4eeb99ab
@@ -182,7 +186,8 @@ def rank_seed(seed: int, rank: int) -> int:
 
 # %% ../nbs/02a_train.ipynb #1b830eaf
 def distributed_map(fn: Callable, items: list) -> list:
-    "`[fn(x) for x in items]`; under DDP each rank computes `items[rank::world_size]` and all get every result, in order."
+    """`[fn(x) for x in items]`; under DDP each rank computes `items[rank::world_size]` and all get every result, in
+    order."""
     import torch.distributed as dist
     items = list(items)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return [fn(x) for x in items]
@@ -254,7 +259,8 @@ class CellDataset(torch.utils.data.Dataset):
     def __len__(self): return len(self.rows)
     def __getitems__(self, idx):
         r = self.rows[np.asarray(idx)]
-        return dict(x=torch.from_numpy(self.data.dense(r, scaled=self.scaled)), condition=torch.from_numpy(self.condition[r]),
+        return dict(x=torch.from_numpy(self.data.dense(r, scaled=self.scaled)),
+                    condition=torch.from_numpy(self.condition[r]),
                     cell_type=torch.from_numpy(self.cell_type[r]), dose=torch.from_numpy(self.dose[r]),
                     index=torch.from_numpy(r.astype(np.int64)))
     def __getitem__(self, i): return {k: v[0] for k, v in self.__getitems__([i]).items()}
@@ -320,7 +326,8 @@ def _check_epoch(batches, ctx: DistContext, device) -> None:
         t = torch.tensor([n, -n], device=device if device.type == 'cuda' else 'cpu')
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         if int(t[0]) != -int(t[1]):
-            raise RuntimeError(f"The ranks' batch factories gave different numbers of batches ({-int(t[1])} to {int(t[0])}); "
+            raise RuntimeError(f"The ranks' batch factories gave different numbers of batches ({-int(t[1])} to "
+                               f"{int(t[0])}); "
                                f"every rank must get one share of every global batch (rows[rank::world_size]).")
     if isinstance(batches, (list, tuple)) and len(batches) > 1:
         gb = _nbytes(batches[0]) * len(batches) / 2 ** 30
@@ -334,10 +341,13 @@ def _restore(st: dict, ctx: DistContext, gen: torch.Generator, seed: int) -> Non
     if len(gens) == ctx.world_size:
         gen.set_state(gens[ctx.rank]); _set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else st['rng'])
         return
-    warnings.warn(f"The checkpoint was written by {len(gens)} processes and is resumed by {ctx.world_size}: the weights, "
-                  f"optimiser and data position are restored, but the loss noise continues from fresh seeds, so the run "
+    warnings.warn(f"The checkpoint was written by {len(gens)} processes and is resumed by {ctx.world_size}: the "
+                  "weights, "
+                  "optimiser and data position are restored, but the loss noise continues from fresh seeds, so the "
+                  "run "
                   f"will not repeat an uninterrupted one exactly.")
-    gen.manual_seed(seed + 1_000_003 * ctx.rank + 1 + st['step']); seed_everything(rank_seed(seed, ctx.rank) + st['step'])
+    gen.manual_seed(seed + 1_000_003 * ctx.rank + 1 + st['step'])
+    seed_everything(rank_seed(seed, ctx.rank) + st['step'])
 
 # %% ../nbs/02a_train.ipynb #475d2801
 def _mean_over_ranks(values: list[float], ctx: DistContext, device) -> list[float]:
@@ -362,8 +372,10 @@ def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool):
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_amp): return loss_fn(net, batch, gen)
     except RuntimeError as e:
         if 'finished reduction in the prior iteration' in str(e) and not cfg.find_unused_parameters:
-            raise RuntimeError("Under DDP some parameters of the module received no gradient in a step (e.g. a branch the "
-                               "loss does not use). Pass find_unused_parameters=True in the TrainConfig (or the model's "
+            raise RuntimeError("Under DDP some parameters of the module received no gradient in a step (e.g. a branch "
+                               "the "
+                               "loss does not use). Pass find_unused_parameters=True in the TrainConfig (or the "
+                               "model's "
                                "training overrides), or remove the unused parameters.") from e
         raise
 
@@ -375,7 +387,8 @@ class TrainingDiverged(RuntimeError):
         self.step, self.loss, self.lr, self.checkpoint, self.saved_at = step, loss, lr, checkpoint, saved_at
         what = (f"the weights (or optimiser state) are not finite (last loss {loss:.4g})" if weights
                 else f"the loss is not finite (loss={loss})")
-        kept = (f"the checkpoint of step {saved_at} in {checkpoint} is kept for inspection; refit from the start with the lower lr (CLI: --overwrite)"
+        kept = (f"the checkpoint of step {saved_at} in {checkpoint} is kept for inspection; refit from the start with "
+                "the lower lr (CLI: --overwrite)"
                 if checkpoint is not None and saved_at is not None else "no checkpoint was written")
         super().__init__(f"Training diverged at step {step}: {what}. Lower the learning rate (lr={lr:g}) or set "
                          f"grad_clip, and check the input for NaN or infinite values; {kept}.")
@@ -399,7 +412,8 @@ def _csv_text(rows: list[dict], header: bool) -> str:
     return buf.getvalue()
 
 def _append_csv(path: Path, row: dict) -> None:
-    "Append a row to a CSV log; the file is created atomically with its header and first row (a kill never leaves it empty)."
+    """Append a row to a CSV log; the file is created atomically with its header and first row (a kill never leaves it
+    empty)."""
     if not path.exists(): return _write_csv(path, [row])
     with open(path, 'a', newline='') as f: f.write(_csv_text([row], header=False))  # one small write
 
@@ -442,7 +456,8 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         st = torch.load(ckpt, map_location=device, weights_only=False)
         module.load_state_dict(st['module']); opt.load_state_dict(st['optimizer'])
         if ema is not None and st.get('ema') is not None:  # older checkpoints have no count: it was the step
-            ema.shadow = {k: v.to(device) for k, v in st['ema'].items()}; ema.num_updates = st.get('ema_updates', st['step'])
+            ema.shadow = {k: v.to(device) for k,
+                          v in st['ema'].items()}; ema.num_updates = st.get('ema_updates', st['step'])
         elif ema is not None: ema = EMA(module, cfg.ema)  # no average saved: start it from the restored weights
         _restore(st, ctx, gen, cfg.seed)
         step, epoch, skip, history = st['step'], st['epoch'], st['batch'], st['history']
@@ -468,7 +483,8 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         if ctx.is_main:
             save_checkpoint(ckpt, dict(module=module.state_dict(), optimizer=opt.state_dict(),
                                        ema=None if ema is None else ema.shadow,
-                                       ema_updates=None if ema is None else ema.num_updates, generators=gens, rng=rngs[0], rngs=rngs,
+                                       ema_updates=None if ema is None else ema.num_updates, generators=gens,
+                                       rng=rngs[0], rngs=rngs,
                                        world_size=ctx.world_size, step=step, epoch=ep, batch=pos, history=history,
                                        log_sums=sums, config=asdict(cfg)))
         saved_at = step
@@ -479,9 +495,11 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
     per_epoch = len(first) if hasattr(first, '__len__') else None
     total = _total_steps(cfg, per_epoch)
     if step > total:
-        raise ValueError(f"The checkpoint {ckpt} is at step {step}, past this run's {total} steps; resume with at least "
+        raise ValueError(f"The checkpoint {ckpt} is at step {step}, past this run's {total} steps; resume with at "
+                         "least "
                          f"{step} steps, or start again with resume=False or another out_dir.")
-    if total == 0: warnings.warn(f"{desc}: steps=0 (or epochs=0): nothing is trained; the module is returned as initialised.")
+    if total == 0:
+        warnings.warn(f"{desc}: steps=0 (or epochs=0): nothing is trained; the module is returned as initialised.")
     use_amp = cfg.amp and device.type == 'cuda'
     if cfg.amp and not use_amp: warnings.warn("amp=True is ignored on CPU (bf16 autocast is used on CUDA only).")
     log_path = Path(cfg.out_dir) / 'log.csv' if cfg.out_dir and ctx.is_main else None

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the ../shared data folder (skipped with a reason when absent), flags, a loopback HTTP server."""
+"""Shared pytest fixtures: the ../shared data folder (skipped with a reason when absent), flags, a loopback HTTP
+server."""
 import functools
 import http.server
 import threading
@@ -33,11 +34,12 @@ def shared():
 
 @pytest.fixture(scope='session')
 def tiny_h5ad(tmp_path_factory) -> Path:
-    "A tiny simulated CRISPRi screen (40 genes, 6 singles, 3 pairs, one cell type, seed 1) written once; tests only read it."
+    """A tiny simulated CRISPRi screen (40 genes, 6 singles, 3 pairs, one cell type, seed 1) written once; tests only
+    read it."""
     from perturbdiff import datasets
     path = tmp_path_factory.mktemp('tiny') / 'tiny.h5ad'
-    datasets.simulate(n_genes=40, n_regulators=5, n_cell_types=1, n_single=6, n_combo=3, cells_per_group=15, n_control=60,
-                      seed=1).write_h5ad(path)
+    datasets.simulate(n_genes=40, n_regulators=5, n_cell_types=1, n_single=6, n_combo=3, cells_per_group=15,
+                      n_control=60, seed=1).write_h5ad(path)
     return path
 
 

@@ -37,7 +37,8 @@ def state_hash(sd: dict) -> str:
 
 def save(out: Path, job: str, module: nn.Module, history, seconds: float, **extra):
     sd = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    torch.save(dict(state=sd, hash=state_hash(sd), history=history, seconds=seconds, **extra), out / f'{job}_{tag()}.pt')
+    torch.save(dict(state=sd, hash=state_hash(sd), history=history, seconds=seconds, **extra),
+               out / f'{job}_{tag()}.pt')
 
 
 def regression(noise: bool):
@@ -108,7 +109,8 @@ def job_model(out: Path):
     from perturbdiff.priors import coexpression, edge_list
     sim = simulate(seed=0, n_genes=30, n_regulators=4, n_single=6, n_combo=2, cells_per_group=16, n_control=64,
                    n_cell_types=1)
-    split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split('unseen_perturbation', seed=0)
+    split = PerturbData(sim, cell_type_key='cell_type',
+                        mode_key='perturbation_type').split('unseen_perturbation', seed=0)
     prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
     m = Doloris.from_preset('plain', seed=0, device='cpu', progress=False, graph=prior, steps=12, batch_size=32,
                             hidden=32, time_dim=16, decoder=(32,), grn_dim=8, pca_dim=4, mask_steps=6, mask_hidden=16,

@@ -53,8 +53,10 @@ def test_benchmark_norman(norman_bench):
 def test_benchmark_same_as_python(norman_bench, shared, tmp_path):
     "The CLI table equals the one `perturbdiff.api.benchmark` makes in Python for the same split and seed."
     from perturbdiff.api import benchmark, load_data, make_split
-    data = load_data(shared / 'perturbench_devel.h5ad', subset=['dataset=norman19'], cell_type_key='cell_type', mode='CRISPRa')
-    benchmark(make_split(data, 'unseen_combo', test_frac=1.0), BASELINES, progress=False).write(tmp_path, predictions=False)
+    data = load_data(shared / 'perturbench_devel.h5ad', subset=['dataset=norman19'], cell_type_key='cell_type',
+                     mode='CRISPRa')
+    benchmark(make_split(data, 'unseen_combo', test_frac=1.0), BASELINES,
+              progress=False).write(tmp_path, predictions=False)
     out, _ = norman_bench
     for f in ('results.csv', 'summary.csv', 'summary_by_subgroup.csv'):
         assert (tmp_path / f).read_bytes() == (out / f).read_bytes(), f
@@ -67,7 +69,8 @@ def test_benchmark_same_as_python(norman_bench, shared, tmp_path):
     (['--split', 'no_such_split'], "invalid choice: 'no_such_split'"),  # argparse's errors are one line too
     (['--set', 'stesp=1'], "No model run has the option 'stesp'"),  # a typo is not dropped for the baselines
     (['--n-top-genes', '0'], 'argument --n-top-genes: expected an integer >= 1, got 0'),  # not "all genes"
-    (['--test-frac', '1', '--split', 'unseen_perturbation', '--models', 'mean'], 'The training split has no perturbed cells'),
+    (['--test-frac', '1', '--split', 'unseen_perturbation', '--models', 'mean'],
+     'The training split has no perturbed cells'),
 ])
 def test_bad_input(norman_args, tmp_path, extra, reason):
     p = run('benchmark', *norman_args, '--models', 'control', '--out', tmp_path, '--quiet', *extra)
@@ -99,7 +102,8 @@ def test_fit_predict_evaluate(norman_args, norman_bench, tmp_path):
 
 def test_synthetic_readme_job(tmp_path):
     "The README's offline job, with the baselines: the simulator, default split."
-    p = run('benchmark', '--data', 'synthetic', '--models', ','.join(BASELINES), '--out', tmp_path / 'synthetic', '--quiet')
+    p = run('benchmark', '--data', 'synthetic', '--models', ','.join(BASELINES), '--out', tmp_path / 'synthetic',
+            '--quiet')
     assert p.returncode == 0, p.stderr
     res = pd.read_csv(tmp_path / 'synthetic' / 'results.csv')
     assert list(pd.unique(res.model)) == BASELINES and res.cell_type.nunique() == 2
@@ -110,5 +114,6 @@ def test_help():
     assert p.returncode == 0 and all(c in p.stdout for c in ('benchmark', 'fit', 'predict', 'evaluate'))
     p = run('benchmark', '--help')
     for opt in ('--data', '--condition-key', '--control', '--cell-type-key', '--dose-key', '--smiles-key', '--subset',
-                '--n-top-genes', '--split', '--test', '--test-file', '--models', '--preset', '--set', '--device', '--seed', '--out'):
+                '--n-top-genes', '--split', '--test', '--test-file', '--models', '--preset', '--set', '--device',
+                '--seed', '--out'):
         assert opt in p.stdout, opt

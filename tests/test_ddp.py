@@ -41,7 +41,8 @@ TORCHRUN = shutil.which('torchrun', path=str(Path(sys.executable).parent)) or sh
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
+    env = {k: v for k,
+           v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
     env.update(OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + env.get('PYTHONPATH', ''))
     return env
 
@@ -68,7 +69,8 @@ def _tiny_h5ad(path: Path) -> Path:
         a = simulate(seed=0, n_genes=40, n_regulators=4, n_single=8, n_combo=2, cells_per_group=16, n_control=64,
                      n_cell_types=2)
     from perturbdiff.scale import _plain_strings
-    a.obs, a.var = _plain_strings(a.obs), _plain_strings(a.var)  # pandas 3's string arrays: anndata refuses them by default
+    a.obs, a.var = _plain_strings(a.obs), _plain_strings(a.var)  # pandas 3's string arrays: anndata refuses them by
+                                                                 # default
     del a.uns['simulation']
     a.write_h5ad(path)
     return path

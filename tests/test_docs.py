@@ -22,7 +22,8 @@ PAGES = ['index', '00b_data', '14_reliability', '21_norman']
 def site(tmp_path_factory):
     if not (ROOT / 'nbs' / 'index.ipynb').exists(): pytest.skip('nbs/index.ipynb is not written yet')
     out = tmp_path_factory.mktemp('site')
-    p = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_docs.py'), 'site', '--only', *PAGES, '--out', str(out)],
+    p = subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_docs.py'), 'site', '--only', *PAGES, '--out',
+                        str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     return out
@@ -38,7 +39,9 @@ def test_pages(site):
     assert h1(site / 'index.html') == 'perturbdiff'
     assert h1(site / '00b_data.html').startswith('Data')
     assert h1(site / '21_norman.html') == 'Norman: unseen double-gene perturbations'
-    assert '<title>Norman: unseen double-gene perturbations – perturbdiff</title>' in (site / '21_norman.html').read_text()
+    assert (
+        '<title>Norman: unseen double-gene perturbations – perturbdiff</title>' in (site / '21_norman.html').read_text()
+    )
 
 
 def test_nav_and_content(site):

@@ -40,7 +40,9 @@ def test_notebook_layout(name):
     nb = json.loads((NBS / f'{name}.ipynb').read_text())
     first = nb['cells'][0]
     assert first['cell_type'] == 'code' and 'parameters' in first['metadata'].get('tags', [])
-    assigned = {l.split('=')[0].strip() for l in ''.join(first['source']).splitlines() if '=' in l and not l.startswith(' ')}
+    assigned = {
+        l.split('=')[0].strip() for l in ''.join(first['source']).splitlines() if '=' in l and not l.startswith(' ')
+    }
     assert PARAMETERS <= assigned, PARAMETERS - assigned
     title = next(c for c in nb['cells'] if c['cell_type'] == 'markdown')
     assert ''.join(title['source']).lstrip().startswith('# ') and '- skip_exec: true' in ''.join(title['source'])
@@ -81,7 +83,8 @@ def test_norman_same_table_as_cli(tmp_path, shared):
     assert list(pd.unique(res.model)) == BASELINES and res.group.nunique() == 15
     assert set(res.subgroup) == {'seen0', 'seen1', 'seen2'}
     assert (tmp_path / 'nb' / 'summary_by_subgroup.csv').exists() and (tmp_path / 'nb' / 'diversity.csv').exists()
-    lad = pd.read_csv(tmp_path / 'nb' / 'ladder.csv', index_col=0)  # the learnability ladder: additive knows the singles
+    lad = pd.read_csv(tmp_path / 'nb' / 'ladder.csv', index_col=0)  # the learnability ladder: additive knows the
+                                                                    # singles
     assert lad.loc['additive', 'step 1: training singles'] < lad.loc['mean', 'step 1: training singles']
     assert lad.loc['floor (two halves of the truth)'].notna().all()
     shifts = pd.read_csv(tmp_path / 'nb' / 'shifts.csv')
@@ -140,7 +143,8 @@ def test_ablations(tmp_path, tiny_screen):
                      n_cells=10, overrides=TINY_NETS, **TINY_STEPS)
     res = pd.read_csv(tmp_path / 'results.csv')
     assert list(res.drop_duplicates(['model', 'variant'])[['model', 'variant']].itertuples(index=False, name=None)) == [
-        ('unlasting', 'full'), ('unlasting', 'mask_bernoulli'), ('unlasting', 'mask_unmatched'), ('unlasting', 'no_fill'),
+        ('unlasting', 'full'), ('unlasting', 'mask_bernoulli'), ('unlasting',
+                                                                 'mask_unmatched'), ('unlasting', 'no_fill'),
         ('unlasting', 'anchor'), ('unlasting', 'anchor_residual'),
         ('departures', 'full'), ('departures', 'no_ot'), ('departures', 'control_pairs')]
     assert (res.groupby(['model', 'variant']).group.nunique() == 4).all() and (res.n_pred == 10).all()
@@ -174,7 +178,8 @@ def test_ablation_reuse_is_exact(tiny_screen):
     def fit(**kw):
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return api.make_model('doloris', 'plain', 0, 'cpu', {'doloris': {**opts, **kw}}, progress=False).fit(split.train)
+            return api.make_model('doloris', 'plain', 0, 'cpu', {'doloris': {**opts, **kw}},
+                                  progress=False).fit(split.train)
     def predict_with(model, **kw):  # as in the notebook
         old = {k: getattr(model.config, k) for k in kw}
         for k, v in kw.items(): setattr(model.config, k, v)
@@ -194,7 +199,8 @@ def test_nfe(tmp_path, tiny_screen):
     out_nb = execute('24_nfe', tmp_path, data_path=str(tiny_screen), models='doloris,departures', nfe_steps='2,5',
                      n_cells=10, reconstruction_cells=20, overrides=TINY_NETS, **TINY_STEPS)
     res = pd.read_csv(tmp_path / 'results.csv')
-    per = res.groupby(['model', 'steps']).agg(nfe=('nfe', 'first'), groups=('group', 'nunique'), cells=('n_pred', 'sum'))
+    per = res.groupby(['model', 'steps']).agg(nfe=('nfe', 'first'), groups=('group', 'nunique'),
+                                              cells=('n_pred', 'sum'))
     assert list(per.index) == [('departures', 2), ('departures', 5), ('doloris', 2), ('doloris', 5)]
     assert (per.groups == 4).all() and (per.cells == 40).all()
     assert list(per.loc['departures', 'nfe']) == [2, 5]  # one bridge evaluation per step
@@ -226,7 +232,8 @@ def test_heterogeneity(tmp_path, tiny_screen):
 
 def test_heterogeneity_real_data(tmp_path, shared):
     "On real data (the Norman part) there is no bimodality ground truth: the section is skipped, the rest runs."
-    out_nb = execute('25_heterogeneity', tmp_path, data_path=str(shared / 'perturbench_devel.h5ad'), models='control,additive')
+    out_nb = execute('25_heterogeneity', tmp_path, data_path=str(shared / 'perturbench_devel.h5ad'),
+                     models='control,additive')
     assert not (tmp_path / 'bimodality.csv').exists()
     assert list(pd.unique(pd.read_csv(tmp_path / 'snr.csv').source)) == ['true', 'control', 'additive']
     assert {'diversity.png', 'snr.png', 'activation.png'} <= {p.name for p in tmp_path.glob('*.png')}

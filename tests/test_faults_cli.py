@@ -40,7 +40,8 @@ def ok(*argv) -> str:
 def files(tmp_path_factory, tiny_h5ad) -> dict:
     "The tiny gene screen (conftest), drug screens with and without SMILES, broken files and a fitted baseline run."
     d = tmp_path_factory.mktemp('faults_cli')
-    drug = datasets.simulate(kind='drug', n_drugs=3, n_genes=30, n_cell_types=1, cells_per_group=5, n_control=20, seed=0)
+    drug = datasets.simulate(kind='drug', n_drugs=3, n_genes=30, n_cell_types=1, cells_per_group=5, n_control=20,
+                             seed=0)
     drug.write_h5ad(d / 'drug.h5ad')
     del drug.obs['SMILES']; drug.write_h5ad(d / 'drug_nosmiles.h5ad')
     (d / 'broken.h5ad').write_bytes(tiny_h5ad.read_bytes()[:3000])
@@ -49,7 +50,8 @@ def files(tmp_path_factory, tiny_h5ad) -> dict:
     run_dir = d / 'run'
     ok('fit', '--data', tiny_h5ad, *DATA, *SPLIT, '--model', 'additive', '--out', run_dir, '--quiet')
     bad_runs = {}
-    for name, content in [('empty', b''), ('truncated', (run_dir / 'model' / 'model.pkl').read_bytes()[:200]), ('missing', None)]:
+    for name, content in [('empty', b''), ('truncated', (run_dir / 'model' / 'model.pkl').read_bytes()[:200]),
+                          ('missing', None)]:
         r = d / f'run_{name}'; (r / 'model').mkdir(parents=True)
         (r / 'run.json').write_bytes((run_dir / 'run.json').read_bytes())
         if content is not None: (r / 'model' / 'model.pkl').write_bytes(content)
@@ -70,14 +72,19 @@ def pred(f, o, *extra, run='run'):
 
 
 BAD = {  # name: (argv from the files, words the one line must hold)
-    'no perturbed training cells': (lambda f, o: bench(f, '--split', 'unseen_perturbation', '--test-frac', '1', '--out', o),
+    'no perturbed training cells': (lambda f,
+                                    o: bench(f, '--split', 'unseen_perturbation', '--test-frac', '1', '--out', o),
                                     'The training split has no perturbed cells'),
-    'n-cells 0': (lambda f, o: bench(f, '--n-cells', '0', '--out', o), 'argument --n-cells: expected an integer >= 1, got 0'),
-    'n-cells -1': (lambda f, o: bench(f, '--n-cells', '-1', '--out', o), 'argument --n-cells: expected an integer >= 1'),
-    'n-top-genes 0': (lambda f, o: bench(f, '--n-top-genes', '0', '--out', o), 'argument --n-top-genes: expected an integer >= 1'),
+    'n-cells 0': (lambda f, o: bench(f, '--n-cells', '0', '--out', o),
+                  'argument --n-cells: expected an integer >= 1, got 0'),
+    'n-cells -1': (lambda f, o: bench(f, '--n-cells', '-1', '--out', o),
+                   'argument --n-cells: expected an integer >= 1'),
+    'n-top-genes 0': (lambda f, o: bench(f, '--n-top-genes', '0', '--out', o),
+                      'argument --n-top-genes: expected an integer >= 1'),
     'n-top-genes -5': (lambda f, o: bench(f, '--n-top-genes', '-5', '--out', o), 'argument --n-top-genes'),
     'seed -1': (lambda f, o: bench(f, '--seed', '-1', '--out', o), 'argument --seed: expected an integer >= 0'),
-    'test-frac 1.5': (lambda f, o: bench(f, '--test-frac', '1.5', '--out', o), 'argument --test-frac: expected a number in [0, 1]'),
+    'test-frac 1.5': (lambda f, o: bench(f, '--test-frac', '1.5', '--out', o),
+                      'argument --test-frac: expected a number in [0, 1]'),
     'steps=abc': (lambda f, o: bench(f, '--models', 'unlasting', '--set', 'steps=abc', '--out', o),
                   "unlasting option steps='abc': expected an integer"),
     'steps=2.5': (lambda f, o: bench(f, '--models', 'unlasting', '--set', 'steps=2.5', '--out', o),
@@ -86,43 +93,61 @@ BAD = {  # name: (argv from the files, words the one line must hold)
                          'linear option n_dims=-3: must be >= 1'),
     'batch_size=0': (lambda f, o: bench(f, '--models', 'unlasting', '--set', 'batch_size=0', '--out', o),
                      'option batch_size=0: must be >= 1'),
-    'sampling_steps=0': (lambda f, o: bench(f, '--models', 'departures', '--set', 'departures.sampling_steps=0', '--out', o),
+    'sampling_steps=0': (lambda f,
+                         o: bench(f, '--models', 'departures', '--set', 'departures.sampling_steps=0', '--out', o),
                          'departures option sampling_steps=0: must be >= 1'),
     'n_steps (renamed)': (lambda f, o: bench(f, '--models', 'departures', '--set', 'departures.n_steps=5', '--out', o),
                           'n_steps is now sampling_steps'),
     'use_latent=maybe': (lambda f, o: bench(f, '--models', 'unlasting', '--set', 'use_latent=maybe', '--out', o),
                          'expected true or false'),
-    'shared typo, baselines': (lambda f, o: bench(f, '--set', 'stesp=3', '--out', o), "No model run has the option 'stesp'"),
+    'shared typo, baselines': (lambda f, o: bench(f, '--set', 'stesp=3', '--out', o),
+                               "No model run has the option 'stesp'"),
     'mask_steps, departures only': (lambda f, o: ['fit', '--data', f['tiny'], *DATA, '--model', 'departures', '--set',
-                                                  'mask_steps=3', '--out', o, '--quiet'], "No model run has the option 'mask_steps'"),
+                                                  'mask_steps=3', '--out', o, '--quiet'],
+                                    "No model run has the option 'mask_steps'"),
     'option of a model not run': (lambda f, o: bench(f, '--set', 'linear.n_dims=3', '--out', o),
                                   "'linear', which is not among the models run"),
     'dose abc': (lambda f, o: bench(f, '--split', 'custom', '--test', 'G0004,type0,abc', '--out', o),
                  "--test 'G0004,type0,abc': the dose 'abc' is not a number"),
-    'dose abc in a test file': (lambda f, o: bench(f, '--split', 'custom', '--test-file', f['dir'] / 'bad_dose.csv', '--out', o),
+    'dose abc in a test file': (lambda f,
+                                o: bench(f, '--split', 'custom', '--test-file', f['dir'] / 'bad_dose.csv', '--out', o),
                                 "line 1: 'G0004,type0,abc': the dose 'abc' is not a number"),
     'out is a file': (lambda f, o: bench(f, '--out', f['dir'] / 'a_file'), 'is a file, not a folder'),
     'out under a file': (lambda f, o: bench(f, '--out', f['dir'] / 'a_file' / 'sub'), 'cannot be written'),
-    'out of an earlier run': (lambda f, o: bench(f, '--out', f['used']), 'already holds the outputs of an earlier run (results.csv)'),
+    'out of an earlier run': (lambda f, o: bench(f, '--out', f['used']),
+                              'already holds the outputs of an earlier run (results.csv)'),
     'resume and overwrite': (lambda f, o: bench(f, '--out', o, '--resume', '--overwrite'), 'not allowed with argument'),
-    'fit into a fitted run': (lambda f, o: ['fit', '--data', f['tiny'], *DATA, *SPLIT, '--model', 'additive', '--out', f['run'], '--quiet'],
+    'fit into a fitted run': (lambda f,
+                              o: ['fit', '--data', f['tiny'], *DATA, *SPLIT, '--model', 'additive', '--out', f['run'],
+                                  '--quiet'],
                               'pass --resume to continue it, --overwrite to replace it'),
-    'truncated h5ad': (lambda f, o: bench(f, '--data', f['dir'] / 'broken.h5ad', '--out', o), 'could not be read as an h5ad file'),
-    'drug data without SMILES': (lambda f, o: ['benchmark', '--data', f['dir'] / 'drug_nosmiles.h5ad', '--cell-type-key', 'cell_type',
-                                               '--dose-key', 'dose', '--kind', 'drug', '--split', 'ood_drug', '--models',
-                                               'control,unlasting', '--out', o, '--quiet'], 'unlasting encode drugs by their SMILES'),
-    'drug doses pooled': (lambda f, o: ['benchmark', '--data', f['dir'] / 'drug.h5ad', '--cell-type-key', 'cell_type', '--smiles-key',
-                                        'SMILES', '--kind', 'drug', '--models', 'control', '--out', o, '--quiet'], '--dose-key dose'),
+    'truncated h5ad': (lambda f, o: bench(f, '--data', f['dir'] / 'broken.h5ad', '--out', o),
+                       'could not be read as an h5ad file'),
+    'drug data without SMILES': (lambda f,
+                                 o: ['benchmark', '--data', f['dir'] / 'drug_nosmiles.h5ad', '--cell-type-key',
+                                     'cell_type',
+                                               '--dose-key', 'dose', '--kind', 'drug', '--split', 'ood_drug',
+                                               '--models', 'control,unlasting', '--out', o, '--quiet'],
+                                 'unlasting encode drugs by their SMILES'),
+    'drug doses pooled': (lambda f,
+                          o: ['benchmark', '--data', f['dir'] / 'drug.h5ad', '--cell-type-key', 'cell_type',
+                              '--smiles-key',
+                                        'SMILES', '--kind', 'drug', '--models', 'control', '--out', o, '--quiet'],
+                          '--dose-key dose'),
     'empty model.pkl': (lambda f, o: pred(f, o, run='run_empty'), 'cannot be read (EOFError'),
-    'truncated model.pkl': (lambda f, o: pred(f, o, run='run_truncated'), 'is empty, truncated or from another version'),
+    'truncated model.pkl': (lambda f, o: pred(f, o, run='run_truncated'),
+                            'is empty, truncated or from another version'),
     'missing model.pkl': (lambda f, o: pred(f, o, run='run_missing'), 'the fit of this run did not finish'),
     'truncated run.json': (lambda f, o: pred(f, o, run='run_badjson'), 'run.json is unreadable'),
-    'baseline, unknown condition': (lambda f, o: pred(f, o, '--test', 'NOPE'), "Condition 'NOPE' is not in the data's vocabulary"),
+    'baseline, unknown condition': (lambda f, o: pred(f, o, '--test', 'NOPE'),
+                                    "Condition 'NOPE' is not in the data's vocabulary"),
     'baseline, typo': (lambda f, o: pred(f, o, '--test', 'G0004x'), "Did you mean 'G0004'"),
     'predict into a folder': (lambda f, o: pred(f, o, '--out', f['dir']), 'is a folder; give the path of a .h5ad file'),
     'predict into a csv': (lambda f, o: pred(f, o, '--out', o / 'p.csv'), 'must end in .h5ad'),
     'predict n-cells 0': (lambda f, o: pred(f, o, '--n-cells', '0'), 'argument --n-cells'),
-    'evaluate a truncated h5ad': (lambda f, o: ['evaluate', '--run', f['run'], '--pred', f['dir'] / 'broken.h5ad', '--out', o, '--quiet'],
+    'evaluate a truncated h5ad': (lambda f,
+                                  o: ['evaluate', '--run', f['run'], '--pred', f['dir'] / 'broken.h5ad', '--out', o,
+                                      '--quiet'],
                                   'could not be read as an h5ad file'),
 }
 
@@ -170,14 +195,18 @@ def test_traceback_flag_shows_user_errors(files, tmp_path):
 
 
 def test_options_are_typed_and_go_where_they_belong(files, tmp_path, monkeypatch):
-    "--set use_latent=False is the boolean (the ablation happens); a shared option goes only to the models that have it."
-    monkeypatch.setattr(cli.model_class('unlasting'), 'fit', lambda self, train, **kw: self)  # no training: the config is the test
-    ok('fit', '--data', files['tiny'], *DATA, *SPLIT, '--model', 'unlasting', '--set', 'use_latent=False', '--set', 'steps=3',
-       '--out', tmp_path / 'u', '--quiet')
+    """--set use_latent=False is the boolean (the ablation happens); a shared option goes only to the models that have
+    it."""
+    # no training: the config is the test
+    monkeypatch.setattr(cli.model_class('unlasting'), 'fit', lambda self, train, **kw: self)
+    ok('fit', '--data', files['tiny'], *DATA, *SPLIT, '--model', 'unlasting', '--set', 'use_latent=False', '--set',
+       'steps=3', '--out', tmp_path / 'u', '--quiet')
     config = cli.model_class('unlasting').load(tmp_path / 'u' / 'model', device='cpu').config
     assert config.use_latent is False and config.steps == 3
-    per = api.model_overrides(['unlasting', 'departures', 'control'], api.parse_overrides(['mask_steps=2', 'steps=3', 'keep_zeros=True']))
-    assert per == {'unlasting': {'mask_steps': 2, 'steps': 3}, 'departures': {'steps': 3}, 'control': {'keep_zeros': True}}
+    per = api.model_overrides(['unlasting', 'departures', 'control'],
+                              api.parse_overrides(['mask_steps=2', 'steps=3', 'keep_zeros=True']))
+    assert per == {'unlasting': {'mask_steps': 2, 'steps': 3}, 'departures': {'steps': 3},
+                   'control': {'keep_zeros': True}}
     assert api.make_model('departures', overrides={'*': {'mask_steps': 2, 'steps': 3}}).config.steps == 3
 
 
@@ -210,14 +239,16 @@ def test_backed_anndata_and_pooled_doses(files):
     try:
         with pytest.raises(ValueError, match="backed"): api.load_data(backed, cell_type_key='cell_type')
     finally: backed.file.close()
-    data = api.load_data(files['dir'] / 'drug.h5ad', cell_type_key='cell_type', smiles_key='SMILES', kind='drug', dose_key='none')
+    data = api.load_data(files['dir'] / 'drug.h5ad', cell_type_key='cell_type', smiles_key='SMILES', kind='drug',
+                         dose_key='none')
     assert data.groups().dose.isna().all()
 
 
 def test_out_checked_before_training(files, tmp_path, monkeypatch):
     "A bad --out fails before the data are read, so no fit is wasted."
     monkeypatch.setattr(cli, 'load_data', lambda *a, **k: pytest.fail('data read before --out was checked'))
-    code, _, err = run('fit', '--data', files['tiny'], *DATA, '--model', 'unlasting', '--out', files['dir'] / 'a_file', '--quiet')
+    code, _, err = run('fit', '--data', files['tiny'], *DATA, '--model', 'unlasting', '--out', files['dir'] / 'a_file',
+                       '--quiet')
     assert code == 2 and 'is a file' in err
 
 
@@ -264,14 +295,19 @@ def test_benchmark_interrupted_then_resumed(files, tmp_path, monkeypatch):
     fitted = []
     for name in ('control', 'mean', 'linear'):
         cls = cli.model_class(name)
-        monkeypatch.setattr(cls, 'fit', lambda self, train, _f=cls.fit, _n=name, **k: fitted.append(_n) or _f(self, train, **k))
+        monkeypatch.setattr(cls, 'fit', lambda self, train, _f=cls.fit, _n=name,
+                            **k: fitted.append(_n) or _f(self, train, **k))
     code, _, err = run(*argv, '--out', tmp_path / 'cut')
     assert code == 2 and 'already holds the outputs' in err  # neither --resume nor --overwrite
     ok(*argv, '--out', tmp_path / 'cut', '--resume')
     assert fitted == ['linear']
     for f in ('results.csv', 'summary.csv', 'summary_by_subgroup.csv'):
         assert (tmp_path / 'cut' / f).read_bytes() == (tmp_path / 'fresh' / f).read_bytes(), f
-    assert sorted(p.name for p in (tmp_path / 'cut' / 'predictions').iterdir()) == ['control.h5ad', 'linear.h5ad', 'mean.h5ad']
+    assert sorted(p.name for p in (tmp_path / 'cut' / 'predictions').iterdir()) == [
+        'control.h5ad',
+        'linear.h5ad',
+        'mean.h5ad',
+    ]
     code, _, err = run(*argv, '--out', tmp_path / 'cut', '--resume', '--seed', '3')
     assert code == 2 and 'other settings (seed: 0 there, 3 now)' in err, err
 
@@ -298,7 +334,8 @@ def _record_training(monkeypatch) -> list:
     real, calls = train.fit, []
     def fit(module, loss_fn, make_batches, config, *a, **k):
         ck = Path(config.out_dir) / 'last.pt' if config.out_dir else None
-        calls.append((config.resume, config.out_dir, torch.load(ck, weights_only=False)['step'] if ck and ck.exists() else None))
+        calls.append((config.resume, config.out_dir,
+                      torch.load(ck, weights_only=False)['step'] if ck and ck.exists() else None))
         return real(module, loss_fn, make_batches, config, *a, **k)
     _patch_trainer(monkeypatch, fit)
     return calls
@@ -338,14 +375,16 @@ def test_fit_resume(files, tmp_path, monkeypatch):
     assert code == 2 and '--resume' in err
     calls = _record_training(monkeypatch)
     ok(*argv, '--resume')
-    assert calls == [(True, str(tmp_path / 'checkpoints' / 'denoiser'), 2)] and (tmp_path / 'model' / 'model.pkl').is_file()
+    assert calls == [(True, str(tmp_path / 'checkpoints' / 'denoiser'),
+                      2)] and (tmp_path / 'model' / 'model.pkl').is_file()
     ok(*argv, '--resume')  # already fitted: nothing to do
     assert len(calls) == 1
     ok('predict', '--run', tmp_path, '--out', tmp_path / 'p.h5ad', '--n-cells', '3', '--quiet')
 
 
 def test_overwrite_never_deletes_files_it_did_not_write(files, tmp_path):
-    "--overwrite clears perturbdiff's outputs only: a folder of the same name holding a user's files is refused, untouched."
+    """--overwrite clears perturbdiff's outputs only: a folder of the same name holding a user's files is refused,
+    untouched."""
     (tmp_path / 'predictions').mkdir()
     mine = tmp_path / 'predictions' / 'my_notes.txt'; mine.write_text('keep me')
     code, _, err = run(*bench(files, *SPLIT, '--out', tmp_path, '--overwrite'))
@@ -354,7 +393,8 @@ def test_overwrite_never_deletes_files_it_did_not_write(files, tmp_path):
 
 
 def test_benchmark_api_resume_refuses_another_split(files, tmp_path):
-    "benchmark(resume=True) reuses a finished model only on the same test groups; another split is refused, not mixed in."
+    """benchmark(resume=True) reuses a finished model only on the same test groups; another split is refused, not mixed
+    in."""
     data = api.load_data(files['tiny'], cell_type_key='cell_type', mode_key='perturbation_type')
     a = api.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=0)
     b = api.make_split(data, 'unseen_perturbation', test_frac=0.5, seed=1)

@@ -1,4 +1,5 @@
-"""Issue #14 regressions in 00a_spaces and 00_conditions: the input-space guess (item 2) and undeclared control labels (item 5)."""
+"""Issue #14 regressions in 00a_spaces and 00_conditions: the input-space guess (item 2) and undeclared control labels
+(item 5)."""
 import warnings
 
 import anndata as ad
@@ -242,7 +243,9 @@ def test_known_conventions_unchanged():
         warnings.filterwarnings('ignore', message='.*read as')
         data = PerturbData(gears)
         flipped = gears.copy()  # GEARS writes both 'A+ctrl' and 'ctrl+A'
-        flipped.obs['condition'] = [f'ctrl+{c[:-5]}' if c.endswith('+ctrl') else c for c in gears.obs.condition.astype(str)]
+        flipped.obs['condition'] = [
+            f'ctrl+{c[:-5]}' if c.endswith('+ctrl') else c for c in gears.obs.condition.astype(str)
+        ]
         again = PerturbData(flipped)
     assert int(data.obs.control.sum()) == 10 and all('ctrl' not in c for c in data.conditions)
     assert again.conditions == data.conditions and int(again.obs.control.sum()) == 10
@@ -379,7 +382,8 @@ def test_target_case_mismatch_hinted():
 
 def test_drug_without_dose_key_warns():
     a = _drug()
-    with pytest.warns(UserWarning, match=r"obs\['dose'\].*doses.*pooled.*dose_key='dose'.*--dose-key dose.*dose_key=False"):
+    with pytest.warns(UserWarning,
+                      match=r"obs\['dose'\].*doses.*pooled.*dose_key='dose'.*--dose-key dose.*dose_key=False"):
         pooled = _drug_data(a, dose_key=None)
     assert pooled.groups().dose.isna().all()
     with warnings.catch_warnings():
@@ -400,7 +404,8 @@ def test_control_like_token_in_a_pair_is_a_target_with_a_hint_and_declarable():
     followed, made its cells controls. Now only whole labels count as control look-alikes; a token gets a warning, and
     declaring the token as a control (control=['ctrl', 'NegCtrl0']) drops it from the combination."""
     n = 30
-    obs = pd.DataFrame({'condition': ['ctrl'] * n + ['A'] * n + ['A+NegCtrl0'] * n}, index=[f'c{i}' for i in range(3 * n)])
+    obs = pd.DataFrame({'condition': ['ctrl'] * n + ['A'] * n + ['A+NegCtrl0'] * n},
+                       index=[f'c{i}' for i in range(3 * n)])
     X = np.log1p(np.random.default_rng(0).poisson(3.0, (3 * n, 20)).astype(np.float32))
     a = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=[f'G{i}' for i in range(20)]))
     with pytest.warns(UserWarning, match="hold tokens \\['NegCtrl0'\\] that look like controls"):
@@ -411,7 +416,8 @@ def test_control_like_token_in_a_pair_is_a_target_with_a_hint_and_declarable():
 
 
 def test_low_depth_log1p_subset_read_as_log1p():
-    "Review finding: low-depth log1p data (too few values per cell to test a unit) was refused; it reads as log1p again."
+    """Review finding: low-depth log1p data (too few values per cell to test a unit) was refused; it reads as log1p
+    again."""
     rng = np.random.default_rng(0)
     C = rng.poisson(0.02, (300, 3000)).astype(np.float64)
     C[C.sum(1) == 0, 0] = 1

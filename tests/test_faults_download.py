@@ -147,12 +147,12 @@ def test_download_verify_hook_runs_before_the_file_is_moved(server, tmp_path):
 GAF = '\n'.join([
     '!gaf-version: 2.2',
     '!date-generated: 2024-06-17T02:00',
-    '\t'.join(['UniProtKB', 'P1', 'GENEA', 'enables', 'GO:0000001', 'PMID:1', 'IDA', '', 'F', 'gene A', 'OLDA', 'protein',
-               'taxon:9606', '20200101', 'UniProt', '', '']),
+    '\t'.join(['UniProtKB', 'P1', 'GENEA', 'enables', 'GO:0000001', 'PMID:1', 'IDA', '', 'F', 'gene A', 'OLDA',
+               'protein', 'taxon:9606', '20200101', 'UniProt', '', '']),
     '\t'.join(['UniProtKB', 'P2', 'GENEB', 'enables', 'GO:0000001', 'PMID:1', 'IDA', '', 'F', 'gene B', '', 'protein',
                'taxon:9606', '20200101', 'UniProt', '', '']),
-    '\t'.join(['UniProtKB', 'P2', 'GENEB', 'NOT|enables', 'GO:0000009', 'PMID:1', 'IDA', '', 'F', 'gene B', '', 'protein',
-               'taxon:9606', '20200101', 'UniProt', '', '']),
+    '\t'.join(['UniProtKB', 'P2', 'GENEB', 'NOT|enables', 'GO:0000009', 'PMID:1', 'IDA', '', 'F', 'gene B', '',
+               'protein', 'taxon:9606', '20200101', 'UniProt', '', '']),
 ]) + '\n'
 
 

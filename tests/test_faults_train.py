@@ -20,8 +20,8 @@ warnings.filterwarnings('ignore', message='.*no path to a measured gene.*')
 # tiny networks; 'plain' presets for the DDIB models, which train a mask model after the denoiser
 TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, mask_steps=6, mask_hidden=8,
                            n_control=10, sampling_steps=5),
-            Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6, mask_hidden=8,
-                         n_control=10, sampling_steps=5),
+            Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6,
+                         mask_hidden=8, n_control=10, sampling_steps=5),
             Departures=dict(steps=12, dim=4, time_dim=8, sampling_steps=5))
 PRESET = dict(Unlasting='plain', Doloris='plain', Departures='quick')
 MODELS = [Unlasting, Doloris, Departures]
@@ -72,7 +72,8 @@ def test_resume_of_a_finished_run_is_a_no_op(screen, cls, tmp_path):
     assert {p: p.read_text() for p in logs(tmp_path)} == before  # nothing re-logged
 
 
-@pytest.mark.parametrize('mask_steps,kill_at', [(6, 4), (55, 53)], ids=['before-mask-checkpoint', 'after-mask-checkpoint'])
+@pytest.mark.parametrize('mask_steps,kill_at', [(6, 4), (55, 53)],
+                         ids=['before-mask-checkpoint', 'after-mask-checkpoint'])
 @pytest.mark.parametrize('cls', [Unlasting, Doloris], ids=lambda c: c.__name__)
 def test_resume_of_a_run_killed_in_the_mask_phase(screen, cls, mask_steps, kill_at, tmp_path, monkeypatch):
     "The denoiser finished (its checkpoint is at its last step) and the mask model was killed at step `kill_at`."
@@ -150,7 +151,8 @@ def finite_checkpoint(path) -> int:
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(screen, cls, tmp_path):
     split, prior = screen
     # caught either by the loss check or, when the loss is still finite, by the weights check before a checkpoint
-    with pytest.raises(TrainingDiverged, match=r'(?is)step \d+: the (loss is|weights \(or optimiser state\) are) not finite'
+    with pytest.raises(TrainingDiverged,
+                       match=r'(?is)step \d+: the (loss is|weights \(or optimiser state\) are) not finite'
                                                r'.*lower the learning rate') as e:
         make(cls, prior, lr=1e6).fit(split.train, out_dir=str(tmp_path), ckpt_every=1, log_every=1)
     assert isinstance(e.value, RuntimeError) and e.value.step >= 2

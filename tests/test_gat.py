@@ -21,7 +21,8 @@ def replicate(edge_index, n_nodes, batch):
     return edge_index.repeat(1, batch) + off
 
 
-CONFIGS = [dict(), dict(concat=True), dict(add_self_loops=False), dict(edge_dim=1), dict(heads=3, edge_dim=2, concat=True),
+CONFIGS = [dict(), dict(concat=True), dict(add_self_loops=False), dict(edge_dim=1),
+           dict(heads=3, edge_dim=2, concat=True),
            dict(share_weights=True), dict(negative_slope=0.01, heads=1), dict(bias=False)]
 
 
@@ -139,7 +140,8 @@ def _setup(adata, seed=0, **block_kw):
     data = PerturbData(adata, cell_type_key='cell_type', mode_key='perturbation_type')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        graph = GeneGraph.build(data, [coexpression(0.3), edge_list(adata.uns['simulation']['edges'], weight_col='weight')])
+        graph = GeneGraph.build(data,
+                                [coexpression(0.3), edge_list(adata.uns['simulation']['edges'], weight_col='weight')])
     torch.manual_seed(seed)
     block = GRNBlock(graph, dim=12, time_dim=6, dropout=0.0, **block_kw).eval()
     return data, graph, block
@@ -147,7 +149,9 @@ def _setup(adata, seed=0, **block_kw):
 
 def _cells_and_conditions(data, step=5):
     cells = np.arange(0, data.n_cells, step)
-    cond = torch.as_tensor([data.vocab.index(c) if c != CONTROL_KEY else -1 for c in data.obs.condition.astype(str).iloc[cells]])
+    cond = torch.as_tensor(
+        [data.vocab.index(c) if c != CONTROL_KEY else -1 for c in data.obs.condition.astype(str).iloc[cells]]
+    )
     return cells, cond
 
 
@@ -201,7 +205,8 @@ def test_gene_perturbation_reaches_only_graph_neighbours(sim):
     t = torch.zeros(1, 6)
     base = block(x, t)
     for mode in ('knockdown', 'activation'):
-        y = block(x, t, perturbation=PerturbationBatch('gene', torch.tensor([[node]]), torch.tensor([MODES.index(mode)])))
+        y = block(x, t,
+                  perturbation=PerturbationBatch('gene', torch.tensor([[node]]), torch.tensor([MODES.index(mode)])))
         changed = set(np.flatnonzero((y - base).abs()[0].detach().numpy() > 1e-7))
         assert changed and changed <= set(ei[1, ei[0] == node])
 
@@ -252,8 +257,10 @@ def test_label_block_and_unseen_labels():
     h, e = torch.randn(2, 3, 4), torch.randn(3, 4)
     out = enc(h, e, PerturbationBatch('label', label=torch.tensor([-1, 1])))
     assert torch.equal(out[0], h[0]) and not torch.allclose(out[1], h[1])
-    with pytest.raises(IndexError, match='fewer labels'): enc(h, e, PerturbationBatch('label', label=torch.tensor([2, 0])))
-    with pytest.raises(ValueError, match="'gene' batch"): enc(h, e, PerturbationBatch('gene', torch.tensor([[0], [1]]), torch.tensor([0, 0])))
+    with pytest.raises(IndexError, match='fewer labels'):
+        enc(h, e, PerturbationBatch('label', label=torch.tensor([2, 0])))
+    with pytest.raises(ValueError, match="'gene' batch"):
+        enc(h, e, PerturbationBatch('gene', torch.tensor([[0], [1]]), torch.tensor([0, 0])))
     tab = PerturbationTable(['a', 'b'], 'label', seen=['a'])
     with pytest.raises(ValueError, match='no training cells'): tab.batch(torch.tensor([1]))
 
@@ -269,5 +276,6 @@ def test_fused_on_cuda_matches_cpu():
     plan, xl, xr, att, et = _random_case(torch.float32, N=300, E=3000, B=4, H=2, C=8)
     cpu, _ = gatv2_fused(xl, xr, att, plan, et)
     dev = torch.device('cuda')
-    gpu, _ = gatv2_fused(xl.detach().to(dev), xr.detach().to(dev), att.detach().to(dev), plan.to(dev), et.detach().to(dev))
+    gpu, _ = gatv2_fused(xl.detach().to(dev), xr.detach().to(dev), att.detach().to(dev), plan.to(dev),
+                         et.detach().to(dev))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)

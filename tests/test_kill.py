@@ -83,7 +83,8 @@ class Kill:
 
 
 def run(argv, out: Path, kill: Kill | None = None, hook: str = '', timeout: float = 600) -> str:
-    "Run the CLI with `--out out`; SIGKILL it at `kill` (or `hook` kills it). 'killed', or 'finished' (exit code 0 asserted)."
+    """Run the CLI with `--out out`; SIGKILL it at `kill` (or `hook` kills it). 'killed', or 'finished' (exit code 0
+    asserted)."""
     before, fired, t0 = snapshot(out), None, time.monotonic()
     with tempfile.TemporaryFile('w+') as err:
         p = subprocess.Popen(command(*argv, '--out', out, hook=hook), stdout=subprocess.DEVNULL, stderr=err, env=ENV)
@@ -152,15 +153,19 @@ def check_after_kill(out: Path, ref: dict, earlier: dict) -> dict:
         elif rel in ('results.csv', 'timing.csv'):
             assert set(val.model) <= set(ref[rel].model), rel
             if rel == 'results.csv':
-                for m in set(val.model): pd.testing.assert_frame_equal(rows(val, m), rows(ref[rel], m), check_exact=True)
+                for m in set(val.model):
+                    pd.testing.assert_frame_equal(rows(val, m), rows(ref[rel], m), check_exact=True)
         elif rel.endswith('.pkl'): assert all(torch.equal(v, ref[rel][k]) for k, v in val.items()), f'{rel} differs'
         elif rel.endswith('.pt'):
-            assert val <= ref[rel] and val >= earlier.get(rel, 0), f'{rel}: step {val} (earlier {earlier.get(rel)}, end {ref[rel]})'
+            assert val <= ref[rel] and val >= earlier.get(rel,
+                                                          0), (f'{rel}: step {val} (earlier {earlier.get(rel)}, end '
+                                                               f'{ref[rel]})')
         elif rel.startswith('summary'):  # one row per model (and subgroup), as in the end
             key = list(val.columns[:2 if rel == 'summary_by_subgroup.csv' else 1])
             got, want = val.set_index(key), ref[rel].set_index(key)
             pd.testing.assert_frame_equal(got, want.loc[got.index], check_exact=True, obj=rel)
-        elif rel == 'run.json': assert val['split'] == ref[rel]['split'] and val['args']['seed'] == ref[rel]['args']['seed']
+        elif rel == 'run.json':
+            assert val['split'] == ref[rel]['split'] and val['args']['seed'] == ref[rel]['args']['seed']
     if 'results.csv' in now:
         assert set(earlier.get('results.csv', pd.DataFrame(columns=['model'])).model) <= set(now['results.csv'].model)
     return now
@@ -168,7 +173,8 @@ def check_after_kill(out: Path, ref: dict, earlier: dict) -> dict:
 
 def predict(run_dir: Path, dest: Path) -> ad.AnnData:
     "Predictions of the model that `fit` saved in `run_dir` (`perturbdiff predict`, in this process)."
-    assert cli.main(['predict', '--run', str(run_dir), '--out', str(dest), '--n-cells', '5', '--device', 'cpu', '--quiet']) == 0
+    assert cli.main(['predict', '--run', str(run_dir), '--out', str(dest), '--n-cells', '5', '--device', 'cpu',
+                     '--quiet']) == 0
     return ad.read_h5ad(dest)
 
 
@@ -179,13 +185,15 @@ def logs(out: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def ref(tmp_path_factory, tiny_h5ad) -> dict:
-    "The uninterrupted fit and benchmark runs on the tiny screen (conftest): their outputs, logs, predictions and durations."
+    """The uninterrupted fit and benchmark runs on the tiny screen (conftest): their outputs, logs, predictions and
+    durations."""
     d = tmp_path_factory.mktemp('kill')
     refs = dict(dir=d, data=['--data', str(tiny_h5ad)])
     for name, argv in (('fit', FIT), ('benchmark', BENCH)):
         t0 = time.monotonic()
         assert run([*argv, *refs['data']], d / name) == 'finished'
-        refs[name] = dict(out=d / name, seconds=time.monotonic() - t0, files=read_outputs(d / name), logs=logs(d / name))
+        refs[name] = dict(out=d / name, seconds=time.monotonic() - t0, files=read_outputs(d / name),
+                          logs=logs(d / name))
     refs['fit']['pred'] = predict(d / 'fit', d / 'fit_pred.h5ad')
     return refs
 
@@ -199,7 +207,8 @@ def known_defect(out: Path) -> str | None:
 
 
 def kill_and_resume(argv, out: Path, kills: list[Kill], ref: dict) -> list[str]:
-    "Run, kill at kills[0]; resume, kill at kills[1]; ...; checking the outputs after each kill; then resume to the end."
+    """Run, kill at kills[0]; resume, kill at kills[1]; ...; checking the outputs after each kill; then resume to the
+    end."""
     outcomes, earlier = [], {}
     for i, k in enumerate(kills):
         outcomes.append(f"{k.where}: {run([*argv, *(['--resume'] if i else [])], out, k)}")
@@ -254,7 +263,8 @@ def test_fit_killed_in_each_phase_then_resumed(ref, tmp_path):
 
 def test_fit_killed_at_random_times_then_resumed(ref, tmp_path):
     "Two kills after seeded random delays (anywhere from start-up to the end of the uninterrupted run's time)."
-    kills = [Kill(None, float(t), f'after {t:.2f} s', must_land=False) for t in rng(2).uniform(1, ref['fit']['seconds'], 2)]
+    kills = [Kill(None, float(t), f'after {t:.2f} s',
+                  must_land=False) for t in rng(2).uniform(1, ref['fit']['seconds'], 2)]
     print(kill_and_resume([*FIT, *ref['data']], tmp_path / 'run', kills, ref['fit']))
     assert_same_fit(tmp_path / 'run', ref['fit'], tmp_path)
 
@@ -266,14 +276,17 @@ def test_benchmark_killed_in_each_phase_then_resumed(ref, tmp_path):
     kills = [Kill('results.csv', 0, 'writing the tables of mean'),
              Kill('checkpoints/unlasting/mask/log.csv', float(r.uniform(0.01, 0.05)),
                   'Unlasting mask phase, before its first checkpoint'),
-             Kill('checkpoints/unlasting/mask/last.pt', float(r.uniform(0, 0.05)), 'Unlasting mask phase, after a checkpoint'),
-             Kill('predictions/unlasting.h5ad', 0, 'the final writes: predictions written, tables not yet', must_land=False)]
+             Kill('checkpoints/unlasting/mask/last.pt', float(r.uniform(0, 0.05)),
+                  'Unlasting mask phase, after a checkpoint'),
+             Kill('predictions/unlasting.h5ad', 0, 'the final writes: predictions written, tables not yet',
+                  must_land=False)]
     print(kill_and_resume([*BENCH, *ref['data']], tmp_path / 'run', kills, ref['benchmark']))
     assert_same_benchmark(tmp_path / 'run', ref['benchmark'])
 
 
 def test_benchmark_killed_at_random_times_then_resumed(ref, tmp_path):
-    kills = [Kill(None, float(t), f'after {t:.2f} s', must_land=False) for t in rng(4).uniform(1, ref['benchmark']['seconds'], 2)]
+    kills = [Kill(None, float(t), f'after {t:.2f} s',
+                  must_land=False) for t in rng(4).uniform(1, ref['benchmark']['seconds'], 2)]
     print(kill_and_resume([*BENCH, *ref['data']], tmp_path / 'run', kills, ref['benchmark']))
     assert_same_benchmark(tmp_path / 'run', ref['benchmark'])
 

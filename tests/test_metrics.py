@@ -201,7 +201,8 @@ def test_welch_t_vs_scipy():
     C = np.zeros((10, 3)); C[:, 2] = 1.0
     t = M.welch_t(C, np.zeros((12, 3)))
     assert t[0] == 0 and t[1] == 0 and np.isinf(t[2])  # 0/0 -> 0 as scanpy; a jump with no variance -> inf
-    assert M.rank_genes(np.array([1.0, -3.0, 3.0, 0.5]), ['a', 'b', 'c', 'd']) == ['b', 'c', 'a', 'd']  # ties: gene order
+    # ties: gene order
+    assert M.rank_genes(np.array([1.0, -3.0, 3.0, 0.5]), ['a', 'b', 'c', 'd']) == ['b', 'c', 'a', 'd']
 
 
 def test_top_de_restricts_before_topk():
@@ -214,7 +215,8 @@ def _gears_like():
     X = np.abs(np.random.default_rng(0).normal(size=(6, 4))).astype(np.float32)
     a = ad.AnnData(X, obs=pd.DataFrame({'condition': ['ctrl'] * 2 + ['A+ctrl'] * 2 + ['A+B'] * 2,
                                         'cell_type': ['K562_x'] * 6}, index=[f'c{i}' for i in range(6)]),
-                   var=pd.DataFrame({'gene_name': ['A', 'B', 'C', 'D']}, index=[f'ENSG0000000000{i}' for i in range(4)]))
+                   var=pd.DataFrame({'gene_name': ['A', 'B', 'C', 'D']},
+                                    index=[f'ENSG0000000000{i}' for i in range(4)]))
     a.uns['rank_genes_groups_cov_all'] = {'K562_x_A+ctrl_1+1': np.array(['ENSG00000000002', 'ENSG00000000000']),
                                           'K562_x_A+B_1+1': np.array(['ENSG00000000003', 'ENSG00000000001'])}
     return a
@@ -237,7 +239,10 @@ def test_de_ranking_matches_scanpy_ttest(shared):
     ours = M.de_rankings(data, data)
     sc.tl.rank_genes_groups(adm, groupby='condition', reference='ctrl', rankby_abs=True, n_genes=adm.n_vars,
                             use_raw=False, method='t-test')
-    names, scores = pd.DataFrame(adm.uns['rank_genes_groups']['names']), pd.DataFrame(adm.uns['rank_genes_groups']['scores'])
+    names, scores = (
+        pd.DataFrame(adm.uns['rank_genes_groups']['names']),
+        pd.DataFrame(adm.uns['rank_genes_groups']['scores']),
+    )
     sym = dict(zip(adm.var_names, adm.var.gene_name))
     for label in names.columns:
         key = f"{data.resolve(label)}|K562(?)|"
@@ -269,8 +274,10 @@ def test_evaluate_table(sim_task):
     split, perfect, ctrl = sim_task
     train, test = split
     res = M.evaluate(ctrl, test, train, subgroups=split.test_groups)
-    assert list(res.columns[:8]) == ['group', 'condition', 'cell_type', 'dose', 'subgroup', 'n_true', 'n_pred', 'edist_all']
-    assert M.metric_columns(res) == [f'{m}_{s}' for m in ('edist', 'emd', 'rmse', 'pcc_act') for s in ('all', 'de20', 'de40')]
+    assert list(res.columns[:8]) == ['group', 'condition', 'cell_type', 'dose', 'subgroup', 'n_true', 'n_pred',
+                                     'edist_all']
+    assert M.metric_columns(res) == [f'{m}_{s}' for m in ('edist', 'emd', 'rmse',
+                                                          'pcc_act') for s in ('all', 'de20', 'de40')]
     assert len(res) == len(split.test_groups) and (res.n_true == res.n_pred).all()
     row = res.iloc[0]
     T = test.dense((test.obs.group == row.group).to_numpy()); P = ctrl.X[(ctrl.obs[GROUP_COL] == row.group).to_numpy()]
@@ -300,7 +307,8 @@ def test_evaluate_options(sim_task):
     custom = M.evaluate(ctrl, test, train, de_genes=ranked)
     idx = np.arange(train.n_genes)[::-1][:20]
     g0 = base.group[0]
-    P = ctrl.X[(ctrl.obs[GROUP_COL] == g0).to_numpy()][:, idx]; T = test.dense((test.obs.group == g0).to_numpy())[:, idx]
+    P = ctrl.X[(ctrl.obs[GROUP_COL] == g0).to_numpy()][:,
+                                                       idx]; T = test.dense((test.obs.group == g0).to_numpy())[:, idx]
     assert rel(custom.rmse_de20[0], M.rmse(P, T)) < 1e-12
 
 
@@ -379,11 +387,13 @@ def test_norman_baselines_table(shared):
     norman = PerturbData(pb[pb.obs.dataset == 'norman19'], cell_type_key='cell_type', mode='CRISPRa')
     split = norman.split('unseen_combo', test_frac=1.0, seed=0)
     train, test = split
-    preds = {m.name: m.fit(train).predict(test) for m in (ControlBaseline(), MeanBaseline(), AdditiveBaseline(), LinearBaseline())}
+    preds = {m.name: m.fit(train).predict(test) for m in (ControlBaseline(), MeanBaseline(), AdditiveBaseline(),
+                                                          LinearBaseline())}
     res = M.evaluate_models(preds, test, train, subgroups=split.test_groups)
     assert len(res) == 4 * 15
     tab = M.summarize(res, by=('model', 'subgroup'))
-    assert tab.loc[('additive', 'seen2'), ('edist_de20', 'mean')] < tab.loc[('control', 'seen2'), ('edist_de20', 'mean')]
+    assert tab.loc[('additive', 'seen2'), ('edist_de20', 'mean')] < tab.loc[('control', 'seen2'),
+                                                                            ('edist_de20', 'mean')]
 
 
 # ---------------------------------------------------------------- E-distance: sign and zero on every CPU (issue 14)

@@ -25,7 +25,8 @@ def simulated_screen(n_single: int, n_combo: int, split_kind: str, test_frac: fl
 
 
 def fit_quick(split, prior, preset: str = 'quick') -> dict:
-    "Each model fitted once on the training split: a CPU preset ('quick', anchored, or 'plain'), seed 0, the given graph prior."
+    """Each model fitted once on the training split: a CPU preset ('quick', anchored, or 'plain'), seed 0, the given
+    graph prior."""
     return {cls.__name__: cls.from_preset(preset, seed=0, device='cpu', progress=False, graph=prior).fit(split.train)
             for cls in (Unlasting, Doloris, Departures)}
 
@@ -81,7 +82,8 @@ def test_unseen_knockdown_lowers_its_target(known_effects, name):
 @pytest.mark.parametrize('name', [
     'Unlasting', 'Doloris',
     pytest.param('Departures', marks=pytest.mark.xfail(strict=True, reason=(
-        'Measured (plain preset, this simulator, seed 0): E-distance DE20 over the 4 held-out knockdowns 2.05 against the '
+        'Measured (plain preset, this simulator, seed 0): E-distance DE20 over the 4 held-out knockdowns 2.05 against '
+        'the '
         'control baseline\'s 1.77; two of them target unmeasured regulators whose downstream signs the unsigned prior '
         'cannot give. Strict: the day it beats the baseline here, this marker must go.')))])
 def test_unseen_knockdowns_beat_control_on_edistance(known_effects, name):
@@ -96,7 +98,8 @@ def test_unseen_knockdowns_beat_control_on_edistance(known_effects, name):
 def pair_screen():
     """12 single knockdowns and 12 pairs made of them (`combos_of='singles'`, Norman's design); half of the pairs held
     out (`unseen_combo`), all their singles trained on: the effect of a held-out pair is known from its parts (the
-    simulator sums direct effects along the graph, clips, and adds an interaction term to about a third of the pairs)."""
+    simulator sums direct effects along the graph, clips, and adds an interaction term to about a third of the
+    pairs)."""
     sim, split, prior = simulated_screen(12, 12, 'unseen_combo', 0.5, combos_of='singles')
     singles = {c for c in split.train.conditions if '+' not in c}
     assert len(split.test.conditions) == 6 and all(set(c.split('+')) <= singles for c in split.test.conditions)
@@ -121,7 +124,8 @@ def pair_report(split, pred):
 @pytest.fixture(scope='module')
 def pair_effects(pair_screen):
     """Each model fitted once (quick preset) and its report on the held-out pairs; also Unlasting's fit predicted with
-    the paper's threshold masks and Doloris' with the paper's coherent masks (marginals not matched), both prediction-only
+    the paper's threshold masks and Doloris' with the paper's coherent masks (marginals not matched), both
+    prediction-only
     changes of the config."""
     _, split, prior = pair_screen
     variants = dict(Unlasting=('threshold masks', 'mask_strategy', 'threshold'),
@@ -130,12 +134,15 @@ def pair_effects(pair_screen):
     models = fit_quick(split, prior)
     for name, model in models.items():
         out[name] = pair_report(split, model.predict(split.test, seed=0))
-        if name in variants and getattr(model.config, 'use_mask', False):  # the same fit, one prediction-time option changed
+        if name in variants and getattr(model.config, 'use_mask', False):  # the same fit, one prediction-time option
+                                                                           # changed
             label, key, value = variants[name]
             setattr(model.config, key, value)
             out[f'{name}, {label}'] = pair_report(split, model.predict(split.test, seed=0))
     for name, (corrs, ed, ed_ctrl) in out.items():
-        print(f'{name}: DE20 shift correlations {np.round(corrs, 2)}, E-distance DE20 {ed:.3f} vs control {ed_ctrl:.3f}')
+        print(
+            f'{name}: DE20 shift correlations {np.round(corrs, 2)}, E-distance DE20 {ed:.3f} vs control {ed_ctrl:.3f}'
+        )
     out['_models'] = models
     return out
 
@@ -149,12 +156,18 @@ def test_two_trained_singles_get_different_predictions(pair_screen, pair_effects
     tr, model = split.train, pair_effects['_models'][name]
     singles = [c for c in tr.conditions if '+' not in c]
     means = {c: tr.dense((tr.obs.condition == c).to_numpy()).mean(0) for c in singles}
-    a, b = max(((x, y) for x in singles for y in singles if x < y), key=lambda p: np.abs(means[p[0]] - means[p[1]]).sum())
+    a, b = max(((x, y) for x in singles for y in singles if x < y),
+               key=lambda p: np.abs(means[p[0]] - means[p[1]]).sum())
     top = np.argsort(-np.abs(means[a] - means[b]))[:20]
     pred = model.predict([a, b], n_cells=100, seed=0)
     pm = {c: pred.X[(pred.obs.condition == c).to_numpy()].mean(0) for c in (a, b)}
     d = lambda u, v: float(np.abs(u[top] - v[top]).mean())
-    assert d(pm[a], means[a]) < d(pm[a], means[b]) and d(pm[b], means[b]) < d(pm[b], means[a]), (a, b, d(pm[a], means[a]), d(pm[a], means[b]))
+    assert d(pm[a], means[a]) < d(pm[a], means[b]) and d(pm[b], means[b]) < d(pm[b], means[a]), (
+        a,
+        b,
+        d(pm[a], means[a]),
+        d(pm[a], means[b]),
+    )
 
 
 @pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
@@ -164,7 +177,8 @@ def test_pairs_of_trained_singles_within_floor_of_additive(pair_screen, pair_eff
     from perturbdiff.baselines import AdditiveBaseline
     from perturbdiff.metrics import sampling_floor
     _, split, _ = pair_screen
-    add = float(evaluate(AdditiveBaseline().fit(split.train).predict(split.test), split.test, split.train).edist_de20.mean())
+    add = float(evaluate(AdditiveBaseline().fit(split.train).predict(split.test), split.test,
+                         split.train).edist_de20.mean())
     fl = sampling_floor(split.test, control=split.train, seed=0)
     ed = pair_effects[name][1]
     print(f'{name}: E-distance DE20 {ed:.3f}, additive {add:.3f}, floor {np.mean(fl):.3f}')
@@ -191,9 +205,11 @@ def test_ladder_step1_training_singles_beat_mean(pair_screen, pair_effects, name
 def test_anchor_refuses_masks_and_fill(screen):
     _, split, prior = screen
     with pytest.raises(ValueError, match='use_mask=False'):
-        Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, use_mask=True, **TINY['Doloris']).fit(split.train)
+        Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, use_mask=True,
+                            **TINY['Doloris']).fit(split.train)
     with pytest.raises(ValueError, match='use_discrete=False'):
-        Departures.from_preset('quick', device='cpu', progress=False, graph=prior, use_discrete=True, **TINY['Departures']).fit(split.train)
+        Departures.from_preset('quick', device='cpu', progress=False, graph=prior, use_discrete=True,
+                               **TINY['Departures']).fit(split.train)
 
 
 def test_bridge_depth_refusals_and_identity(screen):
@@ -207,7 +223,8 @@ def test_bridge_depth_refusals_and_identity(screen):
         Doloris.from_preset('quick', device='cpu', progress=False, graph=prior, ode_start=100, bridge_depth=50,
                             **TINY['Doloris']).fit(split.train)
     model = Doloris.from_preset('quick', device='cpu', progress=False, graph=prior,
-                                **{**TINY['Doloris'], 'sampling_steps': 50}).fit(split.train)  # chain timesteps 0, 10, 20, ...
+                                # chain timesteps 0, 10, 20, ...
+                                **{**TINY['Doloris'], 'sampling_steps': 50}).fit(split.train)
     tr, row = model.train_, split.test.groups().iloc[0]
     ct = list(model.cond_.cell_types).index(row.cell_type)
     rows = np.flatnonzero(tr.obs.control.to_numpy() & (tr.obs.cell_type == row.cell_type).to_numpy())[:20]
@@ -237,7 +254,8 @@ def test_bridge_depth_refusals_and_identity(screen):
 
 @pytest.mark.parametrize('name', ['Unlasting', 'Doloris', 'Departures'])
 def test_unseen_pairs_direction_and_beat_control(pair_effects, name):
-    "Held-out pairs of trained singles: the DE genes move the observed way, and E-distance DE20 beats the control baseline."
+    """Held-out pairs of trained singles: the DE genes move the observed way, and E-distance DE20 beats the control
+    baseline."""
     corrs, ed, ed_ctrl = pair_effects[name]
     assert len(corrs) == 6 and all(c > 0 for c in corrs), corrs
     assert ed < ed_ctrl, (ed, ed_ctrl)
@@ -245,8 +263,8 @@ def test_unseen_pairs_direction_and_beat_control(pair_effects, name):
 
 TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, mask_steps=6, mask_hidden=8,
                            n_control=10, sampling_steps=5),
-            Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6, mask_hidden=8,
-                         n_control=10, sampling_steps=5),
+            Doloris=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, mask_steps=6,
+                         mask_hidden=8, n_control=10, sampling_steps=5),
             Departures=dict(steps=12, dim=4, time_dim=8, sampling_steps=5))
 
 
@@ -265,7 +283,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(screen, cls, tmp_path):
 @pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures], ids=lambda c: c.__name__)
 def test_save_load_same_predictions(screen, cls, tmp_path):
     _, split, prior = screen
-    m = cls.from_preset('quick', seed=1, device='cpu', progress=False, graph=prior, **TINY[cls.__name__]).fit(split.train)
+    m = cls.from_preset('quick', seed=1, device='cpu', progress=False, graph=prior,
+                        **TINY[cls.__name__]).fit(split.train)
     m.save(tmp_path / 'm')
     again = cls.load(tmp_path / 'm', device='cpu')
     assert np.array_equal(m.predict(split.test, seed=5).X, again.predict(split.test, seed=5).X)
@@ -273,7 +292,8 @@ def test_save_load_same_predictions(screen, cls, tmp_path):
 
 def test_same_seed_same_model(screen):
     _, split, prior = screen
-    a, b = (Doloris.from_preset('quick', seed=3, device='cpu', progress=False, graph=prior, **TINY['Doloris']).fit(split.train)
+    a, b = (Doloris.from_preset('quick', seed=3, device='cpu', progress=False, graph=prior,
+                                **TINY['Doloris']).fit(split.train)
             for _ in range(2))
     assert all(torch.equal(x, y) for x, y in zip(a.net_.state_dict().values(), b.net_.state_dict().values()))
 
@@ -304,8 +324,10 @@ def test_control_pairs_bridge_controls_within_their_cell_type():
     its controls to the other (never a cell to itself), as many as control_pairs x the perturbed pairs over the cell
     types, at most half the controls; conditioned as the control (index -1). 0 (the paper) adds none."""
     from perturbdiff.bridges import BridgePairs, bridge_config
-    sim = simulate(seed=0, n_genes=40, n_regulators=5, n_single=4, n_combo=0, cells_per_group=20, n_control=60, n_cell_types=2)
-    train = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split('unseen_perturbation', test_frac=0.25, seed=0).train
+    sim = simulate(seed=0, n_genes=40, n_regulators=5, n_single=4, n_combo=0, cells_per_group=20, n_control=60,
+                   n_cell_types=2)
+    train = PerturbData(sim, cell_type_key='cell_type',
+                        mode_key='perturbation_type').split('unseen_perturbation', test_frac=0.25, seed=0).train
     plain = BridgePairs(train, bridge_config('plain'), seed=0)
     assert plain.n_pairs == plain.n_pert and len(plain.pairs(0)) == plain.n_pert
     bp = BridgePairs(train, bridge_config('plain', control_pairs=0.25), seed=0)
@@ -327,7 +349,8 @@ def test_control_pairs_bridge_controls_within_their_cell_type():
 def _denoiser_outputs(model, conditions):
     "The trained network's output for each condition, on the same control cells, time and noise (dropout off)."
     tr = model.train_
-    x = torch.as_tensor(tr.dense(np.flatnonzero(tr.obs.control.to_numpy())[:8], scaled=not isinstance(model, Departures)))
+    x = torch.as_tensor(tr.dense(np.flatnonzero(tr.obs.control.to_numpy())[:8],
+                                 scaled=not isinstance(model, Departures)))
     outs = []
     for c in conditions:
         idx = torch.full((len(x),), tr.vocab.index(c), dtype=torch.long)
@@ -415,7 +438,8 @@ def test_generate_controls(cls):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         data = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').fit_scale()
-        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=[coexpression(0.3)], steps=2).fit(data)
+        model = cls.from_preset('quick', seed=0, device='cpu', progress=False, graph=[coexpression(0.3)],
+                                steps=2).fit(data)
     ct = data.cell_types[0]
     a, b, c = (model.generate_controls(ct, 12, seed=s) for s in (0, 0, 1))
     assert a.shape == (12, data.n_genes) and np.isfinite(a).all() and (a >= 0).all()
@@ -428,7 +452,8 @@ def test_generate_controls(cls):
     kept = rated > 0
     assert np.array_equal(rated[kept], raw[kept]) and (rated[~kept] == 0).all()  # entries kept as they were, or zeroed
     expressed = (data.dense(data.control_rows(ct)) > 0).mean(0)
-    assert not kept[:, expressed == 0].any()  # a gene never expressed in the controls is never expressed in their copies
+    assert not kept[:, expressed == 0].any()  # a gene never expressed in the controls is never expressed in their
+                                              # copies
     auto = model.generate_controls(ct, 200, seed=0)  # quick presets regress zeros themselves: 'auto' adds no zero model
     assert np.array_equal(auto, raw) and model.config.zero_loss == 'all'
     with pytest.raises(ValueError, match="zeros='rate' is not one of"):

@@ -15,7 +15,9 @@ def shared_cells() -> dict[str, list[str]]:
     out = {}
     for nb in sorted((ROOT / 'nbs').glob('*.ipynb')):
         cells = json.loads(nb.read_text())['cells']
-        src = [''.join(c['source']) for c in cells if c['cell_type'] == 'code' and 'if HAVE_SHARED' in ''.join(c['source'])]
+        src = [
+            ''.join(c['source']) for c in cells if c['cell_type'] == 'code' and 'if HAVE_SHARED' in ''.join(c['source'])
+        ]
         if src: out[nb.stem] = sorted({f for s in src for f in re.findall(r"SHARED / '([^']+)'", s)})
     return out
 
@@ -25,7 +27,8 @@ def test_shared_data_cells():
     assert cells.get('00b_data'), '00b_data reads the development file in its HAVE_SHARED cells'
     files = sorted({f for fs in cells.values() for f in fs})
     if not SHARED.exists():
-        pytest.skip(f"the notebook cells behind `if HAVE_SHARED:` in {', '.join(cells)} need {', '.join(files)} in {SHARED} "
+        pytest.skip(f"the notebook cells behind `if HAVE_SHARED:` in {', '.join(cells)} need {', '.join(files)} in "
+                    f"{SHARED} "
                     f"(set PERTURBDIFF_SHARED_DATA); nbdev_test ran them as no-ops")
     missing = [f for f in files if not (SHARED / f).exists()]
     assert not missing, f"{SHARED} lacks {missing}, which the notebooks' HAVE_SHARED cells read"

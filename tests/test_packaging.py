@@ -44,7 +44,8 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
-    "sdist and wheel of a copy of the checkout (`python -m build` makes the wheel from the sdist), and the wheel installed."
+    """sdist and wheel of a copy of the checkout (`python -m build` makes the wheel from the sdist), and the wheel
+    installed."""
     tmp = tmp_path_factory.mktemp('packaging')
     src = tmp / 'src'
     for f in source_files():
@@ -56,12 +57,14 @@ def built(tmp_path_factory):
     if build is not None:  # sdist, then the wheel from the unpacked sdist: proves the sdist is self-sufficient
         run([sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(tmp / 'dist'), str(src)], cwd=tmp)
     else:
-        run([sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp / 'dist'), 'bdist_wheel', '-d', str(tmp / 'dist')], cwd=src)
+        run([sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp / 'dist'), 'bdist_wheel', '-d',
+             str(tmp / 'dist')], cwd=src)
     assert sorted(p.name for p in ROOT.iterdir()) == before  # no build/, dist/ or *.egg-info in the checkout
     sdist, = (tmp / 'dist').glob(f'{NAME}-{VERSION}.tar.gz')
     wheel, = (tmp / 'dist').glob(f'{NAME}-{VERSION}-py3-none-any.whl')
     site = tmp / 'site'
-    run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--target', str(site), str(wheel)], cwd=tmp)
+    run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--target', str(site), str(wheel)],
+        cwd=tmp)
     return dict(tmp=tmp, src=src, sdist=sdist, wheel=wheel, site=site)
 
 
@@ -85,10 +88,14 @@ def test_wheel_metadata_is_the_pypi_face(built):
     meta, names, entry_points = wheel_metadata(built['wheel'])
     classifiers = meta.get_all('Classifier')
     assert 'Apache' in (meta.get('License-Expression') or meta.get('License') or ''), meta.items()
-    assert 'License :: OSI Approved :: Apache Software License' in classifiers or meta.get('License-Expression') == 'Apache-2.0'
+    assert (
+        'License :: OSI Approved :: Apache Software License' in classifiers
+        or meta.get('License-Expression') == 'Apache-2.0'
+    )
     assert any(n.endswith('.dist-info/licenses/LICENSE') or n.endswith('.dist-info/LICENSE') for n in names)
     status = [c for c in classifiers if c.startswith('Development Status :: ')]
-    assert len(status) == 1 and status[0].startswith(f"Development Status :: {CFG['status']} - "), status  # not off by one
+    # not off by one
+    assert len(status) == 1 and status[0].startswith(f"Development Status :: {CFG['status']} - "), status
     description = meta.get_payload().strip()
     assert description == (ROOT / PYPI_README).read_text(encoding='utf-8').strip()
     assert meta['Description-Content-Type'].startswith('text/markdown')
@@ -108,7 +115,8 @@ def test_installed_wheel_imports_and_runs_the_pypi_example(built):
     version, where = p.stdout.split()
     assert version == VERSION and Path(where).is_relative_to(built['site'])
     example = re.search(r'```python\n(.*?)```', (ROOT / PYPI_README).read_text(encoding='utf-8'), re.S).group(1)
-    p = installed(built, '-c', 'import perturbdiff; assert perturbdiff.__file__.startswith(%r)\n' % str(built['site']) + example)
+    p = installed(built, '-c',
+                  'import perturbdiff; assert perturbdiff.__file__.startswith(%r)\n' % str(built['site']) + example)
     assert 'additive' in p.stdout
 
 

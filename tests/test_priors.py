@@ -14,8 +14,8 @@ import torch
 
 from perturbdiff.data import PerturbData
 from perturbdiff.datasets import read_smiles_table, simulate
-from perturbdiff.priors import (GeneGraph, SymbolResolver, coexpression, combination_features, drug_features, edge_list, embedding, encode_dose, go, go_db_path, is_vehicle, parse_gaf,
-                                read_go)
+from perturbdiff.priors import (GeneGraph, SymbolResolver, coexpression, combination_features, drug_features, edge_list,
+                                embedding, encode_dose, go, go_db_path, is_vehicle, parse_gaf, read_go)
 
 GO_DB = go_db_path()
 needs_go = pytest.mark.skipif(GO_DB is None, reason='org.Hs.eg.db SQLite not found: run tools/fetch_go_db.sh '
@@ -81,7 +81,8 @@ def test_gene_permutation_gives_the_same_graph_by_symbol(sim):
 def test_union_symmetry_self_loops_and_weights():
     el1 = pd.DataFrame({'source': ['A', 'B'], 'target': ['B', 'C'], 'weight': [0.5, -2.0]})
     el2 = pd.DataFrame({'source': ['B'], 'target': ['A'], 'weight': [0.9]})
-    g = GeneGraph.build(genes=['A', 'B', 'C'], sources=[edge_list(el1, weight_col='weight'), edge_list(el2, weight_col='weight')])
+    g = GeneGraph.build(genes=['A', 'B', 'C'],
+                        sources=[edge_list(el1, weight_col='weight'), edge_list(el2, weight_col='weight')])
     e = g.edges_frame().set_index(['source', 'target'])
     assert e.loc[('A', 'B'), 'weight'] == pytest.approx(0.9) and e.loc[('B', 'A'), 'weight'] == pytest.approx(0.9)
     assert e.loc[('C', 'B'), 'weight'] == pytest.approx(-2.0)  # largest magnitude, sign kept
@@ -130,13 +131,15 @@ def test_hops_follow_edge_direction():
     el = pd.DataFrame({'source': ['T', 'U'], 'target': ['U', 'A']})
     g = GeneGraph.build(genes=['A'], targets=['T', 'U', 'V'], sources=[edge_list(el)], symmetric=False, warn=False)
     assert dict(zip(g.genes, g.hops_to_measured().tolist())) == {'A': 0, 'T': 2, 'U': 1, 'V': -1}
-    r = GeneGraph.build(genes=['A'], targets=['T', 'U'], sources=[edge_list(el.rename(columns={'source': 'target', 'target': 'source'}))],
+    r = GeneGraph.build(genes=['A'], targets=['T', 'U'],
+                        sources=[edge_list(el.rename(columns={'source': 'target', 'target': 'source'}))],
                         symmetric=False, warn=False)
     assert r.reachable() == {'T': False, 'U': False}  # edges point away from the measured gene
 
 
 def test_go_from_gene2go_pickle(tmp_path):
-    g2g = {'A': {'t1', 't2'}, 'B': {'t1', 't2', 't3'}, 'C': {'t3'}, 'D': {'t1', 't2', 't3'}, 'E': {'t9'}, 'F': {'t1', 't5', 't6', 't7', 't8', 't9', 't10', 't11', 't12', 't13'}}
+    g2g = {'A': {'t1', 't2'}, 'B': {'t1', 't2', 't3'}, 'C': {'t3'}, 'D': {'t1', 't2', 't3'}, 'E': {'t9'},
+           'F': {'t1', 't5', 't6', 't7', 't8', 't9', 't10', 't11', 't12', 't13'}}
     path = tmp_path / 'gene2go.pkl'
     with open(path, 'wb') as f: pickle.dump(g2g, f)
     ont = read_go(path)
@@ -150,7 +153,8 @@ def test_go_from_gene2go_pickle(tmp_path):
     # F shares t1 with A, B, D: J = 1/11 or 1/12 < 0.1 (GEARS' strict threshold) -> no edge; E shares nothing
     assert g.reachable() == {'E': False}
     assert 'F' not in into and ont.terms('E') == {'t9'}
-    g3 = GeneGraph.build(genes=['A', 'B', 'D'], sources=[go(g2g, k=None, min_similarity=0.0)], self_loops=False, symmetric=False)
+    g3 = GeneGraph.build(genes=['A', 'B', 'D'], sources=[go(g2g, k=None, min_similarity=0.0)], self_loops=False,
+                         symmetric=False)
     assert g3.n_edges == 6
 
 
@@ -174,7 +178,8 @@ def test_aliases_in_edge_lists_and_targets():
 
 def test_edge_list_and_embedding_files(tmp_path):
     tsv = tmp_path / 'dorothea.tsv'
-    pd.DataFrame({'tf': ['A', 'A', 'Z'], 'target': ['B', 'C', 'A'], 'mor': [1, -1, 1]}).to_csv(tsv, sep='\t', index=False)
+    pd.DataFrame({'tf': ['A', 'A', 'Z'], 'target': ['B', 'C', 'A'],
+                  'mor': [1, -1, 1]}).to_csv(tsv, sep='\t', index=False)
     src = edge_list(tsv, source_col='tf', weight_col='mor')
     g = GeneGraph.build(genes=['A', 'B', 'C'], sources=[src], symmetric=False, self_loops=False)
     assert g.edges_frame()[['source', 'target', 'weight']].values.tolist() == [['A', 'B', 1.0], ['A', 'C', -1.0]]
@@ -257,7 +262,8 @@ def test_parse_gaf_skips_comments_and_not_rows(toy_gaf):
     assert set(ann.ontology) == {'BP', 'MF', 'CC'} and not ann.go_id.str.contains('\r').any()
     assert meta['skipped_not'] == 1 and meta['skipped_malformed'] == 1
     assert meta['gaf-version'] == '2.2' and meta['date-generated'] == '2024-06-17T02:00'
-    assert set(zip(aliases.alias, aliases.symbol)) == {('OLDA', 'GENEA'), ('A-1', 'GENEA'), ('OLDB', 'GENEB'), ('OLDT1', 'TGT1')}
+    assert set(zip(aliases.alias, aliases.symbol)) == {('OLDA', 'GENEA'), ('A-1', 'GENEA'), ('OLDB', 'GENEB'),
+                                                       ('OLDT1', 'TGT1')}
 
 
 def test_read_go_from_a_gaf_file_and_its_evidence_choices(toy_gaf, tmp_path):
@@ -296,9 +302,11 @@ def test_summary_counts_connected_targets_and_names_each_source(toy_gaf, tmp_pat
 def test_summary_names_coexpression(sim):
     g = GeneGraph.build(_data(sim), [coexpression(0.3)], warn=False)
     s = g.summary()
-    assert s['sources']['coexpression'].startswith('co-expression') and f"{int(_data(sim).obs.control.sum())} control cells" in s['sources']['coexpression']
+    assert s['sources']['coexpression'].startswith('co-expression') and (f"{int(_data(sim).obs.control.sum())} control "
+                                                                         "cells") in s['sources']['coexpression']
     assert s['targets_connected'] + len(s['unreachable_targets']) == s['targets']
-    assert s['unmeasured_targets_connected_by_source'] == {'coexpression': 0}  # co-expression never reaches unmeasured targets
+    assert s['unmeasured_targets_connected_by_source'] == {'coexpression': 0}  # co-expression never reaches unmeasured
+                                                                               # targets
 
 
 @needs_go
@@ -325,7 +333,8 @@ def test_drug_features_and_vehicle():
         drug_features({'bad': 'c1cc', 'ok': 'CCO'})
     with pytest.raises(ValueError, match="drug 'empty'"):
         drug_features({'empty': ''})
-    emb = drug_features({'DMSO': 'CS(C)=O', 'x': 'CCO'}, method='embedding', table=pd.DataFrame([[1.0, 2.0]], index=['x']))
+    emb = drug_features({'DMSO': 'CS(C)=O', 'x': 'CCO'}, method='embedding',
+                        table=pd.DataFrame([[1.0, 2.0]], index=['x']))
     assert emb.values.tolist() == [[0, 0], [1, 2]]
     assert is_vehicle('vehicle') and is_vehicle('Dmso') and not is_vehicle('x', 'CCO')
     assert encode_dose([0, 999]).tolist() == [0.0, 3.0]

@@ -4,7 +4,8 @@ The backed container gives the same cells, genes, split and scale, bit for bit; 
 differ by float32 rounding (the in-memory path scales each value before averaging, the streamed one
 after) and so do pseudobulk means (summation order). A model fitted on either therefore ends with
 weights that agree to a small relative tolerance, not bit for bit; these tests bound that difference
-and check that fit, predict and save/load work end to end on backed data. (Doloris also exercises the streamed pseudobulk product
+and check that fit, predict and save/load work end to end on backed data. (Doloris also exercises the streamed
+pseudobulk product
 `M @ X` of its PCA node features; Unlasting, marked slow, the GRN branch.)
 """
 import warnings
@@ -29,7 +30,8 @@ def splits(tmp_path_factory):
                        n_cell_types=2)
     path = tmp_path_factory.mktemp('scale') / 'sim.h5ad'
     from perturbdiff.scale import _plain_strings
-    sim.obs, sim.var = _plain_strings(sim.obs), _plain_strings(sim.var)  # pandas 3's string arrays: anndata refuses them
+    sim.obs, sim.var = _plain_strings(sim.obs), _plain_strings(sim.var)  # pandas 3's string arrays: anndata refuses
+                                                                         # them
     del sim.uns['simulation']
     sim.write_h5ad(path)
     mem = PerturbData(sim, **KEYS).split('unseen_perturbation', seed=0, n_top_genes=30)
@@ -82,7 +84,8 @@ def test_perturbdiff_scale_is_the_same_command():
     (`scale.add_commands`): the same options, values and handler."""
     from perturbdiff.cli import build_parser
     from perturbdiff.scale import _parser, run_train
-    argv = ['train', '--data', 'x.h5ad', '--model', 'doloris', '--out', 'o', '--sep', '_', '--set', 'steps=3', '--test-frac', '0.5']
+    argv = ['train', '--data', 'x.h5ad', '--model', 'doloris', '--out', 'o', '--sep', '_', '--set', 'steps=3',
+            '--test-frac', '0.5']
     a, b = vars(_parser().parse_args(argv)), vars(build_parser().parse_args(['scale', *argv]))
     assert a['func'] is b['func'] is run_train
     same = lambda d, skip: {k: v for k, v in d.items() if k not in skip}
@@ -105,6 +108,8 @@ def test_scale_errors_in_one_line(tmp_path, capsys):
         main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith('python -m perturbdiff.scale train: error:') and '\n' not in err and 'missing.h5ad' in err, err
+    assert err.startswith('python -m perturbdiff.scale train: error:') and '\n' not in err and 'missing.h5ad' in err, (
+        err
+    )
     with pytest.raises(OSError):
         main(argv + ['--traceback'])

@@ -34,7 +34,8 @@ def test_underscore_labels_give_the_same_benchmark(screens):
     assert dp.conditions == du.conditions and sum('+' in c for c in du.conditions) == 6
     sp, su = (make_split(d, 'unseen_combo', test_frac=0.5, seed=0) for d in (dp, du))
     assert sp.test.conditions == su.test.conditions
-    rp, ru = (benchmark(s, models=['additive', 'anchor', 'linear'], progress=False, device='cpu').results for s in (sp, su))
+    rp, ru = (benchmark(s, models=['additive', 'anchor', 'linear'], progress=False,
+                        device='cpu').results for s in (sp, su))
     num = rp.select_dtypes('number').columns
     pd.testing.assert_frame_equal(rp[num].reset_index(drop=True), ru[num].reset_index(drop=True))
     assert all(len(du.perturbation(c).targets) == 2 for c in su.test.conditions)  # each pair is two targets

@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     text = readme_text(nbformat.read(NBS / 'index.ipynb', as_version=4))
     if a.check:
         if (ROOT / 'README.md').read_text(encoding='utf-8') != text:
-            print('README.md is out of date with nbs/index.ipynb; run: python tools/build_docs.py readme', file=sys.stderr)
+            print('README.md is out of date with nbs/index.ipynb; run: python tools/build_docs.py readme',
+                  file=sys.stderr)
             return 1
         print('README.md is up to date.')
         return 0

@@ -58,12 +58,14 @@ def check_page(chromium: str, page: Path, out: Path, size: str = '1280,1600') ->
     "Screenshot and DOM of one page, and whether they show its content."
     png = out / f'{page.stem}.png'
     with tempfile.TemporaryDirectory(prefix='chromium-profile-') as prof:
-        shot = run_chromium(chromium, page.resolve().as_uri(), Path(prof) / 'a', f'--screenshot={png}', f'--window-size={size}')
+        shot = run_chromium(chromium, page.resolve().as_uri(), Path(prof) / 'a', f'--screenshot={png}',
+                            f'--window-size={size}')
         dom = run_chromium(chromium, page.resolve().as_uri(), Path(prof) / 'b', '--dump-dom')
     title = page_title(page)
     in_dom = bool(title) and title in html.unescape(dom.stdout)
     rep = dict(page=page.name, screenshot=str(png), title=title, title_in_dom=in_dom, dom_chars=len(dom.stdout))
-    if not png.exists(): return {**rep, 'ok': False, 'error': (shot.stderr.strip().splitlines() or ['no screenshot'])[-1]}
+    if not png.exists():
+        return {**rep, 'ok': False, 'error': (shot.stderr.strip().splitlines() or ['no screenshot'])[-1]}
     rep.update(png_stats(png))
     rep['ok'] = rep['title_in_dom'] and rep['std'] >= MIN_STD and rep['ink'] >= MIN_INK
     return rep
@@ -73,7 +75,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('site', type=Path, help='folder written by `python tools/build_docs.py site`')
     ap.add_argument('--pages', nargs='+', default=['index.html', '21_norman.html'], help='pages to check')
-    ap.add_argument('--out', type=Path, default=None, help='folder for the PNGs and report.json (default: SITE/screenshots)')
+    ap.add_argument('--out', type=Path, default=None,
+                    help='folder for the PNGs and report.json (default: SITE/screenshots)')
     ap.add_argument('--chromium', default=None, help='Chromium executable (default: chromium on PATH)')
     a = ap.parse_args(argv)
     chromium = find_chromium(a.chromium)
