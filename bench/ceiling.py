@@ -39,8 +39,11 @@ def tasks(path, seed):
     split = make_split(data, 'unseen_combo', test_frac=1.0, seed=seed)
     singles = set(split.train.groups().condition)
     tg = split.test.groups()
-    yield 'norman: 15 pairs', split, {g: f'seen{sum(t in singles for t in c.split("+"))}' for g,
-                                      c in zip(tg.index, tg.condition)}
+    yield (
+        'norman: 15 pairs',
+        split,
+        {g: f'seen{sum(t in singles for t in c.split("+"))}' for g, c in zip(tg.index, tg.condition)},
+    )
     for held, lines in (('T98G', ['A172', 'T98G']), ('U87MG', ['A172', 'T98G', 'U87MG'])):
         data = load_data(path, subset=['dataset=mcfaline23'] + [f'cell_type={c}' for c in lines],
                          cell_type_key='cell_type', mode='CRISPRi')

@@ -85,9 +85,8 @@ def main(a) -> None:
     if os.path.exists('/proc/pressure/cpu'):
         with open('/proc/pressure/cpu') as f: pressure = f.readline().strip()
     print(f"GATv2 forward+backward, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}: batch "
-          f"{a.batch}, "
-          f"{a.nodes} nodes, {a.edges} edges + self-loops, D={a.dim}, heads={a.heads} (averaged), {a.repeats} timed "
-          "runs each")
+          f"{a.batch}, {a.nodes} nodes, {a.edges} edges + self-loops, D={a.dim}, heads={a.heads} (averaged), "
+          f"{a.repeats} timed runs each")
     if pressure: print(f"CPU pressure before the run (other processes competing for the cores): {pressure}")
     res = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -248,13 +248,11 @@ def main():
     print(table.round(3).to_string(index=False))
     r1 = reports[1][0]
     print(f"\ntraining data: {r1['train_cells']:,} cells x {r1['genes']} HVGs after the split; streaming passes: "
-          f"{r1['passes']}; "
-          f"network: Unlasting denoiser without GRN, {r1['n_params']:,} parameters; global batch {args.batch_size}; "
-          f"loss {r1['first_loss']:.4f} -> {r1['final_loss']:.4f}")
+          f"{r1['passes']}; network: Unlasting denoiser without GRN, {r1['n_params']:,} parameters; global batch "
+          f"{args.batch_size}; loss {r1['first_loss']:.4f} -> {r1['final_loss']:.4f}")
     if 'read_block_cells_per_s' in r1:
         print(f"reading alone (1 process, batch {args.batch_size}): block order {r1['read_block_cells_per_s']:,.0f} "
-              "cells/s, "
-              f"random order {r1['read_random_cells_per_s']:,.0f} cells/s")
+              f"cells/s, random order {r1['read_random_cells_per_s']:,.0f} cells/s")
     c1 = reports[min(n for n in reports if n != 'cuda')][0]['cells_per_s']
     print(f"throughput (global cells/s, {os.cpu_count()} cores, load average before the runs {load:.1f}): " +
           ', '.join(f"{n} process(es) {reports[n][0]['cells_per_s']:,.0f} ({reports[n][0]['cells_per_s'] / c1:.2f}x)"

@@ -27,6 +27,7 @@ import pandas as pd
 from fastcore.basics import patch
 from .contract import BASELINES, MODELS, model_class, renamed_hint
 from .data import PerturbData, Split, _close, dose_like_columns, parse_group_spec
+from . import datasets
 from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, de_rankings, evaluate, metric_columns, summarize
 from .priors import coexpression, edge_list
@@ -50,7 +51,6 @@ def read_anndata(data: str | os.PathLike | ad.AnnData,  # h5ad path, AnnData, re
                  smiles_table: str | None = None,  # CSV of drug name,SMILES (sciplex3)
                 ) -> tuple[ad.AnnData, dict]:
     "The AnnData named by `data` and the PerturbData keys that fit it."
-    from perturbdiff import datasets
     if isinstance(data, ad.AnnData): return data, {}
     name = str(data)
     if name in SYNTHETIC: return datasets.simulate(seed=0, **SYNTHETIC[name][0]), dict(SYNTHETIC[name][1])
@@ -120,8 +120,8 @@ def load_data(data: str | os.PathLike | ad.AnnData = 'synthetic',  # see read_an
              else [c for c in adata.obs.columns if 'dose' in str(c).lower()]) if out.kind == 'drug' else []
     if out.kind == 'drug' and not kw.get('dose_key') and not pooled and doses:
         raise ValueError(f"Drug data with a dose column {doses[0]!r} but no dose key: the doses of each drug would be "
-                         "pooled "
-                         f"into one group. Pass --dose-key {doses[0]} (or --dose-key none to pool them on purpose).")
+                         f"pooled into one group. Pass --dose-key {doses[0]} (or --dose-key none to pool them on "
+                         "purpose).")
     return out
 
 # %% ../nbs/10_api.ipynb #43cad0d8
@@ -133,9 +133,8 @@ def data_notes(data: PerturbData) -> list[str]:
         cased = [(t, upper[t.upper()]) for t in data.unmeasured_targets if t.upper() in upper]
         if cased:
             notes.append(f"note: {len(cased)} of {len(data.targets)} targets match a measured gene only when case is "
-                         "ignored "
-                         f"(e.g. target {cased[0][0]!r}, gene {cased[0][1]!r}), so they count as unmeasured. Write the "
-                         f"condition labels in the case of the gene symbols (e.g. obs[...].str.upper()).")
+                         f"ignored (e.g. target {cased[0][0]!r}, gene {cased[0][1]!r}), so they count as unmeasured. "
+                         "Write the condition labels in the case of the gene symbols (e.g. obs[...].str.upper()).")
     return notes
 
 # %% ../nbs/10_api.ipynb #5d0c856f
@@ -350,8 +349,8 @@ def finished_models(out: str | os.PathLike, names: Sequence[str],
             rows = res[res.model == n].reset_index(drop=True)
             if groups is not None and set(rows.group.astype(str)) != set(map(str, groups)):
                 raise ValueError(f"{str(out)!r} holds results of {n!r} on other test groups than this split's (another "
-                                 "split or "
-                                 f"seed): resume with the same split, or write to another out= (CLI: --overwrite).")
+                                 "split or seed): resume with the same split, or write to another out= (CLI: "
+                                 "--overwrite).")
             done[n] = (rows, timing[timing.model == n].iloc[0].to_dict(), pred)
     return done
 

@@ -66,8 +66,7 @@ class ShiftBaseline(PerturbationModel):
             raise ValueError("The training data has no control cells; baselines shift controls.")
         if self.learns_effects and train.obs.control.all():
             raise ValueError(f"The training data has no perturbed cells; {type(self).__name__} learns from them. Hold "
-                             "out "
-                             f"fewer conditions (every condition is in the test part), or use ControlBaseline.")
+                             "out fewer conditions (every condition is in the test part), or use ControlBaseline.")
         self.table_, self.effects_, self.control_mean_ = group_effects(train)
         self.control_rows_ = {c: train.control_rows(c) for c in self.control_mean_}
         self.train_ = train
@@ -188,8 +187,7 @@ class LinearBaseline(ShiftBaseline):
     def _fit_more(self, train: PerturbData) -> None:
         if train.kind != 'gene':
             raise ValueError("LinearBaseline embeds perturbations by their target genes; this data's kind is "
-                             f"{train.kind!r}. "
-                             f"Use MeanBaseline or AdditiveBaseline for drugs and labels.")
+                             f"{train.kind!r}. Use MeanBaseline or AdditiveBaseline for drugs and labels.")
         self.gene_pos_ = {g: i for i, g in enumerate(train.genes)}
         self.fits_, self.fallbacks_ = {}, {}
         for ct, cmean in self.control_mean_.items():

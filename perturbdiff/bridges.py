@@ -333,24 +333,13 @@ class Departures(TrainedModel):
         feats = drug_features(train.require_smiles('Departures')) if train.kind == 'drug' else None
         self.table_ = PerturbationTable.from_data(train, self.graph_, feats, unseen_labels='zero')
         self.cell_types_ = list(train.cell_types)
-        self.net_ = BridgeNet(
-            self.graph_,
-            train.kind,
-            len(self.cell_types_),
-            cfg.dim,
-            cfg.heads,
-            cfg.time_dim,
-            cfg.layers_continuous,
-            cfg.layers_discrete if cfg.use_discrete else 0,
-            cfg.dropout,
-            None if feats is None else feats.shape[1],
-            len(train.vocab) if train.kind == 'label' else None,
-            self.seed,
-            cfg.gat_residual,
-            cfg.shared_readout,
-            cfg.direct_effect,
-            self.table_.trained_nodes(self.graph_.n_nodes) if cfg.target_identity and train.kind == 'gene' else None,
-        )
+        identity = cfg.target_identity and train.kind == 'gene'
+        trained = self.table_.trained_nodes(self.graph_.n_nodes) if identity else None
+        self.net_ = BridgeNet(self.graph_, train.kind, len(self.cell_types_), cfg.dim, cfg.heads, cfg.time_dim,
+                              cfg.layers_continuous, cfg.layers_discrete if cfg.use_discrete else 0, cfg.dropout,
+                              None if feats is None else feats.shape[1],
+                              len(train.vocab) if train.kind == 'label' else None, self.seed, cfg.gat_residual,
+                              cfg.shared_readout, cfg.direct_effect, trained)
         self.anchor_, frame = None, None
         if cfg.anchor:
             if cfg.use_discrete:

@@ -157,8 +157,8 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     "The `perturbdiff` argument parser."
     p = _Parser(prog='perturbdiff', epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-                description='Predict single-cell responses to unseen perturbations: Unlasting, Doloris, Departures and '
-                            'baselines.')
+                description='Predict single-cell responses to unseen perturbations: Unlasting, Doloris, Departures '
+                            'and baselines.')
     p.add_argument('--version', action='version', version=f'perturbdiff {perturbdiff.__version__}')
     p.add_argument('--traceback', action='store_true', help='show the full traceback on errors')
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
@@ -243,13 +243,11 @@ def prepare_out(path: str | os.PathLike, outputs: Sequence[str] = (), resume: bo
     old = [o for o in outputs if (out / o).exists()]
     if old and not (resume or overwrite):
         raise ValueError(f"--out {str(out)!r} already holds the outputs of an earlier run ({', '.join(old)}); pass "
-                         "--resume to "
-                         f"continue it, --overwrite to replace it, or choose another folder.")
+                         "--resume to continue it, --overwrite to replace it, or choose another folder.")
     foreign = [f for o in old for f in _not_ours(out / o)] if overwrite else []
     if foreign:
         raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where "
-                         "it "
-                         f"writes its outputs; nothing was deleted. Choose another --out.")
+                         "it writes its outputs; nothing was deleted. Choose another --out.")
     return out
 
 # %% ../nbs/13a_cli.ipynb #a06eef09
@@ -275,8 +273,7 @@ def clear_outputs(out: Path, outputs: Sequence[str]) -> None:
     foreign = [f for o in outputs if (out / o).exists() for f in _not_ours(out / o)]
     if foreign:
         raise ValueError(f"--overwrite: {str(out)!r} holds files perturbdiff did not write (e.g. {foreign[:3]}) where "
-                         "it "
-                         f"writes its outputs; nothing was deleted. Choose another --out.")
+                         "it writes its outputs; nothing was deleted. Choose another --out.")
     for o in outputs:
         if (out / o).is_dir(): shutil.rmtree(out / o)
         elif (out / o).exists(): (out / o).unlink()
@@ -321,13 +318,12 @@ def check_task(data: PerturbData, split: Split, names: Sequence[str]) -> None:
     "Refuse, before any fit, what the models run cannot learn: no perturbed training cells; drugs without SMILES."
     if split.train.obs.control.all() and any(n != 'control' for n in names):
         raise ValueError(f"The training split has no perturbed cells: the {split.kind!r} split holds out every "
-                         "condition. "
-                         f"Hold out fewer (a --test-frac below 1, or fewer --test groups).")
+                         "condition. Hold out fewer (a --test-frac below 1, or fewer --test groups).")
     trained = [n for n in names if hasattr(model_class(n), 'from_preset')]
     if data.kind == 'drug' and trained and not data.smiles:
         raise ValueError(f"{', '.join(trained)} encode drugs by their SMILES, and this drug data has none: pass "
-                         "--smiles-key, "
-                         f"the obs column of SMILES strings (sciplex3: --smiles-table). The baselines need no SMILES.")
+                         "--smiles-key, the obs column of SMILES strings (sciplex3: --smiles-table). The baselines "
+                         "need no SMILES.")
 
 # %% ../nbs/13a_cli.ipynb #f7dfe15c
 def run_benchmark(args, argv=()) -> BenchmarkResult:
@@ -383,13 +379,11 @@ def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
     path = Path(run_dir) / 'model' / 'model.pkl'
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the fit of this run did not finish. Continue it with `perturbdiff "
-                                "fit "
-                                f"--resume` and the same options.")
+                                "fit --resume` and the same options.")
     try: return model_class(name).load(path.parent, device=device)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is empty, truncated or from "
-                         "another "
-                         f"version of perturbdiff. Fit the model again.") from None
+                         "another version of perturbdiff. Fit the model again.") from None
 
 # %% ../nbs/13a_cli.ipynb #7d0adaea
 def run_predict(args, argv=()) -> None:

@@ -176,10 +176,8 @@ class PerturbData:
             raise ValueError(f"The AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
         if adata.isbacked and layer is None:  # X is still in the file (layers are read into memory even when backed)
             raise ValueError(f"The AnnData is backed (its X stays in {str(adata.filename)!r}) and PerturbData needs X "
-                             "in memory: "
-                             "read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); for data "
-                             "larger "
-                             f"than memory use perturbdiff.scale.BackedPerturbData(path, ...).")
+                             "in memory: read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); "
+                             "for data larger than memory use perturbdiff.scale.BackedPerturbData(path, ...).")
         self.keys = dict(condition=condition_key, cell_type=cell_type_key, dose=dose_key or None, smiles=smiles_key,
                          mode=mode_key, sep=sep)
         obs = adata.obs
@@ -212,9 +210,8 @@ class PerturbData:
             plus = sorted({l for l, ts in parsed.items() if any('+' in t for t in ts)})
             if plus:
                 raise ValueError(f"Condition labels {plus[:3]} have a '+' inside a target with sep={sep!r}; "
-                                 "perturbdiff "
-                                 "keys join targets with '+'. Rename those targets, or use sep='+' if '+' separates "
-                                 "them.")
+                                 "perturbdiff keys join targets with '+'. Rename those targets, or use sep='+' if '+' "
+                                 "separates them.")
         key_of = {l: canonical_key(t) for l, t in parsed.items()}  # always '+'-joined: one grammar downstream
         cond = labels.map(key_of).to_numpy()
         is_ctrl = cond == CONTROL_KEY
@@ -278,9 +275,8 @@ def _check_controls(parsed: dict, ctrl_names, declared: bool, key: str, sep: str
     if inner:
         toks = sorted({t for ts in inner.values() for t in ts})
         warnings.warn(f"Combination labels {list(inner)[:5]} of obs[{key!r}] hold tokens {toks[:5]} that look like "
-                      "controls: "
-                      f"they are read as perturbation targets. If they mean 'no perturbation', add them to the control "
-                      f"labels: control={ctrl + toks[:5]} (CLI {cli(ctrl + toks[:5])}).", stacklevel=3)
+                      "controls: they are read as perturbation targets. If they mean 'no perturbation', add them to "
+                      f"the control labels: control={ctrl + toks[:5]} (CLI {cli(ctrl + toks[:5])}).", stacklevel=3)
     if not odd: return
     if not declared:
         raise ValueError(f"Labels {odd[:5]}{' ...' if len(odd) > 5 else ''} of obs[{key!r}] look like controls but the "
@@ -321,9 +317,8 @@ def _smiles(obs, key: str, cond, labels) -> dict:
     lacking = pd.Series(text).str.strip().str.lower().isin(_MISSING).to_numpy() & (cond != CONTROL_KEY)
     if lacking.any():
         raise ValueError(f"{_cells_of(labels, lacking)} have no SMILES in obs[{key!r}]; only control cells may lack "
-                         "one. "
-                         f"Fill them in or drop those cells; if another obs column holds the SMILES, pass it as "
-                         f"smiles_key= (CLI --smiles-key).")
+                         "one. Fill them in or drop those cells; if another obs column holds the SMILES, pass it as "
+                         "smiles_key= (CLI --smiles-key).")
     out = {}
     for c, s in zip(cond, text):
         if c == CONTROL_KEY: continue
@@ -392,12 +387,8 @@ def _take(X, rows=None, cols=None):
 def _derive(self: PerturbData, cells=None, genes=None, x_max='same') -> PerturbData:
     "A new PerturbData on a subset of cells (bool mask or positions) and genes (symbols), sharing metadata."
     new = type(self).__new__(type(self))
-    new.keys, new.kind, new.input_space, new.preprocessing = (
-        dict(self.keys),
-        self.kind,
-        self.input_space,
-        list(self.preprocessing),
-    )
+    new.keys, new.kind = dict(self.keys), self.kind
+    new.input_space, new.preprocessing = self.input_space, list(self.preprocessing)
     rows = None if cells is None else np.asarray(cells)
     if rows is not None and rows.dtype == bool: rows = np.flatnonzero(rows)
     cols = None if genes is None else self.gene_index(genes)
@@ -604,8 +595,7 @@ class Split:
     def __repr__(self):
         sub = self.test_groups.subgroup.value_counts().to_dict()
         return (f"Split({self.kind!r}, seed={self.seed}): {self.train.n_cells} train cells, {self.test.n_cells} test "
-                "cells "
-                f"in {len(self.test_groups)} test groups {sub}; {self.train.n_genes} genes")
+                f"cells in {len(self.test_groups)} test groups {sub}; {self.train.n_genes} genes")
 
 # %% ../nbs/00b_data.ipynb #503acd33
 def _draw(items: Sequence, frac: float, rng, at_least_one: bool = True) -> list:
@@ -626,8 +616,7 @@ def parse_group_spec(spec: str | Sequence, delimiter: str = ',', what: str = 'Te
     row = [r.strip() if isinstance(r, str) else r for r in row]
     if not 1 <= len(row) <= 3 or not row[0]:
         raise ValueError(f"{what} {spec!r}: expected (condition[, cell_type[, dose]]) or 'COND[,CELL_TYPE[,DOSE]]'; "
-                         "quote a "
-                         f"name holding a comma: 'COND,\"type, a\"'.")
+                         "quote a name holding a comma: 'COND,\"type, a\"'.")
     if len(row) == 3:
         try: row[2] = float(row[2])
         except (TypeError,

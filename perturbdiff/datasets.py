@@ -102,8 +102,7 @@ def download(url: str, dest: str | os.PathLike, size: int | None = None, sha256:
                 try: verify(tmp)
                 except DownloadError as e:
                     raise DownloadError(f"{url} was downloaded but failed verification: {e} It was deleted and nothing "
-                                        "was "
-                                        f"cached; call again to retry. {_manual_hint(url, dest)}") from None
+                                        f"was cached; call again to retry. {_manual_hint(url, dest)}") from None
             _hash_record(dest).unlink(missing_ok=True)  # a record of an earlier file must not judge this one
         with atomic_write(_hash_record(dest)) as rec: rec.write_text(h.hexdigest() + '\n')
         return dest
@@ -208,8 +207,7 @@ def _extract(archive: Path, member: str, out: Path) -> Path:
     except DownloadError as e:
         _discard(archive)
         raise DownloadError(f"{member} in {archive} is not a usable AnnData: {e} The archive has been removed; call "
-                            "again "
-                            f"to download it anew (if this repeats, the upstream file is broken).") from None
+                            "again to download it anew (if this repeats, the upstream file is broken).") from None
     return out
 
 # %% ../nbs/01_datasets.ipynb #e05f5df1

@@ -22,15 +22,8 @@ from .conditions import MODES
 from .data import PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
-from perturbdiff.gat import (
-    DirectEffect,
-    GRNBlock,
-    PerturbationTable,
-    VectorPerturbation,
-    cell_modes,
-    mlp,
-    pseudobulk_pca,
-)
+from .gat import (DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp,
+                             pseudobulk_pca)
 from .anchor import ShiftAnchor
 from .mask import DolorisMaskNet, MaskModel, MaskNet, MaskOptions, UnlastingMaskNet
 from .train import BatchSequence, fit as train_fit, resolve_device
@@ -445,8 +438,7 @@ def fit(self: DDIBModel, train: PerturbData, out_dir: str | None = None, resume:
         self._stop_index(self.sched_)  # refuse a depth outside the chain now, not at predict time
     if cfg.decode_residual and not cfg.use_latent:
         raise ValueError("decode_residual adds the condition's change to each inverted control cell; with "
-                         "use_latent=False "
-                         "nothing is inverted. Set decode_residual=False or use_latent=True.")
+                         "use_latent=False nothing is inverted. Set decode_residual=False or use_latent=True.")
     if cfg.anchor:
         if cfg.fill_unexpressed or cfg.use_mask:
             raise ValueError("anchor=True models all entries around the anchor's mean shift (zeros included); "
@@ -695,9 +687,10 @@ def reconstruction_error(model: DDIBModel, steps: Sequence[int] = (5, 10, 25, 50
     if fill is not None:  # the cells as the model inverts them (their zeros filled from their control group)
         g = torch.as_tensor(fill.group[rows])
         x = fill_unexpressed(x, fill.mean[g], fill.std[g], torch.Generator(device=dev).manual_seed(seed))
-    ct = torch.as_tensor(tr.obs.cell_type.astype(str).map({c: i for i,
-                                                           c in enumerate(model.cond_.cell_types)}).to_numpy()[rows],
-                         device=dev)
+    ct = torch.as_tensor(
+        tr.obs.cell_type.astype(str).map({c: i for i, c in enumerate(model.cond_.cell_types)}).to_numpy()[rows],
+        device=dev,
+    )
     n = len(rows)
     cond = model.cond_.cond(ct, torch.full((n,), -1), None, None, torch.zeros(n, dtype=torch.bool, device=dev),
                             torch.zeros_like(x))

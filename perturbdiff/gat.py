@@ -230,12 +230,8 @@ class BatchedGATv2(nn.Module):
         super().__init__()
         self.in_dim, self.out_dim, self.heads, self.concat = in_dim, out_dim, heads, concat
         self.negative_slope, self.dropout, self.add_self_loops = negative_slope, dropout, add_self_loops
-        self.edge_dim, self.fill_value, self.chunk_elements, self.num_threads = (
-            edge_dim,
-            fill_value,
-            chunk_elements,
-            num_threads,
-        )
+        self.edge_dim, self.fill_value = edge_dim, fill_value
+        self.chunk_elements, self.num_threads = chunk_elements, num_threads
         self.lin_l = nn.Linear(in_dim, heads * out_dim, bias=bias)
         self.lin_r = self.lin_l if share_weights else nn.Linear(in_dim, heads * out_dim, bias=bias)
         self.att = nn.Parameter(torch.empty(1, heads, out_dim))
@@ -433,8 +429,7 @@ def batch(self: PerturbationTable, condition: torch.Tensor, dose: torch.Tensor |
         names = sorted({self.vocab[i] for i in row[unseen].tolist()})
         if self.unseen_labels == 'error':
             raise ValueError(f"Labels {names[:5]} have no training cells, so no learned embedding. Train on them, or "
-                             "build "
-                             f"the table with unseen_labels='zero' to treat them as the control.")
+                             "build the table with unseen_labels='zero' to treat them as the control.")
         cond = torch.where(unseen, -1, cond)
     return PerturbationBatch('label', label=cond)
 

@@ -244,8 +244,7 @@ def _control_stats(control: PerturbData, cell_type: str, genes: pd.Index) -> tup
     rows = control.control_rows(cell_type)
     if len(rows) < 2:
         raise ValueError(f"Ranking DE genes and shift metrics need control cells of cell type {cell_type!r}; the "
-                         "control data "
-                         f"has {len(rows)}. Pass the training split (it holds all controls) or de_genes=.")
+                         f"control data has {len(rows)}. Pass the training split (it holds all controls) or de_genes=.")
     X = control.dense(rows)[:, control.gene_index(genes)]
     return (*_mean_var(X), len(rows))
 
@@ -300,8 +299,7 @@ def _check_space(X: np.ndarray, truth: PerturbData) -> None:
     neg = int((X < -1e-6).sum())
     if neg and (neg > 0.01 * X.size or X.min() < -0.5):
         raise ValueError(f"pred.X has {neg} negative values (min {X.min():.3g}); evaluate compares log1p expression, "
-                         "which "
-                         "is never negative. Undo any centring or scaling of the predictions (models' predict() "
+                         "which is never negative. Undo any centring or scaling of the predictions (models' predict() "
                          "returns log1p).")
     if neg:  # a few small negatives (another tool's regression output): scored as given, with a word
         warnings.warn(f"pred.X has {neg} small negative values (min {X.min():.3g}); they are scored as given. Clip the "
@@ -331,8 +329,7 @@ def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str,
     if len(missing) or len(extra) or genes.has_duplicates:
         raise ValueError(f"pred and truth must have the same genes: {len(missing)} truth genes are missing from pred "
                          f"(e.g. {list(missing[:3])}), {len(extra)} pred genes are not in truth (e.g. "
-                         f"{list(extra[:3])}). "
-                         f"Predict with a model fitted on the training split of the same data.")
+                         f"{list(extra[:3])}). Predict with a model fitted on the training split of the same data.")
     X = pred.X[:, genes.get_indexer(truth.genes)]
     X = as_cells(X, 'pred.X')
     if check: _check_space(X, truth)
@@ -347,8 +344,7 @@ def _lookup_de(de_genes: Mapping, gid: str, cond: str, ct: str) -> list:
     hits = [k for k in de_genes if str(k).split('|')[0] == cond]
     if len(hits) == 1: return list(de_genes[hits[0]])
     raise KeyError(f"No DE list for test group {gid!r} in de_genes (keys like {list(de_genes)[:3]}); key it by group "
-                   "id "
-                   f"('condition|cell_type|dose') or condition, or leave de_genes=None to rank on the true cells.")
+                   "id ('condition|cell_type|dose') or condition, or leave de_genes=None to rank on the true cells.")
 
 def _gene_sets(ranked: list | None, genes: pd.Index, n_de: Sequence[int]) -> dict:
     "{'all': None, 'de20': positions, ...}."

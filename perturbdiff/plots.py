@@ -227,8 +227,8 @@ def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool 
     "SNR of the top-k genes against k (`metrics.snr` tables; {dataset: table} for several), relative to all genes."
     tables = {'': tables} if isinstance(tables, pd.DataFrame) else dict(tables)
     fig, axes = _figure(1, 1, size); ax = axes[0, 0]
-    lines = [(f'{n} {ct}'.strip(), t[t.cell_type == ct].sort_values('k')) for n,
-             t in tables.items() for ct in pd.unique(t.cell_type)]
+    lines = [(f'{n} {ct}'.strip(), t[t.cell_type == ct].sort_values('k'))
+             for n, t in tables.items() for ct in pd.unique(t.cell_type)]
     col = colors([l for l, _ in lines])
     for label, t in lines:
         y = t.snr / t.snr.iloc[-1] if relative else t.snr

@@ -85,12 +85,12 @@ def _go_help(url: str, dest: Path, by_hand: bool = True) -> str:
     "What to do when GO annotations are missing (one line); `by_hand=False` when the message already says it."
     # works from a pip install
     fetch = 'python -m perturbdiff.priors fetch-go' + ('' if url == GO_GAF_URL else f' --url {url}')
-    return ((f"To use GO, download {url} by hand (browser or curl; any OS) and save it as {dest}; or" if by_hand else
-             "Or") + f" run `{fetch}` on a machine with internet and copy the file it prints to {dest}; or, in a clone "
-                     "of "
-            f"the repository, run tools/fetch_go_db.sh {dest.parent} (Debian/Ubuntu; it stores {GO_DB_NAME} there), "
-            f"or pass a file: read_go(path) / go('/path/to/goa_human.gaf.gz') (a GAF, {GO_DB_NAME} or a GEARS gene2go "
-            f"pickle; or set PERTURBDIFF_GO_DB). To go without GO, leave go() out of the graph's sources "
+    first = (f"To use GO, download {url} by hand (browser or curl; any OS) and save it as {dest}; or" if by_hand
+             else "Or")
+    return (first + f" run `{fetch}` on a machine with internet and copy the file it prints to {dest}; or, in a "
+            f"clone of the repository, run tools/fetch_go_db.sh {dest.parent} (Debian/Ubuntu; it stores {GO_DB_NAME} "
+            f"there), or pass a file: read_go(path) / go('/path/to/goa_human.gaf.gz') (a GAF, {GO_DB_NAME} or a GEARS "
+            f"gene2go pickle; or set PERTURBDIFF_GO_DB). To go without GO, leave go() out of the graph's sources "
             f"(e.g. graph=[coexpression()]).")
 
 # %% ../nbs/04_priors.ipynb #41c1e767
@@ -262,14 +262,13 @@ def _read_go_sqlite(path: Path, ontologies: Sequence[str], exclude_evidence: Seq
             raise ValueError(f"{path} is not an org.Hs.eg.db database: tables {sorted(need - tables)} are missing.")
         ex = ','.join(f"'{e}'" for e in exclude_evidence) or "''"
         ann = pd.concat([pd.read_sql(f"select g.symbol, t.go_id from go_{o.lower()} t join gene_info g on t._id = "
-                                     "g._id "
-                                     f"where t.evidence not in ({ex})", con) for o in ontologies])
+                                     f"g._id where t.evidence not in ({ex})", con) for o in ontologies])
         official = pd.read_sql("select symbol from gene_info", con).symbol
         aliases = pd.read_sql("select a.alias_symbol as alias, g.symbol from alias a join gene_info g on a._id = g._id",
                               con)
         meta = (dict(con.execute("select name, value from metadata").fetchall()) if 'metadata' in tables else {})
-    version = ', '.join(f"{k} {meta[v]}" for k,
-                        v in (('GO', 'GOSOURCEDATE'), ('gene2go', 'GOEGSOURCEDATE')) if v in meta)
+    dates = (('GO', 'GOSOURCEDATE'), ('gene2go', 'GOEGSOURCEDATE'))
+    version = ', '.join(f"{k} {meta[v]}" for k, v in dates if v in meta)
     return GeneOntology(ann.drop_duplicates().reset_index(drop=True), SymbolResolver(official, aliases), str(path),
                         'sqlite', version)
 
@@ -763,8 +762,7 @@ def describe(self: GeneGraph) -> str:
         f"Gene graph: {s['nodes']:,} nodes ({s['measured']:,} measured genes), {s['edges']:,} edges "
         f"({s['self_loops']:,} self-loops).",
         f"{s['targets']:,} perturbation targets ({s['targets_measured']:,} measured): {s['targets_connected']:,} "
-        "connected "
-        f"to a measured gene, {len(bad):,} not"
+        f"connected to a measured gene, {len(bad):,} not"
         + (f" ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''})." if bad else '.'),
     ]
     lines += [f"  {n}: {e:,} edges, alone connect {c:,} unmeasured targets; {d}" for n, d, e, c in self._by_source()]

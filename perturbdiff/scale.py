@@ -65,8 +65,8 @@ class H5Matrix:
             enc = _attr(node, 'encoding-type', '')
             if enc == 'csc_matrix':
                 raise ValueError(f"{path}:{key} is CSC, which cannot be read by rows. Convert it once, on a machine "
-                                 "that "
-                                 f"holds it: a = anndata.read_h5ad(path); a.X = a.X.tocsr(); a.write_h5ad(new_path).")
+                                 "that holds it: a = anndata.read_h5ad(path); a.X = a.X.tocsr(); "
+                                 "a.write_h5ad(new_path).")
             if enc != 'csr_matrix':
                 raise ValueError(f"{path}:{key} is a group of encoding {enc!r}; expected a CSR matrix or an array.")
             self.format, self.shape = 'csr', tuple(int(s) for s in node.attrs['shape'])
@@ -153,12 +153,10 @@ def _validate(raw: sp.csr_matrix, m: H5Matrix) -> None:
     v = raw.data
     if m.space == 'counts' and v.size and not np.all(v == np.round(v)):
         raise ValueError(f"{m.path}:{m.key} was detected as counts on a sample of rows, but other rows hold "
-                         "non-integer "
-                         f"values. Pass space='normalized' or 'log1p' to say what the file holds.")
+                         "non-integer values. Pass space='normalized' or 'log1p' to say what the file holds.")
     if m.space == 'log1p' and v.size and v.max() > LOG1P_MAX:
         raise ValueError(f"{m.path}:{m.key} was detected as log1p on a sample of rows, but other rows hold values up "
-                         "to "
-                         f"{v.max():.3g} (> {LOG1P_MAX}). Pass space='normalized' (or 'counts').")
+                         f"to {v.max():.3g} (> {LOG1P_MAX}). Pass space='normalized' (or 'counts').")
 
 # %% ../nbs/13_scale.ipynb #96a0687c
 class BackedMatrix:
@@ -201,10 +199,9 @@ def read_dense(self: BackedMatrix, cells=None) -> np.ndarray:
     n = self.shape[0] if cells is None else len(np.asarray(cells))
     gb = n * self.shape[1] * 4 / 2 ** 30
     if gb > self.source.max_dense_gb:
-        raise MemoryError(f"Reading {n} cells x {self.shape[1]} genes densely needs {gb:.1f} GB (limit max_dense_gb="
-                          f"{self.source.max_dense_gb}). Read in chunks (CellBatches, or data.dense on fewer cells), "
-                          "or "
-                          f"raise the limit: data.X.source.max_dense_gb = ...")
+        raise MemoryError(f"Reading {n} cells x {self.shape[1]} genes densely needs {gb:.1f} GB (limit "
+                          f"max_dense_gb={self.source.max_dense_gb}). Read in chunks (CellBatches, or data.dense on "
+                          "fewer cells), or raise the limit: data.X.source.max_dense_gb = ...")
     return self.read_csr(cells).toarray()
 
 # %% ../nbs/13_scale.ipynb #67733b32
@@ -339,8 +336,7 @@ class BackedPerturbData(PerturbData):
         m = H5Matrix(path, 'X' if layer is None else f'layers/{layer}', space, target_sum, max_dense_gb=max_dense_gb)
         if m.space != 'log1p' and not normalize:
             raise ValueError(f"The expression looks like {m.space}, not log1p, and normalize=False. Pass "
-                             "normalize=True "
-                             f"to normalise and log1p it on the fly, or pass log1p-normalised data.")
+                             "normalize=True to normalise and log1p it on the fly, or pass log1p-normalised data.")
         f = m._file()
         obs, var = _read_frame(f['obs']), _read_frame(f['var'])
         placeholder = ad.AnnData(sp.csr_matrix(m.shape, dtype=np.float32), obs=obs, var=var)  # parses obs, reads no X

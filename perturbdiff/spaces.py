@@ -111,18 +111,15 @@ def _decide(e: dict) -> tuple[str | None, str]:
         return 'log1p', f"every cell has the same total of expm1(values) (cv {e['cv_expm1']:.2g})"
     if e['row_max'] > LOG1P_MAX:
         return 'counts', (f"non-integer values whose per-cell totals vary (cv {e['cv']:.2g}) and whose median per-cell "
-                          "maximum "
-                          f"{e['row_max']:.3g} exceeds any log scale (> {LOG1P_MAX:g}), as ambient-corrected counts")
+                          f"maximum {e['row_max']:.3g} exceeds any log scale (> {LOG1P_MAX:g}), as ambient-corrected "
+                          "counts")
     if n < 5 and e['max'] <= LOG1P_MAX:  # too few values per cell to test a unit (low depth, few genes): the old
                                          # reading
         return 'log1p', (f"too few values per cell to test a per-cell unit (cells tested: {n}); non-integer values "
-                         "with "
-                         f"maximum {e['max']:.3g} (<= {LOG1P_MAX:g}) read as log1p")
+                         f"with maximum {e['max']:.3g} (<= {LOG1P_MAX:g}) read as log1p")
     return None, (f"{e['integer']:.0%} of the nonzero values are whole numbers; on no scale are they whole multiples "
-                  "of a "
-                  f"per-cell unit in most cells (best: {best}, {share:.0%} of cells); per-cell totals vary (cv "
-                  f"{e['cv']:.2g}, of expm1: "
-                  f"{e['cv_expm1']:.2g}); median per-cell maximum {e['row_max']:.3g}")
+                  f"of a per-cell unit in most cells (best: {best}, {share:.0%} of cells); per-cell totals vary (cv "
+                  f"{e['cv']:.2g}, of expm1: {e['cv_expm1']:.2g}); median per-cell maximum {e['row_max']:.3g}")
 
 # %% ../nbs/00a_spaces.ipynb #b2d8f305
 _STATE = "space='counts', 'normalized', 'log1p' or 'log2p' (CLI: --space)"

@@ -327,8 +327,8 @@ def _check_epoch(batches, ctx: DistContext, device) -> None:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         if int(t[0]) != -int(t[1]):
             raise RuntimeError(f"The ranks' batch factories gave different numbers of batches ({-int(t[1])} to "
-                               f"{int(t[0])}); "
-                               f"every rank must get one share of every global batch (rows[rank::world_size]).")
+                               f"{int(t[0])}); every rank must get one share of every global batch "
+                               "(rows[rank::world_size]).")
     if isinstance(batches, (list, tuple)) and len(batches) > 1:
         gb = _nbytes(batches[0]) * len(batches) / 2 ** 30
         if gb > 1: warnings.warn(f"The batch factory built a whole epoch in memory (about {gb:.1f} GB); return a "
@@ -342,10 +342,8 @@ def _restore(st: dict, ctx: DistContext, gen: torch.Generator, seed: int) -> Non
         gen.set_state(gens[ctx.rank]); _set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else st['rng'])
         return
     warnings.warn(f"The checkpoint was written by {len(gens)} processes and is resumed by {ctx.world_size}: the "
-                  "weights, "
-                  "optimiser and data position are restored, but the loss noise continues from fresh seeds, so the "
-                  "run "
-                  f"will not repeat an uninterrupted one exactly.")
+                  "weights, optimiser and data position are restored, but the loss noise continues from fresh seeds, "
+                  "so the run will not repeat an uninterrupted one exactly.")
     gen.manual_seed(seed + 1_000_003 * ctx.rank + 1 + st['step'])
     seed_everything(rank_seed(seed, ctx.rank) + st['step'])
 
@@ -373,10 +371,8 @@ def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool):
     except RuntimeError as e:
         if 'finished reduction in the prior iteration' in str(e) and not cfg.find_unused_parameters:
             raise RuntimeError("Under DDP some parameters of the module received no gradient in a step (e.g. a branch "
-                               "the "
-                               "loss does not use). Pass find_unused_parameters=True in the TrainConfig (or the "
-                               "model's "
-                               "training overrides), or remove the unused parameters.") from e
+                               "the loss does not use). Pass find_unused_parameters=True in the TrainConfig (or the "
+                               "model's training overrides), or remove the unused parameters.") from e
         raise
 
 # %% ../nbs/02a_train.ipynb #7d22bb04
@@ -456,8 +452,8 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         st = torch.load(ckpt, map_location=device, weights_only=False)
         module.load_state_dict(st['module']); opt.load_state_dict(st['optimizer'])
         if ema is not None and st.get('ema') is not None:  # older checkpoints have no count: it was the step
-            ema.shadow = {k: v.to(device) for k,
-                          v in st['ema'].items()}; ema.num_updates = st.get('ema_updates', st['step'])
+            ema.shadow = {k: v.to(device) for k, v in st['ema'].items()}
+            ema.num_updates = st.get('ema_updates', st['step'])
         elif ema is not None: ema = EMA(module, cfg.ema)  # no average saved: start it from the restored weights
         _restore(st, ctx, gen, cfg.seed)
         step, epoch, skip, history = st['step'], st['epoch'], st['batch'], st['history']
@@ -496,8 +492,7 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
     total = _total_steps(cfg, per_epoch)
     if step > total:
         raise ValueError(f"The checkpoint {ckpt} is at step {step}, past this run's {total} steps; resume with at "
-                         "least "
-                         f"{step} steps, or start again with resume=False or another out_dir.")
+                         f"least {step} steps, or start again with resume=False or another out_dir.")
     if total == 0:
         warnings.warn(f"{desc}: steps=0 (or epochs=0): nothing is trained; the module is returned as initialised.")
     use_amp = cfg.amp and device.type == 'cuda'

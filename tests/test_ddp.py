@@ -41,8 +41,8 @@ TORCHRUN = shutil.which('torchrun', path=str(Path(sys.executable).parent)) or sh
 
 
 def _env():
-    env = {k: v for k,
-           v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                            'MASTER_PORT')}
     env.update(OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + env.get('PYTHONPATH', ''))
     return env
 

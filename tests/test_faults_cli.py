@@ -72,8 +72,8 @@ def pred(f, o, *extra, run='run'):
 
 
 BAD = {  # name: (argv from the files, words the one line must hold)
-    'no perturbed training cells': (lambda f,
-                                    o: bench(f, '--split', 'unseen_perturbation', '--test-frac', '1', '--out', o),
+    'no perturbed training cells': (lambda f, o: bench(f, '--split', 'unseen_perturbation', '--test-frac', '1', '--out',
+                                                       o),
                                     'The training split has no perturbed cells'),
     'n-cells 0': (lambda f, o: bench(f, '--n-cells', '0', '--out', o),
                   'argument --n-cells: expected an integer >= 1, got 0'),
@@ -93,8 +93,8 @@ BAD = {  # name: (argv from the files, words the one line must hold)
                          'linear option n_dims=-3: must be >= 1'),
     'batch_size=0': (lambda f, o: bench(f, '--models', 'unlasting', '--set', 'batch_size=0', '--out', o),
                      'option batch_size=0: must be >= 1'),
-    'sampling_steps=0': (lambda f,
-                         o: bench(f, '--models', 'departures', '--set', 'departures.sampling_steps=0', '--out', o),
+    'sampling_steps=0': (lambda f, o: bench(f, '--models', 'departures', '--set', 'departures.sampling_steps=0',
+                                            '--out', o),
                          'departures option sampling_steps=0: must be >= 1'),
     'n_steps (renamed)': (lambda f, o: bench(f, '--models', 'departures', '--set', 'departures.n_steps=5', '--out', o),
                           'n_steps is now sampling_steps'),
@@ -109,29 +109,26 @@ BAD = {  # name: (argv from the files, words the one line must hold)
                                   "'linear', which is not among the models run"),
     'dose abc': (lambda f, o: bench(f, '--split', 'custom', '--test', 'G0004,type0,abc', '--out', o),
                  "--test 'G0004,type0,abc': the dose 'abc' is not a number"),
-    'dose abc in a test file': (lambda f,
-                                o: bench(f, '--split', 'custom', '--test-file', f['dir'] / 'bad_dose.csv', '--out', o),
+    'dose abc in a test file': (lambda f, o: bench(f, '--split', 'custom', '--test-file', f['dir'] / 'bad_dose.csv',
+                                                   '--out', o),
                                 "line 1: 'G0004,type0,abc': the dose 'abc' is not a number"),
     'out is a file': (lambda f, o: bench(f, '--out', f['dir'] / 'a_file'), 'is a file, not a folder'),
     'out under a file': (lambda f, o: bench(f, '--out', f['dir'] / 'a_file' / 'sub'), 'cannot be written'),
     'out of an earlier run': (lambda f, o: bench(f, '--out', f['used']),
                               'already holds the outputs of an earlier run (results.csv)'),
     'resume and overwrite': (lambda f, o: bench(f, '--out', o, '--resume', '--overwrite'), 'not allowed with argument'),
-    'fit into a fitted run': (lambda f,
-                              o: ['fit', '--data', f['tiny'], *DATA, *SPLIT, '--model', 'additive', '--out', f['run'],
-                                  '--quiet'],
+    'fit into a fitted run': (lambda f, o: ['fit', '--data', f['tiny'], *DATA, *SPLIT, '--model', 'additive', '--out',
+                                            f['run'], '--quiet'],
                               'pass --resume to continue it, --overwrite to replace it'),
     'truncated h5ad': (lambda f, o: bench(f, '--data', f['dir'] / 'broken.h5ad', '--out', o),
                        'could not be read as an h5ad file'),
-    'drug data without SMILES': (lambda f,
-                                 o: ['benchmark', '--data', f['dir'] / 'drug_nosmiles.h5ad', '--cell-type-key',
-                                     'cell_type',
+    'drug data without SMILES': (lambda f, o: ['benchmark', '--data', f['dir'] / 'drug_nosmiles.h5ad',
+                                               '--cell-type-key', 'cell_type',
                                                '--dose-key', 'dose', '--kind', 'drug', '--split', 'ood_drug',
                                                '--models', 'control,unlasting', '--out', o, '--quiet'],
                                  'unlasting encode drugs by their SMILES'),
-    'drug doses pooled': (lambda f,
-                          o: ['benchmark', '--data', f['dir'] / 'drug.h5ad', '--cell-type-key', 'cell_type',
-                              '--smiles-key',
+    'drug doses pooled': (lambda f, o: ['benchmark', '--data', f['dir'] / 'drug.h5ad', '--cell-type-key', 'cell_type',
+                                        '--smiles-key',
                                         'SMILES', '--kind', 'drug', '--models', 'control', '--out', o, '--quiet'],
                           '--dose-key dose'),
     'empty model.pkl': (lambda f, o: pred(f, o, run='run_empty'), 'cannot be read (EOFError'),
@@ -145,9 +142,8 @@ BAD = {  # name: (argv from the files, words the one line must hold)
     'predict into a folder': (lambda f, o: pred(f, o, '--out', f['dir']), 'is a folder; give the path of a .h5ad file'),
     'predict into a csv': (lambda f, o: pred(f, o, '--out', o / 'p.csv'), 'must end in .h5ad'),
     'predict n-cells 0': (lambda f, o: pred(f, o, '--n-cells', '0'), 'argument --n-cells'),
-    'evaluate a truncated h5ad': (lambda f,
-                                  o: ['evaluate', '--run', f['run'], '--pred', f['dir'] / 'broken.h5ad', '--out', o,
-                                      '--quiet'],
+    'evaluate a truncated h5ad': (lambda f, o: ['evaluate', '--run', f['run'], '--pred', f['dir'] / 'broken.h5ad',
+                                                '--out', o, '--quiet'],
                                   'could not be read as an h5ad file'),
 }
 
@@ -295,8 +291,8 @@ def test_benchmark_interrupted_then_resumed(files, tmp_path, monkeypatch):
     fitted = []
     for name in ('control', 'mean', 'linear'):
         cls = cli.model_class(name)
-        monkeypatch.setattr(cls, 'fit', lambda self, train, _f=cls.fit, _n=name,
-                            **k: fitted.append(_n) or _f(self, train, **k))
+        monkeypatch.setattr(cls, 'fit',
+                            lambda self, train, _f=cls.fit, _n=name, **k: fitted.append(_n) or _f(self, train, **k))
     code, _, err = run(*argv, '--out', tmp_path / 'cut')
     assert code == 2 and 'already holds the outputs' in err  # neither --resume nor --overwrite
     ok(*argv, '--out', tmp_path / 'cut', '--resume')

@@ -83,9 +83,8 @@ def test_unseen_knockdown_lowers_its_target(known_effects, name):
     'Unlasting', 'Doloris',
     pytest.param('Departures', marks=pytest.mark.xfail(strict=True, reason=(
         'Measured (plain preset, this simulator, seed 0): E-distance DE20 over the 4 held-out knockdowns 2.05 against '
-        'the '
-        'control baseline\'s 1.77; two of them target unmeasured regulators whose downstream signs the unsigned prior '
-        'cannot give. Strict: the day it beats the baseline here, this marker must go.')))])
+        'the control baseline\'s 1.77; two of them target unmeasured regulators whose downstream signs the unsigned '
+        'prior cannot give. Strict: the day it beats the baseline here, this marker must go.')))])
 def test_unseen_knockdowns_beat_control_on_edistance(known_effects, name):
     """E-distance DE20 over the held-out knockdowns beats the control baseline. Measured margins are small and, for
     Doloris, seed-dependent: Unlasting 1.72 / 1.64 / 1.71 and Doloris 1.75 / 1.90 / 1.61 at model seeds 0 / 1 / 2,

@@ -28,7 +28,6 @@ def test_shared_data_cells():
     files = sorted({f for fs in cells.values() for f in fs})
     if not SHARED.exists():
         pytest.skip(f"the notebook cells behind `if HAVE_SHARED:` in {', '.join(cells)} need {', '.join(files)} in "
-                    f"{SHARED} "
-                    f"(set PERTURBDIFF_SHARED_DATA); nbdev_test ran them as no-ops")
+                    f"{SHARED} (set PERTURBDIFF_SHARED_DATA); nbdev_test ran them as no-ops")
     missing = [f for f in files if not (SHARED / f).exists()]
     assert not missing, f"{SHARED} lacks {missing}, which the notebooks' HAVE_SHARED cells read"
