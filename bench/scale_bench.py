@@ -81,7 +81,7 @@ def synthetic_chunks(n_cells: int, n_genes: int, density: float, seed: int = 0, 
 
 
 def write_file(path: Path, n_cells: int, n_genes: int, density: float) -> dict:
-    from perturbdiff.scale import H5adWriter
+    from perturbdiff.backed import H5adWriter
     t = time.time()
     genes = [f'GENE{i:05d}' for i in range(n_genes)]
     with H5adWriter(path, genes, sparse=True) as w:
@@ -98,7 +98,8 @@ def worker(args) -> None:
     from perturbdiff.ddib import Conditioner, UnlastingNet, ddib_config, ddib_loss
     from perturbdiff.diffusion import Schedule
     from perturbdiff.priors import GeneGraph
-    from perturbdiff.scale import BackedPerturbData, CellBatches
+    from perturbdiff.backed import BackedPerturbData
+    from perturbdiff.scale import CellBatches
     from perturbdiff.train import TrainConfig, distributed_context, fit
     ctx = distributed_context(torch.device(args.device))
     rep, t = dict(rank=ctx.rank, world_size=ctx.world_size, threads=torch.get_num_threads(),
@@ -163,7 +164,7 @@ def launch(nproc: int, args, report: Path, device: str = 'cpu') -> list[dict]:
 def writer_comparison(workdir: Path, n_cells: int = 100_000, n_genes: int = 2000, chunk: int = 10_000) -> dict:
     import anndata as ad
     from anndata.experimental import concat_on_disk
-    from perturbdiff.scale import H5adWriter
+    from perturbdiff.backed import H5adWriter
     chunks = list(synthetic_chunks(n_cells, n_genes, 0.3, seed=1, chunk=chunk, n_pert=20))
     genes = [f'GENE{i:05d}' for i in range(n_genes)]
     t = time.time()

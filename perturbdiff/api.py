@@ -105,7 +105,7 @@ def load_data(data: str | os.PathLike | ad.AnnData = 'synthetic',  # see read_an
     if bad: raise TypeError(f"load_data got unknown keys {bad}; it takes {DATA_KEYS}.")
     if isinstance(data, ad.AnnData) and data.isbacked:
         raise ValueError("The AnnData is backed (read with backed='r'), and PerturbData needs its X in memory: pass "
-                         "adata.to_memory(), or use perturbdiff.scale.BackedPerturbData for data larger than memory.")
+                         "adata.to_memory(), or use perturbdiff.backed.BackedPerturbData for data larger than memory.")
     adata, defaults = read_anndata(data, cache, smiles_table)
     adata = subset_obs(adata, subset)
     given = {k: v for k, v in keys.items() if v is not None}

@@ -177,7 +177,7 @@ class PerturbData:
         if adata.isbacked and layer is None:  # X is still in the file (layers are read into memory even when backed)
             raise ValueError(f"The AnnData is backed (its X stays in {str(adata.filename)!r}) and PerturbData needs X "
                              "in memory: read it with ad.read_h5ad(path) without backed= (or call adata.to_memory()); "
-                             "for data larger than memory use perturbdiff.scale.BackedPerturbData(path, ...).")
+                             "for data larger than memory use perturbdiff.backed.BackedPerturbData(path, ...).")
         self.keys = dict(condition=condition_key, cell_type=cell_type_key, dose=dose_key or None, smiles=smiles_key,
                          mode=mode_key, sep=sep)
         obs = adata.obs

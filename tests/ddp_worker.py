@@ -123,7 +123,7 @@ def job_backed(out: Path, data: str):
     "Backed h5ad under DDP: the sharded streaming pass (split, HVGs, scale, control stats) and sharded OT pairing."
     warnings.simplefilter('ignore')
     from perturbdiff.bridges import BridgePairs, bridge_config
-    from perturbdiff.scale import BackedPerturbData
+    from perturbdiff.backed import BackedPerturbData
     bk = BackedPerturbData(data, cell_type_key='cell_type', mode_key='perturbation_type')
     split = bk.split('unseen_perturbation', seed=0, n_top_genes=20)
     st = bk.source.cache[-1]

@@ -68,7 +68,7 @@ def _tiny_h5ad(path: Path) -> Path:
         warnings.simplefilter('ignore')
         a = simulate(seed=0, n_genes=40, n_regulators=4, n_single=8, n_combo=2, cells_per_group=16, n_control=64,
                      n_cell_types=2)
-    from perturbdiff.scale import _plain_strings
+    from perturbdiff.backed import _plain_strings
     a.obs, a.var = _plain_strings(a.obs), _plain_strings(a.var)  # pandas 3's string arrays: anndata refuses them by
                                                                  # default
     del a.uns['simulation']

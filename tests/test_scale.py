@@ -1,4 +1,4 @@
-"""The models trained from a backed h5ad (perturbdiff.scale.BackedPerturbData) against the same data in memory.
+"""The models trained from a backed h5ad (perturbdiff.backed.BackedPerturbData) against the same data in memory.
 
 The backed container gives the same cells, genes, split and scale, bit for bit; the control statistics
 differ by float32 rounding (the in-memory path scales each value before averaging, the streamed one
@@ -15,7 +15,8 @@ import pytest
 
 from perturbdiff.data import PerturbData
 from perturbdiff.datasets import simulate
-from perturbdiff.scale import BackedPerturbData, predict_to_h5ad
+from perturbdiff.backed import BackedPerturbData
+from perturbdiff.scale import predict_to_h5ad
 
 KEYS = dict(cell_type_key='cell_type', mode_key='perturbation_type')
 TINY = dict(steps=10, mask_steps=4, hidden=32, time_dim=16, decoder=(32,), grn_dim=8, pca_dim=4, mask_hidden=16,
@@ -29,7 +30,7 @@ def splits(tmp_path_factory):
         sim = simulate(seed=3, n_genes=50, n_regulators=5, n_single=8, n_combo=3, cells_per_group=20, n_control=80,
                        n_cell_types=2)
     path = tmp_path_factory.mktemp('scale') / 'sim.h5ad'
-    from perturbdiff.scale import _plain_strings
+    from perturbdiff.backed import _plain_strings
     sim.obs, sim.var = _plain_strings(sim.obs), _plain_strings(sim.var)  # pandas 3's string arrays: anndata refuses
                                                                          # them
     del sim.uns['simulation']
