@@ -77,8 +77,11 @@ class ShiftBaseline(PerturbationModel):
 
 # %% ../nbs/03_baselines.ipynb #dfca74cb
 def check_vocabulary(conditions, train: PerturbData) -> None:
-    "Raise, as the trained models do, for conditions outside the data's vocabulary (a typo, a target never measured)."
-    unknown = [c for c in dict.fromkeys(conditions) if c not in set(train.vocab)]
+    """Raise for conditions the data does not know: outside its vocabulary and, for genes, with a target that is neither
+    measured nor perturbed in the data (a typo). New combinations of known genes are fine, as for the models."""
+    known = set(train.genes) | set(train.targets) if train.kind == 'gene' else set()
+    unknown = [c for c in dict.fromkeys(conditions)
+               if c not in set(train.vocab) and not (known and all(t in known for t in c.split('+')))]
     if unknown:
         raise ValueError(f"Condition {unknown[0]!r} is not in the data's vocabulary (the conditions of the dataset the "
                          "model "

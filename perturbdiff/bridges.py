@@ -382,7 +382,7 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
         z = x_ctrl + z1 - z0
     else: z = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
     if getattr(self, 'anchor_', None) is not None and cond_idx >= 0:  # back from the anchor's frame
-        a = self.anchor_.shift(self.train_.vocab[cond_idx], self.cell_types_[ct_idx], dose)
+        a = self.anchor_.shift(self.table_.vocab[cond_idx], self.cell_types_[ct_idx], dose)
         z = z + torch.as_tensor(a / self.train_.x_max if cfg.scaled else a, dtype=z.dtype, device=z.device)
     if not cfg.use_discrete: return z.clamp(min=0)
     d = ctmc_sample(lambda d, t: net.logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)

@@ -25,9 +25,9 @@ from .data import GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rn
 from .train import TrainConfig, resolve_device
 
 # %% auto #0
-__all__ = ['RENAMED_OPTIONS', 'MODELS', 'BASELINES', 'resolve_groups', 'prediction_anndata', 'renamed_hint', 'check_known',
-           'PerturbationModel', 'TrainedModel', 'model_class', 'TrainingOptions', 'GraphOptions', 'SamplingOptions',
-           'preset_config']
+__all__ = ['RENAMED_OPTIONS', 'MODELS', 'BASELINES', 'resolve_groups', 'prediction_var', 'prediction_anndata', 'renamed_hint',
+           'check_known', 'PerturbationModel', 'TrainedModel', 'model_class', 'TrainingOptions', 'GraphOptions',
+           'SamplingOptions', 'preset_config']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -65,6 +65,14 @@ def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, defau
     return g[['condition', 'cell_type', 'dose', 'mode', 'n_targets', 'n_cells']]
 
 # %% ../nbs/02b_contract.ipynb #50fa4e19
+def prediction_var(train: PerturbData) -> pd.DataFrame:
+    "The input's `.var` (its var_names and columns) for the training genes; the gene symbols when it has none."
+    var = getattr(train, 'var', None)
+    if var is None or len(var) != train.n_genes: return pd.DataFrame(index=pd.Index(train.genes, name=None))
+    out = var.copy()
+    out.index = pd.Index(out.index.astype(str), name=None)
+    return out
+
 def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataFrame, train: PerturbData,
                        model: str) -> ad.AnnData:
     "Predicted cells (log1p, cells x training genes) as an AnnData in the input's conventions."
@@ -83,8 +91,9 @@ def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataF
     obs[keys['condition']] = pd.Categorical([train.label_of.get(c, c) for c in g.condition])
     if keys['cell_type']: obs[keys['cell_type']] = pd.Categorical(g.cell_type.to_numpy())
     if keys['dose']: obs[keys['dose']] = g.dose.to_numpy()
-    obs.index = [f'pred{i}' for i in range(len(obs))]
-    out = ad.AnnData(X, obs=obs, var=pd.DataFrame(index=pd.Index(train.genes, name=None)))
+    obs['predicted'] = True
+    obs.index = [f'{model}-{i}' for i in range(len(obs))]
+    out = ad.AnnData(X, obs=obs, var=prediction_var(train))
     out.uns['perturbdiff'] = dict(model=model, space='log1p')
     return out
 
@@ -215,7 +224,9 @@ def in_batches(self: TrainedModel, n: int, fn: Callable) -> torch.Tensor:
 
 @patch
 def _condition_index(self: TrainedModel, condition: str) -> int:
-    "Index of a condition in the training vocabulary (which includes the test conditions)."
+    "Row of a condition in the model's perturbation table (`table_`: a new gene combination is added), else its vocab."
+    table = getattr(self, 'table_', None)
+    if table is not None: return table.index(condition)
     voc = self.train_.vocab
     if condition not in voc:
         raise ValueError(f"Condition {condition!r} is not in the data's vocabulary, so the gene graph has no nodes for "

@@ -397,6 +397,8 @@ class DDIBModel(TrainedModel):
     def make_config(cls, preset: str = 'quick', **overrides) -> DDIBConfig:
         return ddib_config(cls.family, preset, **overrides)
     def networks(self) -> list: return [getattr(self, 'net_', None), getattr(getattr(self, 'mask_', None), 'net', None)]
+    @property
+    def table_(self): return self.cond_.table  # the perturbation table, shared with the mask model
 
     def _node_features(self, train, graph) -> torch.Tensor | None:
         "Frozen node features shared by the denoiser and the mask model (None: the family has none)."

@@ -363,6 +363,7 @@ class PerturbationTable:
                  drug_features: pd.DataFrame | None = None, modes: dict | None = None,
                  seen: Sequence[str] | None = None, unseen_labels: str = 'error', default_mode: str = 'unknown'):
         self.vocab, self.kind, self.unseen_labels = list(vocab), kind, unseen_labels
+        self.graph, self.default_mode = (graph if kind == 'gene' else None), default_mode  # for index() of new ones
         V = len(self.vocab)
         if kind == 'gene':
             if graph is None: raise ValueError("Gene perturbations need the GeneGraph (targets are node indices).")
@@ -442,6 +443,31 @@ def trained_nodes(self: PerturbationTable, n_nodes: int) -> torch.Tensor:
     out = torch.zeros(n_nodes, dtype=torch.bool)
     out[rows[rows >= 0]] = True
     return out
+
+# %% ../nbs/05_gat.ipynb #b1d2d682
+@patch
+def index(self: PerturbationTable, condition: str) -> int:
+    "Row of a condition key; a gene combination not in the table yet is added (its targets must be graph nodes)."
+    if condition in self.vocab: return self.vocab.index(condition)
+    if self.kind != 'gene':
+        raise ValueError(f"Condition {condition!r} is not in the model's vocabulary: a {self.kind} condition can only "
+                         "be predicted if it was in the data the model was trained on (its test conditions included).")
+    targets = condition.split('+')
+    miss = [t for t in targets if t not in self.graph.index]
+    if miss:
+        raise ValueError(f"Condition {condition!r}: {miss} are not genes of the model's gene graph (its "
+                         f"{self.graph.n_nodes} nodes: the measured genes, the data's targets and the prior's extra "
+                         "genes), so the model cannot perturb them. Check the spelling, or refit with a graph that "
+                         "has them (GeneGraph.build(..., extra_genes=[...])).")
+    V, T = len(self.vocab), max(self.targets.shape[1], len(targets))
+    tab = torch.full((V + 2, T), -1, dtype=torch.long)
+    tab[:V, :self.targets.shape[1]] = self.targets[:V]  # the last row stays the control's (no target)
+    tab[V, :len(targets)] = torch.as_tensor(self.graph.node_index(targets))
+    self.targets = tab
+    self.modes = torch.cat([self.modes[:V], torch.tensor([MODES.index(self.default_mode)]), self.modes[V:]])
+    self.seen = torch.cat([self.seen[:V], torch.tensor([False]), self.seen[V:]])  # no training cells
+    self.vocab.append(condition)
+    return V
 
 # %% ../nbs/05_gat.ipynb #3ce8ca66
 class TargetIdentity(nn.Module):

@@ -234,7 +234,7 @@ def probabilities(self: MaskModel, x_ctrl: np.ndarray, cell_type: str, condition
     dev = next(self.net.parameters()).device
     n = len(x_ctrl)
     ct = torch.full((n,), self.cond.cell_types.index(cell_type), device=dev)
-    ci = self.train.vocab.index(condition)
+    ci = self.cond.table.index(condition)  # a new gene combination too (PerturbationTable.index)
     x = torch.as_tensor(x_ctrl, dtype=torch.float32, device=dev)
     cond = self.cond.cond(ct, torch.full((n,), ci), torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                           torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown')),

@@ -16,14 +16,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .conditions import canonical_key, parse_condition
-from .data import GROUP_COL, PerturbData, gene_symbols, group_key, seeded_rng
+from .data import _SYMBOL_COLUMNS, GROUP_COL, PerturbData, gene_symbols, group_key, seeded_rng
 
 
 # %% auto #0
 __all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'same_distribution',
            'energy_distance', 'edist_options', 'intra_distance', 'quantile_grid', 'default_threads', 'emd_per_gene',
            'emd', 'rmse', 'activation_prob', 'activation_pcc', 'welch_t', 'rank_genes', 'de_rankings', 'gears_de_genes',
-           'top_de', 'evaluate', 'evaluate_models', 'metric_columns', 'summarize', 'sampling_floor', 'snr']
+           'top_de', 'prediction_genes', 'prediction_groups', 'evaluate', 'evaluate_models', 'metric_columns',
+           'summarize', 'sampling_floor', 'snr']
 
 # %% ../nbs/02_metrics.ipynb #f3b16468
 def as_cells(X, what: str = 'X', min_cells: int = 1) -> np.ndarray:
@@ -316,25 +317,62 @@ def _check_space(X: np.ndarray, truth: PerturbData) -> None:
         warnings.warn(f"pred.X never exceeds {pmax:.3g} while the truth reaches {tmax:.3g}: are the predictions in a "
                       f"model's scaled space (x / x_max)? Convert them with PerturbData.unscale before evaluate.")
 
+# %% ../nbs/02_metrics.ipynb #1b7a9c49
+def prediction_genes(var: pd.DataFrame, truth: PerturbData) -> np.ndarray:
+    "Positions in a prediction's `var` of the truth's genes: by symbol, by the input's gene ids or by a symbol column."
+    tried = []
+    ids = getattr(truth, 'var', None)
+    ids = pd.Index(ids.index.astype(str)) if ids is not None and len(ids) == truth.n_genes else None
+    names = pd.Index(var.index.astype(str))
+    for what, index, want in [('var_names', names, truth.genes), ("the input's gene ids", names, ids),
+                              *[(f"var[{c!r}]", pd.Index(var[c].astype(str)), truth.genes)
+                                for c in _SYMBOL_COLUMNS if c in var.columns]]:
+        if want is None: continue
+        pos = index.get_indexer(want) if index.is_unique else None
+        if pos is not None and (pos >= 0).all(): return pos
+        tried.append(f"{what}: {int((~pd.Index(want).isin(index)).sum())} missing")
+    raise ValueError(f"The prediction lacks some of the truth's {truth.n_genes} genes ({'; '.join(tried)}; e.g. "
+                     f"{list(truth.genes[:3])}). Predict the same genes, with gene symbols or the input's gene ids "
+                     f"as var_names (duplicated names are refused).")
+
+# %% ../nbs/02_metrics.ipynb #c88d5a20
+def _obs_column(obs: pd.DataFrame, names: Sequence) -> pd.Series | None:
+    for n in names:
+        if n and n in obs.columns: return obs[n]
+    return None
+
+def prediction_groups(obs: pd.DataFrame, truth: PerturbData) -> np.ndarray:
+    "Each predicted cell's group id: `obs['perturbdiff_group']`, or its condition, cell type and dose columns."
+    if GROUP_COL in obs: return obs[GROUP_COL].astype(str).to_numpy()
+    keys = truth.keys
+    cond = _obs_column(obs, [keys.get('condition'), 'condition'])
+    if cond is None:
+        raise KeyError(f"The prediction's obs has neither {GROUP_COL!r} nor a condition column "
+                       f"({keys.get('condition')!r} or 'condition'); name each cell's condition in one.")
+    ct = _obs_column(obs, [keys.get('cell_type'), 'cell_type'])
+    if ct is None and len(truth.cell_types) > 1:
+        raise KeyError(f"The truth has {len(truth.cell_types)} cell types; the prediction's obs needs a cell type "
+                       f"column ({keys.get('cell_type')!r}).")
+    dose = _obs_column(obs, [keys.get('dose')])
+    if dose is None and keys.get('dose'):
+        raise KeyError(f"The truth has doses; the prediction's obs needs the dose column {keys['dose']!r}.")
+    cts = np.full(len(obs), truth.cell_types[0]) if ct is None else ct.astype(str).to_numpy()
+    doses = np.full(len(obs), np.nan) if dose is None else pd.to_numeric(dose, errors='coerce').to_numpy(float)
+    label = {l: truth.resolve(str(l)) for l in pd.unique(cond.astype(str))}
+    return np.array([group_key(label[c], t, d) for c, t, d in zip(cond.astype(str), cts, doses)])
+
 # %% ../nbs/02_metrics.ipynb #244a9530
 def _aligned_prediction(pred: ad.AnnData, truth: PerturbData, space: str,
                         check: bool = True) -> tuple[np.ndarray, np.ndarray]:
     "Pred expression (cells x truth genes) and its group ids, after checking it."
     if not isinstance(pred, ad.AnnData):
         raise TypeError(f"pred must be the AnnData a model's predict returns, got {type(pred).__name__}.")
-    if GROUP_COL not in pred.obs: raise KeyError(f"pred.obs has no {GROUP_COL!r} column naming each cell's test group; "
-                                                 f"predict() writes it (see perturbdiff.contract.prediction_anndata).")
-    genes = pd.Index(pred.var_names.astype(str))
-    missing, extra = truth.genes.difference(genes), genes.difference(truth.genes)
-    if len(missing) or len(extra) or genes.has_duplicates:
-        raise ValueError(f"pred and truth must have the same genes: {len(missing)} truth genes are missing from pred "
-                         f"(e.g. {list(missing[:3])}), {len(extra)} pred genes are not in truth (e.g. "
-                         f"{list(extra[:3])}). Predict with a model fitted on the training split of the same data.")
-    X = pred.X[:, genes.get_indexer(truth.genes)]
+    pg = prediction_groups(pred.obs, truth)
+    X = pred.X[:, prediction_genes(pred.var, truth)]
     X = as_cells(X, 'pred.X')
     if check: _check_space(X, truth)
     if space == 'scaled': X = truth.scale(X, dtype=np.float64)
-    return X, pred.obs[GROUP_COL].astype(str).to_numpy()
+    return X, pg
 
 # %% ../nbs/02_metrics.ipynb #a0171d7f
 def _lookup_de(de_genes: Mapping, gid: str, cond: str, ct: str) -> list:

@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .data import GROUP_COL, PerturbData
-from .metrics import activation_prob, as_cells, de_rankings
+from .data import PerturbData
+from .metrics import activation_prob, as_cells, de_rankings, prediction_genes, prediction_groups
 
 # %% auto #0
 __all__ = ['PALETTE', 'colors', 'group_id', 'group_cells', 'violin_de', 'pca_fit', 'embedding', 'diversity_bars',
@@ -65,11 +65,8 @@ def group_id(truth: PerturbData, group: str | None = None) -> str:
 
 def _pred_rows(pred: ad.AnnData, truth: PerturbData, groups: Sequence[str]) -> np.ndarray:
     "Predicted cells of `groups` on truth's genes (dense)."
-    pos = pd.Index(pred.var_names.astype(str)).get_indexer(truth.genes)
-    if (pos < 0).any():
-        raise ValueError(f"The prediction lacks {int((pos < 0).sum())} of the test genes; predict with a "
-                         f"model fitted on the training split of the same data.")
-    rows = np.flatnonzero(pred.obs[GROUP_COL].astype(str).isin(list(groups)).to_numpy())
+    pos = prediction_genes(pred.var, truth)
+    rows = np.flatnonzero(np.isin(prediction_groups(pred.obs, truth), list(groups)))
     return as_cells(pred.X[rows][:, pos], 'pred.X', min_cells=0)
 
 # %% ../nbs/12_plots.ipynb #afc2a234

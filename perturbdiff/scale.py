@@ -20,11 +20,11 @@ import torch
 from fastcore.basics import patch
 
 from .conditions import MODES
-from .data import GROUP_COL, SPLITS, PerturbData
-from .contract import MODELS, model_class, resolve_groups
+from .data import SPLITS, PerturbData
+from .contract import MODELS, model_class, prediction_var, resolve_groups
 from .backed import BackedMatrix, BackedPerturbData, H5adWriter, H5Matrix, _read_frame
 from .api import DATA_KEYS, _say, make_model, paper_table, parse_overrides, run_command
-from .metrics import de_rankings, evaluate
+from .metrics import de_rankings, evaluate, prediction_groups
 from .train import BatchSequence, distributed_context, resolve_device
 
 # %% auto #0
@@ -121,10 +121,11 @@ def predict_to_h5ad(model, groups, path: str | os.PathLike, n_cells: int | None 
     "Predict `groups` with `model` in chunks of groups and append each chunk to the h5ad at `path`."
     model._check_fitted()
     g = resolve_groups(groups, model.train_, n_cells)
-    with H5adWriter(path, pd.DataFrame(index=pd.Index(model.train_.genes)), sparse=sparse) as w:
+    with H5adWriter(path, prediction_var(model.train_), sparse=sparse) as w:
         for s in range(0, len(g), groups_per_chunk):
             part = model.predict(g.iloc[s:s + groups_per_chunk], seed=seed)
-            part.obs.index = [f'pred{w.n_obs + i}' for i in range(part.n_obs)]
+            name = part.uns['perturbdiff']['model']
+            part.obs.index = [f'{name}-{w.n_obs + i}' for i in range(part.n_obs)]  # unique over the whole file
             if s == 0: w.uns = dict(part.uns)
             w.append(part)
     return Path(path)
@@ -136,10 +137,7 @@ def evaluate_h5ad(pred: str | os.PathLike, truth: PerturbData, control: PerturbD
     "`perturbdiff.metrics.evaluate` of an h5ad of predicted cells, read and scored `groups_per_chunk` groups at a time."
     m = H5Matrix(pred, space='log1p')
     obs, var = _read_frame(m._file()['obs']), _read_frame(m._file()['var'])
-    if GROUP_COL not in obs:
-        raise KeyError(f"{pred} has no obs column {GROUP_COL!r}; write predictions with predict_to_h5ad or "
-                       "model.predict.")
-    pg = obs[GROUP_COL].astype(str).to_numpy()
+    pg = prediction_groups(obs, truth)  # our group ids, or the input's condition/cell type/dose columns
     known = set(truth.groups().index)
     unknown = sorted(set(pg) - known)
     if unknown: raise ValueError(f"{len(unknown)} predicted groups have no true cells in truth: {unknown[:3]}.")

@@ -1,0 +1,65 @@
+"""Issue 19: a fitted model predicts gene perturbations that are not in the data it was trained on (as GEARS'
+`predict([['A', 'B']])`): a new pair of trained genes, a measured gene never perturbed, from the Python API and the
+command line; a gene the model's graph does not know is refused by name."""
+import warnings
+
+import numpy as np
+import pytest
+
+from perturbdiff.baselines import AdditiveBaseline, LinearBaseline
+from perturbdiff.cli import main
+from perturbdiff.data import PerturbData
+from perturbdiff.datasets import simulate
+from perturbdiff.models import Departures, Doloris, Unlasting
+
+warnings.filterwarnings('ignore', category=UserWarning)
+TINY = {Unlasting: dict(steps=8, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, sampling_steps=5),
+        Doloris: dict(steps=8, hidden=16, time_dim=8, decoder=(16,), grn_dim=4, pca_dim=4, sampling_steps=5),
+        Departures: dict(steps=8, dim=4, time_dim=8, sampling_steps=5)}
+
+
+@pytest.fixture(scope='module')
+def screen():
+    sim = simulate(seed=2, n_genes=40, n_regulators=4, n_single=8, n_combo=3, cells_per_group=12, n_control=60,
+                   n_cell_types=1)
+    split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split(
+        'unseen_combo', test_frac=1.0, seed=0)
+    train = split.train
+    singles = [c for c in train.conditions if '+' not in c and c in set(train.genes)]
+    pair = next(f'{a}+{b}' for i, a in enumerate(singles) for b in singles[i + 1:]
+                if f'{a}+{b}' not in set(train.vocab) and f'{b}+{a}' not in set(train.vocab))
+    fresh = next(g for g in train.genes if g not in set(train.targets))  # measured, never perturbed
+    return sim, split, pair, fresh
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures, AdditiveBaseline, LinearBaseline],
+                         ids=lambda c: c.__name__)
+def test_predict_conditions_not_in_the_data(screen, cls):
+    sim, split, pair, fresh = screen
+    train = split.train
+    assert pair not in train.vocab and fresh not in train.vocab
+    model = (cls.from_preset('quick', seed=0, device='cpu', progress=False, **TINY[cls]) if cls in TINY
+             else cls()).fit(train)
+    pred = model.predict([pair, fresh], n_cells=6, seed=0)
+    assert pred.n_obs == 12 and np.isfinite(np.asarray(pred.X)).all()
+    assert list(pred.obs['condition'].astype(str).unique()) == [pair, fresh]
+    a, b = (np.asarray(pred.X)[(pred.obs['condition'] == c).to_numpy()].mean(0) for c in (pair, fresh))
+    assert np.abs(a - b).max() > 1e-4  # the targets reach the prediction: two conditions, two predictions
+    again = model.predict([fresh, pair], n_cells=6, seed=0)  # the same cells whatever the order asked in
+    assert np.array_equal(np.asarray(again.X)[6:], np.asarray(pred.X)[:6])
+    with pytest.raises(ValueError, match='NOTAGENE'):
+        model.predict([f'{pair.split("+")[0]}+NOTAGENE'], n_cells=3)
+
+
+def test_cli_predicts_a_new_pair(screen, tmp_path):
+    sim, split, pair, fresh = screen
+    path = tmp_path / 'screen.h5ad'
+    sim.write_h5ad(path)
+    argv = ['--data', path, '--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type', '--split',
+            'unseen_combo', '--test-frac', '1']
+    assert main(['fit', *argv, '--model', 'additive', '--out', tmp_path / 'run', '--quiet']) == 0
+    assert main(['predict', '--run', tmp_path / 'run', '--test', f'{pair},type0', '--test', fresh, '--n-cells', '5',
+                 '--out', tmp_path / 'p.h5ad', '--quiet']) == 0
+    import anndata as ad
+    p = ad.read_h5ad(tmp_path / 'p.h5ad')
+    assert sorted(p.obs['condition'].astype(str).unique()) == sorted([pair, fresh]) and p.n_obs == 10
