@@ -36,8 +36,8 @@ from .priors import coexpression, edge_list
 __all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'PRIORS', 'USER_ERRORS', 'read_anndata',
            'subset_obs', 'load_data', 'data_notes', 'parse_test_group', 'read_test_file', 'make_split', 'model_names',
            'parse_value', 'parse_overrides', 'check_option', 'model_overrides', 'make_model', 'prior_sources',
-           'paper_table', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark', 'is_user_error',
-           'run_command']
+           'paper_table', 'write_summary', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark',
+           'is_user_error', 'run_command']
 
 # %% ../nbs/10_api.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -289,13 +289,26 @@ def prior_sources(prior: str, adata: ad.AnnData | None = None):
     return [coexpression(0.3), edge_list(adata.uns['simulation']['edges'], weight_col='weight')]
 
 # %% ../nbs/10_api.ipynb #36acdb98
-def paper_table(results: pd.DataFrame, by: str | Sequence[str] = 'model', digits: int = 3) -> pd.DataFrame:
+def paper_table(results: pd.DataFrame, by: str | Sequence[str] = 'model', digits: int = 3,
+                numeric: bool = False,  # True: `<metric>_mean` and `<metric>_std` columns of numbers (summary.csv)
+               ) -> pd.DataFrame:
     """Mean ± std (ddof 0) of each metric over test groups, one row per `by`, columns grouped by gene set (all, de20,
     de40)."""
     mets = metric_columns(results)
     sets = list(dict.fromkeys(m.rsplit('_', 1)[1] for m in mets))
     cols = [m for s in sets for m in mets if m.rsplit('_', 1)[1] == s]
-    return summarize(results, by=by, metrics=cols, as_text=True, digits=digits)
+    if not numeric: return summarize(results, by=by, metrics=cols, as_text=True, digits=digits)
+    out = summarize(results, by=by, metrics=cols)
+    n = out.pop('n_groups')
+    out.columns = [f'{m}_{stat}' for m, stat in out.columns]
+    return out.assign(n_groups=n)
+
+def write_summary(results: pd.DataFrame, out: str | os.PathLike, name: str = 'summary',
+                  by: str | Sequence[str] = 'model') -> Path:
+    "`<name>.csv` (numbers: mean and std per metric) and `<name>.txt` (the papers' mean ± std table), atomically."
+    out = Path(out)
+    atomic_write(out / f'{name}.txt', lambda p: Path(p).write_text(paper_table(results, by).to_string() + '\n'))
+    return atomic_write(out / f'{name}.csv', paper_table(results, by, numeric=True).to_csv)
 
 @dataclass
 class BenchmarkResult:
@@ -304,9 +317,9 @@ class BenchmarkResult:
     predictions: dict = field(default_factory=dict)  # model name -> predicted AnnData (log1p)
     timing: pd.DataFrame = field(default_factory=pd.DataFrame)  # model, fit_seconds, predict_seconds, predicted_cells
     models: dict = field(default_factory=dict)  # model name -> fitted model (benchmark(keep_models=True))
-    def summary(self, by: str | Sequence[str] = 'model', digits: int = 3) -> pd.DataFrame:
-        "The papers' table: mean ± std per metric on all / DE20 / DE40 genes."
-        return paper_table(self.results, by, digits)
+    def summary(self, by: str | Sequence[str] = 'model', digits: int = 3, numeric: bool = False) -> pd.DataFrame:
+        "The papers' table: mean ± std per metric on all / DE20 / DE40 genes (`numeric`: mean and std columns)."
+        return paper_table(self.results, by, digits, numeric)
 
 # %% ../nbs/10_api.ipynb #070be4f8
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -324,10 +337,9 @@ def write(self: BenchmarkResult, out: str | os.PathLike, predictions: bool = Tru
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     files = dict(results=out / 'results.csv', summary=out / 'summary.csv', timing=out / 'timing.csv')
     atomic_write(files['results'], lambda p: self.results.to_csv(p, index=False))
-    atomic_write(files['summary'], self.summary().to_csv)
+    write_summary(self.results, out)  # summary.csv (numbers) and summary.txt (mean ± std)
     if 'subgroup' in self.results and self.results.subgroup.nunique() > 1:
-        files['summary_by_subgroup'] = atomic_write(out / 'summary_by_subgroup.csv',
-                                                    self.summary(by=['model', 'subgroup']).to_csv)
+        files['summary_by_subgroup'] = write_summary(self.results, out, 'summary_by_subgroup', ['model', 'subgroup'])
     atomic_write(files['timing'], lambda p: self.timing.to_csv(p, index=False))
     if predictions:
         for name, pred in self.predictions.items():

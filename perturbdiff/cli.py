@@ -23,7 +23,7 @@ import perturbdiff
 from .api import (DATA_KEYS, BenchmarkResult, _say, atomic_write, benchmark, data_notes, load_data,
                              make_model,
                              make_split, model_names, model_overrides, paper_table, parse_overrides, parse_test_group,
-                             read_test_file, run_command)
+                             read_test_file, run_command, write_summary)
 from .api import (check_option, finished_models, parse_value, read_anndata,  # noqa: F401 (re-exported:
                              subset_obs)  # `perturbdiff.cli.X` keeps working for the API that moved to perturbdiff.api)
 from .contract import MODELS, model_class
@@ -221,8 +221,8 @@ def _write_json(path: Path, info: dict) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(info, indent=1, default=str)))
 
 # %% ../nbs/13a_cli.ipynb #76a9bf97
-BENCHMARK_OUTPUTS = ('results.csv', 'summary.csv', 'summary_by_subgroup.csv', 'timing.csv', 'run.json', 'predictions',
-                     'checkpoints')
+BENCHMARK_OUTPUTS = ('results.csv', 'summary.csv', 'summary.txt', 'summary_by_subgroup.csv', 'summary_by_subgroup.txt',
+                     'timing.csv', 'run.json', 'predictions', 'checkpoints')
 FIT_OUTPUTS = ('model', 'run.json', 'checkpoints')
 
 def _writable(folder: Path, what: str) -> None:
@@ -410,7 +410,7 @@ def run_evaluate(args, argv=()) -> pd.DataFrame:
     res = evaluate(pred, split.test, split.train, subgroups=split.test_groups, metrics=metrics)
     res.insert(0, 'model', args.name or pred.uns.get('perturbdiff', {}).get('model', Path(args.pred).stem))
     atomic_write(out / 'results.csv', lambda p: res.to_csv(p, index=False))
-    atomic_write(out / 'summary.csv', paper_table(res).to_csv)
+    write_summary(res, out)
     if not args.quiet: print(paper_table(res).to_string())
     return res
 

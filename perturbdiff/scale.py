@@ -23,7 +23,7 @@ from .conditions import MODES
 from .data import SPLITS, PerturbData
 from .contract import MODELS, model_class, prediction_var, resolve_groups
 from .backed import BackedMatrix, BackedPerturbData, H5adWriter, H5Matrix, _read_frame
-from .api import DATA_KEYS, _say, make_model, paper_table, parse_overrides, run_command
+from .api import DATA_KEYS, _say, make_model, parse_overrides, run_command, write_summary
 from .metrics import de_rankings, evaluate, prediction_groups
 from .train import BatchSequence, distributed_context, resolve_device
 
@@ -243,7 +243,7 @@ def run_evaluate(args, argv=()) -> pd.DataFrame:
     res = evaluate_h5ad(args.pred, truth, train, groups_per_chunk=args.groups_per_chunk, subgroups=tg)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     res.to_csv(out / 'results.csv',
-               index=False); paper_table(res.assign(model=info['args']['model'])).to_csv(out / 'summary.csv')
+               index=False); write_summary(res.assign(model=info['args']['model']), out)
     _say(args, f"wrote {out / 'results.csv'} ({len(res)} groups)")
     return res
 

@@ -156,7 +156,7 @@ def test_ablations(tmp_path, tiny_screen):
     assert timing.loc[('unlasting', 'anchor_residual'), 'fit'] == 'anchor'  # ours: one anchored fit, two decodings
     assert timing.loc[('departures', 'control_pairs'), 'fit'] == 'control_pairs'
     summary = pd.read_csv(tmp_path / 'summary.csv', index_col=[0, 1])
-    assert len(summary) == 9 and {'label', 'edist_de20', 'emd_de40', 'n_groups'} <= set(summary.columns)
+    assert len(summary) == 9 and {'label', 'edist_de20_mean', 'emd_de40_std', 'n_groups'} <= set(summary.columns)
     pngs = {p.name for p in tmp_path.glob('*.png')}
     assert pngs == {f'ablation_{m}_{k}.png' for m in ('unlasting', 'departures') for k in ('edist_de20', 'emd_de20')}
     assert images_shown(out_nb) == len(pngs)
