@@ -259,7 +259,8 @@ def check_out_file(path: str | os.PathLike, suffix: str = '.h5ad') -> Path:
     _writable(p.parent, 'The folder of --out')
     return p
 
-_OUR_FILES = ('*.pt', '*.pkl', '*.h5ad', '*.csv', '*.json', '.*.part*', '*.part', '*.png')  # what a run writes
+_OUR_FILES = ('*.pt', '*.pkl', '*.h5ad', '*.csv', '*.json', '.*.part*', '*.part', '*.png',
+              'summary*.txt')  # what a run writes
 
 def _not_ours(path: Path) -> list[str]:
     "Files under `path` that perturbdiff does not write (a user's own files, which --overwrite must not delete)."

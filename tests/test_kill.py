@@ -42,8 +42,9 @@ FIT = ['fit', '--model', 'doloris', '--preset', 'plain', *DATA, *(a for k, v in 
                                                                   for a in ('--set', f'{k}={v}'))]
 BENCH = ['benchmark', '--models', 'mean,unlasting', '--preset', 'plain', '--n-cells', '5', *DATA,
          *(a for k, v in DDIB.items() for a in ('--set', f'unlasting.{k}={v}'))]
-FINAL = ('run.json', 'results.csv', 'summary.csv', 'summary_by_subgroup.csv', 'timing.csv', 'predictions/*.h5ad',
-         'model/model.pkl', 'checkpoints/*last.pt')  # outputs that, once written, must never go missing
+# outputs that, once written, must never go missing
+FINAL = ('run.json', 'results.csv', 'summary.csv', 'summary.txt', 'summary_by_subgroup.csv', 'timing.csv',
+         'predictions/*.h5ad', 'model/model.pkl', 'checkpoints/*last.pt')
 
 
 MAIN = 'import sys; from perturbdiff.cli import main; sys.exit(main())'
@@ -123,6 +124,8 @@ def read_outputs(out: Path) -> dict:
             elif p.suffix == '.h5ad': found[rel] = ad.read_h5ad(p)
             elif p.suffix == '.pt': found[rel] = torch.load(p, map_location='cpu', weights_only=False)['step']
             elif p.suffix == '.pkl': found[rel] = weights(PerturbationModel.load(p.parent, device='cpu'))
+            elif p.suffix == '.txt':
+                found[rel] = p.read_text(); assert '±' in found[rel], 'a table without numbers'
             else: raise AssertionError('an unexpected file')
         except Exception as e:
             pytest.fail(f'{rel} is unreadable after a kill: {type(e).__name__}: {e}')
@@ -160,7 +163,7 @@ def check_after_kill(out: Path, ref: dict, earlier: dict) -> dict:
             assert val <= ref[rel] and val >= earlier.get(rel,
                                                           0), (f'{rel}: step {val} (earlier {earlier.get(rel)}, end '
                                                                f'{ref[rel]})')
-        elif rel.startswith('summary'):  # one row per model (and subgroup), as in the end
+        elif rel.startswith('summary') and rel.endswith('.csv'):  # one row per model (and subgroup), as in the end
             key = list(val.columns[:2 if rel == 'summary_by_subgroup.csv' else 1])
             got, want = val.set_index(key), ref[rel].set_index(key)
             pd.testing.assert_frame_equal(got, want.loc[got.index], check_exact=True, obj=rel)
