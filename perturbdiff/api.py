@@ -30,6 +30,7 @@ from .data import PerturbData, Split, _close, dose_like_columns, parse_group_spe
 from . import datasets
 from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, de_rankings, evaluate, metric_columns, summarize
+from .train import progress_bar
 from .priors import coexpression, edge_list
 
 # %% auto #0
@@ -387,7 +388,6 @@ def benchmark(split: Split,
                                           # groups
              ) -> BenchmarkResult:
     "Fit, predict and evaluate every named model on one split."
-    from tqdm.auto import tqdm
     names = model_names(models)
     options = model_overrides(names, overrides)  # every option checked before the first fit
     if resume and out is None: raise ValueError("benchmark(resume=True) needs out=, the folder of the run to resume.")
@@ -395,7 +395,7 @@ def benchmark(split: Split,
     done = finished_models(out, names, list(split.test_groups.index)) if resume else {}
     if de_genes is None: de_genes = de_rankings(split.test, split.train)
     results, preds, timing, fitted = {}, {}, {}, {}
-    bar = tqdm(names, desc='benchmark', unit='model', disable=not progress, file=sys.stderr)
+    bar = progress_bar(names, desc='benchmark', unit='model', disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
         if name in done:

@@ -22,7 +22,7 @@ from fastcore.basics import patch
 
 from .conditions import CONTROL_KEY
 from .data import GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rng
-from .train import TrainConfig, resolve_device
+from .train import TrainConfig, progress_bar, resolve_device
 
 # %% auto #0
 __all__ = ['RENAMED_OPTIONS', 'MODELS', 'BASELINES', 'resolve_groups', 'prediction_var', 'prediction_anndata', 'renamed_hint',
@@ -209,7 +209,9 @@ def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, 
     self._check_fitted()
     g = resolve_groups(groups, self.train_, n_cells)
     states, X, ids = {}, [], []
-    for gid, row in g.iterrows():  # in the order asked for
+    bar = progress_bar(g.iterrows(), total=len(g), desc=f'{self.family} predict', unit='group',
+                       disable=not getattr(self, 'progress', False))
+    for gid, row in bar:  # in the order asked for
         if row.cell_type not in states: states[row.cell_type] = prepare(row.cell_type)
         x = sample(states[row.cell_type], row, *self.generators(seed, *key, str(gid)))
         X.append(x); ids += [gid] * len(x)

@@ -11,6 +11,7 @@ import math
 import os
 import threading
 import random
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,10 +27,10 @@ from tqdm.auto import tqdm
 from .data import PerturbData
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay',
-           'ema_initial_share', 'EMA', 'save_checkpoint', 'DistContext', 'distributed_context', 'rank_seed',
-           'distributed_map', 'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader', 'TrainResult',
-           'TrainingDiverged', 'fit']
+__all__ = ['LOG_INTERVAL', 'TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'progress_bar', 'TrainConfig', 'train_config',
+           'lr_factor', 'ema_decay', 'ema_initial_share', 'EMA', 'save_checkpoint', 'DistContext',
+           'distributed_context', 'rank_seed', 'distributed_map', 'BatchSequence', 'CellDataset', 'condition_weights',
+           'cell_loader', 'TrainResult', 'TrainingDiverged', 'fit']
 
 # %% ../nbs/02a_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -45,6 +46,15 @@ def resolve_device(device: str | torch.device = 'auto') -> torch.device:
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (all devices)."
     random.seed(seed); np.random.seed(seed % 2 ** 32); torch.manual_seed(seed)
+
+# %% ../nbs/02a_train.ipynb #46080628
+LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
+
+def progress_bar(iterable=None, file=None, log_interval: float = LOG_INTERVAL, **kwargs) -> tqdm:
+    "tqdm that refreshes at most every 0.1 s on a terminal and every `log_interval` s in a file or a pipe."
+    file = sys.stderr if file is None else file
+    tty = bool(getattr(file, 'isatty', lambda: False)())
+    return tqdm(iterable, file=file, mininterval=0.1 if tty else log_interval, **kwargs)
 
 # %% ../nbs/02a_train.ipynb #0a29e09b
 @dataclass
@@ -500,7 +510,7 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
     log_path = Path(cfg.out_dir) / 'log.csv' if cfg.out_dir and ctx.is_main else None
     if log_path is not None:  # the checkpoint's rows: drops those an interrupted run logged after its checkpoint
         log_path.parent.mkdir(parents=True, exist_ok=True); _write_csv(log_path, history)
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not (cfg.progress and ctx.is_main), leave=False)
+    bar = progress_bar(total=total, initial=step, desc=desc, disable=not (cfg.progress and ctx.is_main), leave=False)
     t0, done_here, pos, last_loss = time.time(), 0, skip, math.nan
     module.train()
     while step < total:

@@ -63,3 +63,16 @@ def test_cli_predicts_a_new_pair(screen, tmp_path):
     import anndata as ad
     p = ad.read_h5ad(tmp_path / 'p.h5ad')
     assert sorted(p.obs['condition'].astype(str).unique()) == sorted([pair, fresh]) and p.n_obs == 10
+
+
+def test_predict_shows_progress_per_group(screen, capsys):
+    "A trained model's predict reports its groups on stderr (progress=True), a few lines when stderr is a log."
+    sim, split, pair, fresh = screen
+    m = Departures.from_preset('quick', seed=0, device='cpu', progress=False, **TINY[Departures]).fit(split.train)
+    m.progress = True
+    m.predict([pair, fresh], n_cells=3)
+    err = capsys.readouterr().err
+    assert 'departures predict' in err and '2/2' in err and len(err.replace('\r', '\n').splitlines()) <= 4
+    m.progress = False
+    m.predict([pair], n_cells=3)
+    assert capsys.readouterr().err == ''
