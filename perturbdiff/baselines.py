@@ -79,13 +79,13 @@ class ShiftBaseline(PerturbationModel):
 def check_vocabulary(conditions, train: PerturbData) -> None:
     """Raise for conditions the data does not know: outside its vocabulary and, for genes, with a target that is neither
     measured nor perturbed in the data (a typo). New combinations of known genes are fine, as for the models."""
+    vocab = set(train.vocab)
     known = set(train.genes) | set(train.targets) if train.kind == 'gene' else set()
     unknown = [c for c in dict.fromkeys(conditions)
-               if c not in set(train.vocab) and not (known and all(t in known for t in c.split('+')))]
+               if c not in vocab and not (known and all(t in known for t in c.split('+')))]
     if unknown:
         raise ValueError(f"Condition {unknown[0]!r} is not in the data's vocabulary (the conditions of the dataset the "
-                         "model "
-                         f"was trained on{f'; {len(unknown)} such conditions' if len(unknown) > 1 else ''})."
+                         f"model was trained on{f'; {len(unknown)} such conditions' if len(unknown) > 1 else ''})."
                          f"{_close(unknown[0], train.vocab)} Predict conditions of that dataset.")
 
 def _shift_matrix(self: ShiftBaseline, g: pd.DataFrame) -> np.ndarray:
