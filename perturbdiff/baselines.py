@@ -68,7 +68,6 @@ class ShiftBaseline(PerturbationModel):
             raise ValueError(f"The training data has no perturbed cells; {type(self).__name__} learns from them. Hold "
                              "out fewer conditions (every condition is in the test part), or use ControlBaseline.")
         self.table_, self.effects_, self.control_mean_ = group_effects(train)
-        self.control_rows_ = {c: train.control_rows(c) for c in self.control_mean_}
         self.train_ = train
         self._fit_more(train)
         return self
@@ -109,7 +108,7 @@ def predict(self: ShiftBaseline, groups, n_cells: int | None = None, seed: int =
     g = resolve_groups(groups, self.train_, n_cells)
     S, X, ids = _shift_matrix(self, g), [], []
     for i, (gid, row) in enumerate(g.iterrows()):
-        pool, n = self.control_rows_[row.cell_type], int(row.n_cells)
+        pool, n = self.train_.control_rows(row.cell_type), int(row.n_cells)
         cells = self.train_.dense(_group_rng(seed, gid).choice(pool, n, replace=n > len(pool))).astype(np.float64)
         out = np.clip(cells + S[i], 0.0, None)
         if self.keep_zeros: out[cells == 0] = 0.0

@@ -318,6 +318,7 @@ def bridge_loss(net: BridgeNet, b: dict, generator, table: PerturbationTable, cf
 class Departures(TrainedModel):
     "Departures: OT-paired Schrödinger bridges, continuous (expression) and discrete (on/off), trained jointly."
     family = 'departures'
+    not_saved = ('batches_',)  # the pair sampler holds every training cell; prediction reads the controls of train_
     @classmethod
     def make_config(cls, preset: str = 'quick', **overrides) -> BridgeConfig: return bridge_config(preset, **overrides)
 
@@ -399,12 +400,13 @@ def predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0,
     def sample(pool, row, rng, gen):  # per group: its cell type's controls bridged under the condition
         k, c = self.cell_types_.index(row.cell_type), self._condition_index(row.condition)
         pick = rng.choice(pool, row.n_cells, replace=row.n_cells > len(pool))
-        x = self.in_batches(len(pick), lambda rows: self._sample_cells(
-            torch.as_tensor(self.batches_.values(pick[rows]), device=self.device_), k, c, row.dose, row['mode'], gen,
-            sampling_steps, sigma)).cpu().numpy()
+        def cells(rows):
+            x0 = torch.as_tensor(self.train_.dense(pick[rows], scaled=self.config.scaled), device=self.device_)
+            return self._sample_cells(x0, k, c, row.dose, row['mode'], gen, sampling_steps, sigma)
+        x = self.in_batches(len(pick), cells).cpu().numpy()
         return self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)
 
-    return self.predict_grouped(groups, n_cells, seed, lambda ct: self.batches_.ctrl_of[ct], sample)
+    return self.predict_grouped(groups, n_cells, seed, self.train_.control_rows, sample)
 
 # %% ../nbs/09_bridges.ipynb #e12e1a4f
 @patch
@@ -417,8 +419,9 @@ def generate_controls(self: Departures, cell_type: str, n_cells: int = 100, seed
     dev = self.device_
     self.net_.to(dev).eval()
     rng, gen = self.generators(seed, 13, cell_type)
-    pool = self.batches_.ctrl_of[cell_type]
-    x = torch.as_tensor(self.batches_.values(rng.choice(pool, int(n_cells), replace=n_cells > len(pool))), device=dev)
+    pool = self.train_.control_rows(cell_type)
+    pick = rng.choice(pool, int(n_cells), replace=n_cells > len(pool))
+    x = torch.as_tensor(self.train_.dense(pick, scaled=self.config.scaled), device=dev)
     z = self._sample_cells(x, self.cell_types_.index(cell_type), -1, float('nan'), 'unknown', gen).cpu().numpy()
     return self.train_.unscale(z) if self.config.scaled else z.astype(np.float64)
 

@@ -9,7 +9,6 @@ import argparse
 import fnmatch
 import json
 import os
-import pickle
 import shutil
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from .api import (DATA_KEYS, BenchmarkResult, _say, atomic_write, benchmark, dat
 from .api import (check_option, finished_models, parse_value, read_anndata,  # noqa: F401 (re-exported:
                              subset_obs)  # `perturbdiff.cli.X` keeps working for the API that moved to perturbdiff.api)
 from .contract import MODELS, model_class
+from .modelfile import MANIFEST
 from .spaces import SPACES
 from .data import SPLITS, PerturbData, Split
 from .metrics import DEFAULT_METRICS, METRICS, evaluate
@@ -357,7 +357,7 @@ def run_fit(args, argv=()) -> None:
     for note in data_notes(data): _say(args, note)
     info = _run_info(args, argv, split)
     resumed = args.resume and _check_resumable(out, info, FIT_OUTPUTS)
-    if resumed and (out / 'model' / 'model.pkl').is_file():
+    if resumed and (out / 'model' / MANIFEST).is_file():
         _say(args, f"{out / 'model'} is already fitted: nothing to resume (--overwrite fits it again)"); return
     if args.overwrite: clear_outputs(out, FIT_OUTPUTS)
     if not resumed: _write_json(out / 'run.json', info)
@@ -377,14 +377,11 @@ def _saved_args(run_dir: str | os.PathLike) -> argparse.Namespace:
 # %% ../nbs/13a_cli.ipynb #f0ccafb9
 def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
     "The model that `fit` saved in run_dir/model, on `device`; a missing, empty or truncated file is a one-line error."
-    path = Path(run_dir) / 'model' / 'model.pkl'
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the fit of this run did not finish. Continue it with `perturbdiff "
-                                "fit --resume` and the same options.")
-    try: return model_class(name).load(path.parent, device=device)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is empty, truncated or from "
-                         "another version of perturbdiff. Fit the model again.") from None
+    folder = Path(run_dir) / 'model'
+    if not (folder / MANIFEST).is_file() and not (folder / 'model.pkl').is_file():  # an old pickle: load says why not
+        raise FileNotFoundError(f"{folder / MANIFEST} not found: the fit of this run did not finish. Continue it with "
+                                "`perturbdiff fit --resume` and the same options.")
+    return model_class(name).load(folder, device=device)  # a damaged folder is a one-line ValueError
 
 # %% ../nbs/13a_cli.ipynb #7d0adaea
 def run_predict(args, argv=()) -> None:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import pickle
 import typing
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Callable, Sequence
 
 import anndata as ad
@@ -22,6 +20,7 @@ from fastcore.basics import patch
 
 from .conditions import CONTROL_KEY
 from .data import GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rng
+from .modelfile import read_model, write_model
 from .train import TrainConfig, progress_bar, resolve_device
 
 # %% auto #0
@@ -55,9 +54,7 @@ def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, defau
     unknown = sorted(set(g.cell_type) - known)
     if unknown: raise ValueError(f"No training control cells for cell types {unknown}; models predict from the "
                                  f"controls of the same cell type (training cell types: {sorted(known)}).")
-    modes = train.obs.loc[~train.obs.control, 'mode'].astype(str)
-    default_mode = modes.mode().iloc[0] if len(modes) else 'unknown'
-    if 'mode' not in g: g['mode'] = default_mode
+    if 'mode' not in g: g['mode'] = train.default_mode
     g['n_targets'] = [len(c.split('+')) for c in g.condition]
     if n_cells is not None: g['n_cells'] = int(n_cells)
     elif 'n_cells' not in g: g['n_cells'] = default_n
@@ -114,6 +111,7 @@ class PerturbationModel:
     "Base of every model: from_preset, options, fit(train) -> self, predict(groups) -> AnnData of cells, save / load."
     name = 'model'
     seed, device, progress = 0, 'cpu', False  # what from_preset sets (the trained models use them)
+    not_saved = ()  # attributes that only training uses: `save` leaves them out
 
     @classmethod
     def options(cls) -> dict[str, object]:
@@ -136,25 +134,22 @@ class PerturbationModel:
     def _check_fitted(self):
         if getattr(self, 'train_', None) is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train) first.")
-    def save(self, path: str | 'os.PathLike') -> None:
-        "Write the model to the folder `path`."
-        p = Path(path); p.mkdir(parents=True, exist_ok=True)
-        tmp = p / 'model.pkl.part'
-        with open(tmp, 'wb') as f: pickle.dump(self, f)
-        tmp.replace(p / 'model.pkl')
+    def save(self, path: str | 'os.PathLike', controls: bool = True) -> None:
+        """Write the model to the folder `path`: model.json, weights and the training control cells (not with
+        `controls=False`: then `load` needs them back). See `perturbdiff.modelfile`."""
+        write_model(self, path, skip=self.not_saved, controls=controls)
     @classmethod
-    def load(cls, path: str | 'os.PathLike', device: str = 'auto') -> 'PerturbationModel':
-        "Read a model written by `save`; a model that runs on a device (a `device` attribute) is set to `device`."
-        with open(Path(path) / 'model.pkl', 'rb') as f: m = pickle.load(f)
-        if not isinstance(m, cls): raise TypeError(f"{path} holds a {type(m).__name__}, not a {cls.__name__}.")
+    def load(cls, path: str | 'os.PathLike', device: str = 'auto', controls=None) -> 'PerturbationModel':
+        """Read a model written by `save` (no training data needed); a model that runs on a device is set to `device`.
+        `controls` (PerturbData or AnnData) gives control cells to a model saved without them."""
+        m = read_model(path, cls, controls)
         if hasattr(m, 'device'):
             m.device, m.device_ = device, resolve_device(device)
         return m
 
 # %% ../nbs/02b_contract.ipynb #02ca0365
 class TrainedModel(PerturbationModel):
-    """Base of the trained models: config from a preset, seed, device, progress; training config; seeded generators;
-    save."""
+    "Base of the trained models: config from a preset, seed, device, progress; training config; seeded generators."
     family = 'trained'
     def __init__(self, config=None, seed: int = 0, device: str = 'auto', progress: bool = True):
         self.config = config if config is not None else self.make_config()
@@ -191,14 +186,6 @@ class TrainedModel(PerturbationModel):
         rng = seeded_rng(seed, *parts)
         return rng, torch.Generator(device=self.device_).manual_seed(int(rng.integers(2 ** 62)))
 
-    def networks(self) -> list:
-        "The torch modules that save() moves to the CPU."
-        return [getattr(self, 'net_', None)]
-
-    def save(self, path: str | 'os.PathLike') -> None:
-        for m in self.networks():
-            if m is not None: m.cpu()
-        PerturbationModel.save(self, path)
 
 # %% ../nbs/02b_contract.ipynb #ffa8b86a
 @patch

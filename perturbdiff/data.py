@@ -414,6 +414,10 @@ def gene_index(self: PerturbData, genes: Sequence[str]) -> np.ndarray:
 PerturbData.subset = PerturbData._derive  # the public name of the same method
 
 # %% ../nbs/00b_data.ipynb #d1fa1672
+def _default_mode(s) -> str:
+    modes = s.obs.loc[~s.obs.control, 'mode'].astype(str)
+    return modes.mode().iloc[0] if len(modes) else 'unknown'
+
 def _props(cls):
     "Attach the descriptive properties of PerturbData."
     cls.n_cells = property(lambda s: s.obs.shape[0])
@@ -426,6 +430,7 @@ def _props(cls):
     cls.unmeasured_targets = property(
         lambda s: [t for t in s.targets if t not in set(s.genes)] if s.kind == 'gene' else []
     )
+    cls.default_mode = property(_default_mode, doc="The most common mode of the perturbed cells ('unknown' if none).")
     return cls
 
 # %% ../nbs/00b_data.ipynb #ca793213

@@ -396,7 +396,6 @@ class DDIBModel(TrainedModel):
     @classmethod
     def make_config(cls, preset: str = 'quick', **overrides) -> DDIBConfig:
         return ddib_config(cls.family, preset, **overrides)
-    def networks(self) -> list: return [getattr(self, 'net_', None), getattr(getattr(self, 'mask_', None), 'net', None)]
     @property
     def table_(self): return self.cond_.table  # the perturbation table, shared with the mask model
 

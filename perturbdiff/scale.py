@@ -253,5 +253,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # %% ../nbs/13_scale.ipynb #79cf42d6
 if __name__ == '__main__' and '__file__' in globals():  # `python -m perturbdiff.scale` (not a notebook kernel)
-    from perturbdiff.scale import main as _main  # the package's module, so that pickles name perturbdiff.scale
+    from perturbdiff.scale import main as _main  # the package's module (not __main__) runs the command
     sys.exit(_main())

@@ -92,7 +92,7 @@ def test_fit_predict_evaluate(norman_args, norman_bench, tmp_path):
     run_dir = tmp_path / 'additive'
     p = run('fit', *norman_args, '--model', 'additive', '--out', run_dir, '--quiet')
     assert p.returncode == 0, p.stderr
-    assert (run_dir / 'model' / 'model.pkl').exists() and (run_dir / 'run.json').exists()
+    assert (run_dir / 'model' / 'model.json').exists() and (run_dir / 'run.json').exists()
     p = run('predict', '--run', run_dir, '--out', run_dir / 'pred.h5ad', '--quiet', cwd=tmp_path)  # another cwd
     assert p.returncode == 0, p.stderr
     p = run('evaluate', '--run', run_dir, '--pred', run_dir / 'pred.h5ad', '--out', run_dir / 'eval', '--quiet')

@@ -157,7 +157,7 @@ def test_cli_train_under_torchrun(tmp_path):
     print(f"CLI train under torchrun: {secs:.1f} s")
     info = json.loads((out / 'run.json').read_text())
     assert info['world_size'] == 2
-    assert (out / 'model' / 'model.pkl').exists() and (out / 'checkpoints' / 'denoiser' / 'last.pt').exists()
+    assert (out / 'model' / 'model.json').exists() and (out / 'checkpoints' / 'denoiser' / 'last.pt').exists()
     log = (out / 'checkpoints' / 'denoiser' / 'log.csv').read_text().splitlines()
     assert log[0].startswith('step,') and len(log) > 1  # one log, written by rank 0
     from perturbdiff.scale import main

@@ -6,6 +6,7 @@ with --resume (baselines, and a trained model from its checkpoints)."""
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -50,11 +51,18 @@ def files(tmp_path_factory, tiny_h5ad) -> dict:
     run_dir = d / 'run'
     ok('fit', '--data', tiny_h5ad, *DATA, *SPLIT, '--model', 'additive', '--out', run_dir, '--quiet')
     bad_runs = {}
-    for name, content in [('empty', b''), ('truncated', (run_dir / 'model' / 'model.pkl').read_bytes()[:200]),
-                          ('missing', None)]:
-        r = d / f'run_{name}'; (r / 'model').mkdir(parents=True)
+    manifest = json.loads((run_dir / 'model' / 'model.json').read_text())
+    tensors = run_dir / 'model' / manifest['files']['tensors']
+    foreign = json.dumps({**manifest, 'class': 'os:system'})
+    for name, broken in [('empty', {'model.json': b''}), ('truncated', {tensors.name: tensors.read_bytes()[:200]}),
+                         ('missing', None), ('pickle', {'model.json': None, 'model.pkl': b'\x80\x04K\x01.'}),
+                         ('foreign', {'model.json': foreign.encode()})]:
+        r = d / f'run_{name}'
+        shutil.copytree(run_dir / 'model', r / 'model') if broken is not None else (r / 'model').mkdir(parents=True)
         (r / 'run.json').write_bytes((run_dir / 'run.json').read_bytes())
-        if content is not None: (r / 'model' / 'model.pkl').write_bytes(content)
+        for file, content in (broken or {}).items():
+            (r / 'model' / file).unlink(missing_ok=True)
+            if content is not None: (r / 'model' / file).write_bytes(content)
         bad_runs[name] = r
     r = d / 'run_badjson'; (r / 'model').mkdir(parents=True)
     (r / 'run.json').write_text((run_dir / 'run.json').read_text()[:50])
@@ -131,10 +139,14 @@ BAD = {  # name: (argv from the files, words the one line must hold)
                                         '--smiles-key',
                                         'SMILES', '--kind', 'drug', '--models', 'control', '--out', o, '--quiet'],
                           '--dose-key dose'),
-    'empty model.pkl': (lambda f, o: pred(f, o, run='run_empty'), 'cannot be read (EOFError'),
-    'truncated model.pkl': (lambda f, o: pred(f, o, run='run_truncated'),
-                            'is empty, truncated or from another version'),
-    'missing model.pkl': (lambda f, o: pred(f, o, run='run_missing'), 'the fit of this run did not finish'),
+    'empty model.json': (lambda f, o: pred(f, o, run='run_empty'), 'cannot be read (JSONDecodeError'),
+    'truncated model weights': (lambda f, o: pred(f, o, run='run_truncated'),
+                                'is damaged, incomplete or from another version'),
+    'missing model.json': (lambda f, o: pred(f, o, run='run_missing'), 'the fit of this run did not finish'),
+    'model pickled by an older version': (lambda f, o: pred(f, o, run='run_pickle'),
+                                          'Pickles are no longer loaded'),
+    'model file naming a foreign class': (lambda f, o: pred(f, o, run='run_foreign'),
+                                          "may only name classes of perturbdiff or torch.nn"),
     'truncated run.json': (lambda f, o: pred(f, o, run='run_badjson'), 'run.json is unreadable'),
     'baseline, unknown condition': (lambda f, o: pred(f, o, '--test', 'NOPE'),
                                     "Condition 'NOPE' is not in the data's vocabulary"),
@@ -372,7 +384,7 @@ def test_fit_resume(files, tmp_path, monkeypatch):
     calls = _record_training(monkeypatch)
     ok(*argv, '--resume')
     assert calls == [(True, str(tmp_path / 'checkpoints' / 'denoiser'),
-                      2)] and (tmp_path / 'model' / 'model.pkl').is_file()
+                      2)] and (tmp_path / 'model' / 'model.json').is_file()
     ok(*argv, '--resume')  # already fitted: nothing to do
     assert len(calls) == 1
     ok('predict', '--run', tmp_path, '--out', tmp_path / 'p.h5ad', '--n-cells', '3', '--quiet')

@@ -1,14 +1,15 @@
 """Kill test (issue #14): `perturbdiff fit` and `perturbdiff benchmark` run as subprocesses on a tiny simulated screen,
 are killed with SIGKILL at seeded points -- in the denoiser phase, in Doloris' and Unlasting's mask phase before and
-after its first checkpoint, while the tables and model.pkl are written, and after seeded random delays -- and are
-resumed with --resume, several times over on the same --out. After every kill, each output present is readable
-(json loads, csv parses, h5ad opens, checkpoints and model.pkl load), equals what the uninterrupted run ends with, and
-nothing present after an earlier kill has gone; after the last resume, the predictions (X arrays) and results.csv are
-bit-identical to an uninterrupted run with the same seed.
+after its first checkpoint, while the tables and the model folder are written, and after seeded random delays -- and
+are resumed with --resume, several times over on the same --out. After every kill, each output present is readable
+(json loads, csv parses, h5ad opens, checkpoints and the saved model load), equals what the uninterrupted run ends
+with, and nothing present after an earlier kill has gone; after the last resume, the predictions (X arrays) and
+results.csv are bit-identical to an uninterrupted run with the same seed.
 
 Kill points are found by polling the output folder (a file created or replaced since the run started), so the kill
-lands a fraction of a millisecond after the event. Temporary files (`.name.part-PID.ext`, `model.pkl.part`) that a
-SIGKILL leaves are not outputs: they are not opened here, and they must not stop a resume (a test below)."""
+lands a fraction of a millisecond after the event. Temporary files (`.name.part-PID.ext`) that a SIGKILL leaves, and
+parts of the model folder that its manifest does not name yet, are not outputs: they are not opened here, and they must
+not stop a resume (a test below)."""
 import fnmatch
 import json
 import os
@@ -44,7 +45,7 @@ BENCH = ['benchmark', '--models', 'mean,unlasting', '--preset', 'plain', '--n-ce
          *(a for k, v in DDIB.items() for a in ('--set', f'unlasting.{k}={v}'))]
 # outputs that, once written, must never go missing
 FINAL = ('run.json', 'results.csv', 'summary.csv', 'summary.txt', 'summary_by_subgroup.csv', 'timing.csv',
-         'predictions/*.h5ad', 'model/model.pkl', 'checkpoints/*last.pt')
+         'predictions/*.h5ad', 'model/model.json', 'checkpoints/*last.pt')
 
 
 MAIN = 'import sys; from perturbdiff.cli import main; sys.exit(main())'
@@ -57,9 +58,10 @@ def command(*args, hook: str = '') -> list[str]:
 
 
 def is_temporary(rel: str) -> bool:
-    "A temporary file of an atomic write (`.name.part-PID.ext`, `last.pt.part-PID`, `model.pkl.part`) or a probe."
+    """A temporary file of an atomic write (`.name.part-PID.ext`, `last.pt.part-PID`) or a probe; or a part of the model
+    folder (`state-*.json`, `tensors-*.pt`), which is read through the manifest that names it (model/model.json)."""
     name = rel.rsplit('/', 1)[-1]
-    return name.startswith('.') or '.part' in name
+    return name.startswith('.') or '.part' in name or rel.startswith(('model/state-', 'model/tensors-'))
 
 
 def snapshot(out: Path) -> dict[str, tuple]:
@@ -119,11 +121,11 @@ def read_outputs(out: Path) -> dict:
         if is_temporary(rel): continue
         p = out / rel
         try:
-            if p.suffix == '.json': found[rel] = json.loads(p.read_text())
+            if rel == 'model/model.json': found[rel] = weights(PerturbationModel.load(p.parent, device='cpu'))
+            elif p.suffix == '.json': found[rel] = json.loads(p.read_text())
             elif p.suffix == '.csv': found[rel] = pd.read_csv(p, float_precision='round_trip')
             elif p.suffix == '.h5ad': found[rel] = ad.read_h5ad(p)
             elif p.suffix == '.pt': found[rel] = torch.load(p, map_location='cpu', weights_only=False)['step']
-            elif p.suffix == '.pkl': found[rel] = weights(PerturbationModel.load(p.parent, device='cpu'))
             elif p.suffix == '.txt':
                 found[rel] = p.read_text(); assert '±' in found[rel], 'a table without numbers'
             else: raise AssertionError('an unexpected file')
@@ -158,7 +160,8 @@ def check_after_kill(out: Path, ref: dict, earlier: dict) -> dict:
             if rel == 'results.csv':
                 for m in set(val.model):
                     pd.testing.assert_frame_equal(rows(val, m), rows(ref[rel], m), check_exact=True)
-        elif rel.endswith('.pkl'): assert all(torch.equal(v, ref[rel][k]) for k, v in val.items()), f'{rel} differs'
+        elif rel == 'model/model.json':
+            assert all(torch.equal(v, ref[rel][k]) for k, v in val.items()), f'{rel} differs'
         elif rel.endswith('.pt'):
             assert val <= ref[rel] and val >= earlier.get(rel,
                                                           0), (f'{rel}: step {val} (earlier {earlier.get(rel)}, end '
@@ -238,8 +241,8 @@ def assert_same_benchmark(out: Path, ref: dict) -> None:
 
 
 def assert_same_fit(out: Path, ref: dict, tmp_path: Path) -> None:
-    "model.pkl with the uninterrupted run's weights, bit-identical predictions, the same logs (no step twice)."
-    got, want = weights(PerturbationModel.load(out / 'model', device='cpu')), ref['files']['model/model.pkl']
+    "The saved model with the uninterrupted run's weights, bit-identical predictions, the same logs (no step twice)."
+    got, want = weights(PerturbationModel.load(out / 'model', device='cpu')), ref['files']['model/model.json']
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     pred = predict(out, tmp_path / 'pred.h5ad')
     assert np.array_equal(pred.X, ref['pred'].X) and same_h5ad(pred, ref['pred'])
@@ -254,12 +257,13 @@ def rng(test: int) -> np.random.Generator:
 
 
 def test_fit_killed_in_each_phase_then_resumed(ref, tmp_path):
-    "Doloris: killed in the denoiser phase, twice in the mask phase and while model.pkl is written; resumed each time."
+    "Doloris: killed in the denoiser phase, twice in the mask phase and while the model is saved; resumed each time."
     r = rng(1)
     kills = [Kill('checkpoints/denoiser/last.pt', float(r.uniform(0, 0.3)), 'denoiser phase'),
              Kill('checkpoints/mask/log.csv', float(r.uniform(0.01, 0.05)), 'mask phase, before its first checkpoint'),
              Kill('checkpoints/mask/last.pt', 0, 'mask phase, just after a checkpoint'),
-             Kill('model/model.pkl.part', 0, 'while model.pkl is written', must_land=False)]
+             Kill('model/tensors-*.pt', 0, 'while the model is saved (weights written, manifest not yet)',
+                  must_land=False)]
     print(kill_and_resume([*FIT, *ref['data']], tmp_path / 'run', kills, ref['fit']))
     assert_same_fit(tmp_path / 'run', ref['fit'], tmp_path)
 

@@ -16,6 +16,7 @@ import pytest
 from perturbdiff.data import PerturbData
 from perturbdiff.datasets import simulate
 from perturbdiff.backed import BackedPerturbData
+from perturbdiff.modelfile import ControlReference
 from perturbdiff.scale import predict_to_h5ad
 
 KEYS = dict(cell_type_key='cell_type', mode_key='perturbation_type')
@@ -62,7 +63,7 @@ def test_ddib_model_from_backed_data(splits, family, tmp_path):
     assert pred.n_obs == bk.test.n_cells and np.isfinite(pred.X).all()
     m_bk.save(tmp_path / 'model')
     again = cls.load(tmp_path / 'model', device='cpu')
-    assert isinstance(again.train_, BackedPerturbData)
+    assert isinstance(again.train_, ControlReference)  # the controls, in memory: the h5ad is not needed any more
     assert np.array_equal(again.predict(bk.test, seed=0).X, pred.X)
     predict_to_h5ad(again, bk.test, tmp_path / 'pred.h5ad', seed=0, groups_per_chunk=1000)  # one chunk: = predict
     import anndata as ad
