@@ -30,7 +30,7 @@ from .data import PerturbData, Split, _close, dose_like_columns, parse_group_spe
 from . import datasets
 from .datasets import atomic_write as atomic_path
 from .metrics import DEFAULT_METRICS, de_rankings, evaluate, metric_columns, summarize
-from .train import progress_bar
+from .train import progress_bar, set_threads
 from .priors import coexpression, edge_list
 
 # %% auto #0
@@ -159,9 +159,14 @@ def read_test_file(path: str | os.PathLike) -> list[tuple]:
 # %% ../nbs/10_api.ipynb #90b69fd3
 def make_split(data: PerturbData, kind: str = 'unseen_perturbation', test_frac: float = 0.25, seed: int = 0,
                test: Sequence | None = None, test_file: str | None = None, single_test_frac: float = 0.0,
-               n_top_genes: int | None = None) -> Split:
-    "`data.split(...)` with the test groups of `test` and `test_file` joined."
+               n_top_genes: int | None = None, split_key: str | None = None) -> Split:
+    """`data.split(...)` with the test groups of `test` and `test_file` joined; with `split_key`, `data.split_by` that
+    obs column (CPA's `split`: train / test, ood) instead."""
     groups = [parse_test_group(t) for t in (test or [])] + (read_test_file(test_file) if test_file else [])
+    if split_key:
+        if groups: raise ValueError("--split-key names the test cells, and --test / --test-file name test groups: "
+                                    "pass one of them.")
+        return data.split_by(split_key, n_top_genes=n_top_genes)
     return data.split(kind, test_frac=test_frac, seed=seed, test=groups or None, single_test_frac=single_test_frac,
                       n_top_genes=n_top_genes)
 
@@ -466,6 +471,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str], hints: Map
     args = parser.parse_args(argv)
     command = ' '.join(getattr(args, k) for k in ('command', 'scale_command') if getattr(args, k, None))
     prog = f'{parser.prog} {command}'
+    set_threads(getattr(args, 'threads', None))
     with warnings.catch_warnings():
         if getattr(args, 'quiet', False): warnings.simplefilter('ignore')
         else: warnings.showwarning = _warning_line(prog)

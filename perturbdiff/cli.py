@@ -98,6 +98,9 @@ def _split_args(p: argparse.ArgumentParser) -> None:
                    help='a test group (repeatable; needed by custom); a CSV row: quote a name with a comma, '
                         '\'G1,"type, a"\'')
     g.add_argument('--test-file', help='CSV or TSV file of test groups, one COND[,CELL_TYPE[,DOSE]] row per line')
+    g.add_argument('--split-key', metavar='KEY',
+                   help="instead of --split: the obs column naming each cell's part, as CPA's `split` (train: "
+                        "training; test, ood: the test part; other values are left out; control cells always train)")
     g.add_argument('--n-top-genes', type=_integer(1),
                    help='keep this many highly variable genes, chosen on training cells')
 
@@ -134,6 +137,8 @@ def _run_args(p: argparse.ArgumentParser, out: str, out_help: str, resumable: bo
     g = p.add_argument_group('run')
     g.add_argument('--seed', type=_integer(0), default=0, help='split, model and sampling seed (default: 0)')
     g.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    g.add_argument('--threads', type=_integer(1), help="CPU threads of torch (default: one per CPU this process may "
+                   "use, a container's CPU quota included; OMP_NUM_THREADS is respected)")
     g.add_argument('--out', default=out, help=f'{out_help} (default: {out})')
     g.add_argument('--quiet', action='store_true', help='no progress bars, messages or warnings (errors still show)')
     if resumable:
@@ -176,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='groups to predict (default: its test split)')
     pr.add_argument('--n-cells', type=_integer(1),
                     help='cells per group (default: as many as the true cells; 100 for --test groups)')
+    pr.add_argument('--smiles', action='append', metavar='DRUG=SMILES',
+                    help='a drug the model was not trained on, by its SMILES (repeatable); then name it in --test')
     _run_args(pr, 'predictions.h5ad', 'h5ad of predicted cells, replaced whole (never left half-written)')
     pr.set_defaults(func=run_predict)
     e = sub.add_parser('evaluate', help='score predicted cells against the true cells of a split')
@@ -200,7 +207,7 @@ def _data_from(args) -> PerturbData:
 
 def _split_from(args, data: PerturbData) -> Split:
     return make_split(data, args.split, args.test_frac, args.seed, args.test, args.test_file, args.single_test_frac,
-                      args.n_top_genes)
+                      args.n_top_genes, getattr(args, 'split_key', None))  # run.json of older runs has no split_key
 
 # %% ../nbs/13a_cli.ipynb #f48609b9
 def _run_info(args, argv, split: Split) -> dict:
@@ -384,11 +391,26 @@ def load_model(run_dir: str | os.PathLike, name: str, device: str = 'auto'):
     return model_class(name).load(folder, device=device)  # a damaged folder is a one-line ValueError
 
 # %% ../nbs/13a_cli.ipynb #7d0adaea
+def _parse_smiles(items) -> dict[str, str]:
+    "--smiles DRUG=SMILES items as {drug: SMILES} (split at the first '=': a SMILES may hold more)."
+    out = {}
+    for it in items:
+        name, eq, smiles = it.partition('=')
+        if not eq or not name.strip() or not smiles.strip():
+            raise ValueError(f"--smiles expects DRUG=SMILES, got {it!r}.")
+        out[name.strip()] = smiles.strip()
+    return out
+
 def run_predict(args, argv=()) -> None:
     "`perturbdiff predict`: predicted cells of a saved model, for its test split or the --test groups."
     out = check_out_file(args.out); resolve_device(args.device)
     saved = _saved_args(args.run)
     model = load_model(args.run, saved.model, args.device)
+    if args.smiles:
+        if not hasattr(model, 'add_drugs'):
+            raise ValueError(f"--smiles: {saved.model} learns no drug features, so it cannot predict a drug it was not "
+                             "trained on; fit a trained model (unlasting, doloris, departures).")
+        model.add_drugs(_parse_smiles(args.smiles))
     groups = [parse_test_group(t) for t in args.test] if args.test else _split_from(saved, _data_from(saved)).test
     pred = model.predict(groups, n_cells=args.n_cells, seed=args.seed)
     atomic_write(out, pred.write_h5ad)

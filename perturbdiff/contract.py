@@ -91,7 +91,8 @@ def prediction_anndata(X: np.ndarray, group_ids: Sequence[str], groups: pd.DataF
     obs['predicted'] = True
     obs.index = [f'{model}-{i}' for i in range(len(obs))]
     out = ad.AnnData(X, obs=obs, var=prediction_var(train))
-    out.uns['perturbdiff'] = dict(model=model, space='log1p')
+    out.uns['perturbdiff'] = dict(model=model, space='log1p',  # keys: how to read the truth alike (plots do)
+                                  keys={k: keys[k] for k in ('condition', 'cell_type', 'dose') if keys.get(k)})
     return out
 
 # %% ../nbs/02b_contract.ipynb #d97b647d

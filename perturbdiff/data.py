@@ -692,6 +692,12 @@ def _test_groups(data: PerturbData, kind: str, test, test_frac: float, single_te
     raise ValueError(f"Unknown split kind {kind!r}; choose one of {SPLITS}.")
 
 # %% ../nbs/00b_data.ipynb #ec1b30a9
+def _split_parts(data: PerturbData, in_test: np.ndarray, n_top_genes, keep_targets, hvg_flavor, scale) -> tuple:
+    "Train and test parts of `data` (`in_test`: a mask of test cells); genes and scale fitted on the training cells."
+    data = data.select_genes(n_top_genes, cells=~in_test, keep_targets=keep_targets, flavor=hvg_flavor)
+    if scale: data = data.fit_scale(cells=~in_test)
+    return data._derive(cells=~in_test), data._derive(cells=in_test)
+
 def _custom_groups_conditions(data: PerturbData, test) -> list:
     "Condition keys named in `test`, each checked to exist."
     return sorted(
@@ -721,9 +727,7 @@ def split(self: PerturbData,
     if kind in ('unseen_perturbation', 'ood_drug', 'unseen_combo'):  # those conditions must vanish from training
         gone = set(self.obs.condition[in_test])
         in_test |= self.obs.condition.isin(gone).to_numpy()
-    data = self.select_genes(n_top_genes, cells=~in_test, keep_targets=keep_targets, flavor=hvg_flavor)
-    if scale: data = data.fit_scale(cells=~in_test)
-    train, test_part = data._derive(cells=~in_test), data._derive(cells=in_test)
+    train, test_part = _split_parts(self, in_test, n_top_genes, keep_targets, hvg_flavor, scale)
     leaked = set(train.obs.group) & set(test_part.obs.group)
     if leaked: raise RuntimeError(f"internal: test groups leaked into training: {sorted(leaked)[:3]}")
     tg = test_part.groups()
@@ -731,3 +735,34 @@ def split(self: PerturbData,
     tg['subgroup'] = [(_seen_label(c, singles) if kind == 'unseen_combo' else kind) for c in tg.condition]
     return Split(train, test_part, kind, seed, tg)
 
+
+# %% ../nbs/00b_data.ipynb #5ccce4ad
+@patch
+def split_by(self: PerturbData,
+             key: str,  # obs column naming each cell's part (CPA's `split`)
+             train: Sequence[str] = ('train',),  # its values of training cells
+             test: Sequence[str] = ('test', 'ood'),  # its values of test cells (other values: left out, a warning)
+             n_top_genes: int | None = None,  # highly variable genes chosen on training cells (None: keep all)
+             keep_targets: bool = True, hvg_flavor: str = 'seurat', scale: bool = True) -> Split:
+    "Split by a column of the input's obs; control cells always train; genes and scale are fitted on train only."
+    train, test = [train] if isinstance(train, str) else list(train), [test] if isinstance(test, str) else list(test)
+    col = _require_column(self.adata_obs, key, 'Split').astype(str).to_numpy()
+    values, ctrl = sorted(set(col)), self.obs.control.to_numpy()
+    for part, names in (('test', test), ('training', train)):
+        if not np.isin(col[~ctrl] if part == 'test' else col, names).any():
+            raise ValueError(f"obs[{key!r}] marks no {part} cell with {names} (its values: {values[:10]}); pass "
+                             f"{'test' if part == 'test' else 'train'}=[...], the values of its {part} cells.")
+    in_test, in_train = np.isin(col, test) & ~ctrl, np.isin(col, train) | ctrl
+    if (np.isin(col, test) & ctrl).any():
+        warnings.warn(f"{int((np.isin(col, test) & ctrl).sum())} control cells marked {test} in obs[{key!r}] train: "
+                      "control cells are the models' input, and the test part holds perturbed cells only.")
+    other = ~(in_test | in_train)
+    if other.any():
+        warnings.warn(f"{int(other.sum())} cells of obs[{key!r}] are neither train {train} nor test {test} (values "
+                      f"{sorted(set(col[other]))[:5]}): they are left out.")
+    data = self._derive(cells=~other) if other.any() else self
+    tr, te = _split_parts(data, in_test[~other], n_top_genes, keep_targets, hvg_flavor, scale)
+    tg = te.groups()
+    seen, singles = set(tr.conditions), {c for c in tr.conditions if '+' not in c}
+    tg['subgroup'] = ['seen' if c in seen else _seen_label(c, singles) for c in tg.condition]
+    return Split(tr, te, f'split_by:{key}', 0, tg)

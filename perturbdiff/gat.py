@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,8 @@ from fastcore.basics import patch
 
 from .conditions import MODES
 from .data import PerturbData, seeded_rng
-from .priors import GeneGraph, combination_features
+from .contract import TrainedModel
+from .priors import GeneGraph, combination_features, drug_features
 
 # %% auto #0
 __all__ = ['EdgePlan', 'plan_edges', 'gatv2_reference', 'gatv2_fused', 'BatchedGATv2', 'symbol_normal', 'GeneEmbedding',
@@ -468,6 +469,40 @@ def index(self: PerturbationTable, condition: str) -> int:
     self.seen = torch.cat([self.seen[:V], torch.tensor([False]), self.seen[V:]])  # no training cells
     self.vocab.append(condition)
     return V
+
+# %% ../nbs/05_gat.ipynb #c6f8a49a
+@patch
+def add_drug(self: PerturbationTable, name: str, features) -> int:
+    "Row of drug `name` in a drug table; a new one is added with its feature vector (an existing one must match it)."
+    if self.kind != 'drug':
+        raise ValueError(f"add_drug is for drug tables; this table holds {self.kind} perturbations.")
+    f = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(-1)
+    if f.shape[0] != self.features.shape[1]:
+        raise ValueError(f"Drug {name!r} has {f.shape[0]} features; the model's drugs have {self.features.shape[1]}.")
+    if name in self.vocab:
+        i = self.vocab.index(name)
+        if not torch.equal(self.features[i], f):
+            raise ValueError(f"{name!r} is already a drug of the model, with other features (another SMILES?). Give "
+                             "the new drug another name.")
+        return i
+    V = len(self.vocab)
+    self.features = torch.cat([self.features[:V], f[None], self.features[V:]])  # the control's row stays last
+    self.seen = torch.cat([self.seen[:V], torch.tensor([False]), self.seen[V:]])
+    self.vocab.append(name)
+    return V
+
+@patch
+def add_drugs(self: TrainedModel, smiles: Mapping[str, str]) -> list[str]:
+    """Make drugs the model was not trained on predictable: their Morgan fingerprints (the model's drug features)
+    from `smiles` {name: SMILES}, added to the model's perturbation table. Returns the names."""
+    self._check_fitted()
+    table = getattr(self, 'table_', None)
+    if table is None or table.kind != 'drug':
+        raise ValueError(f"This {type(self).__name__} was trained on {self.train_.kind} perturbations; only a model of "
+                         "drugs takes new drugs.")
+    feats = drug_features(dict(smiles))
+    for name in feats.index: table.add_drug(str(name), feats.loc[name].to_numpy())
+    return [str(n) for n in feats.index]
 
 # %% ../nbs/05_gat.ipynb #3ce8ca66
 class TargetIdentity(nn.Module):

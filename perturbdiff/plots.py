@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+import functools
+import inspect
+import math
+
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,8 +23,9 @@ from .data import PerturbData
 from .metrics import activation_prob, as_cells, de_rankings, prediction_genes, prediction_groups
 
 # %% auto #0
-__all__ = ['PALETTE', 'colors', 'group_id', 'group_cells', 'violin_de', 'pca_fit', 'embedding', 'diversity_bars',
-           'activation_scatter', 'nfe_curve', 'snr_curve', 'metric_bars', 'ablation_bars']
+__all__ = ['PALETTE', 'MAX_COLS', 'colors', 'as_data', 'figure_output', 'group_id', 'group_cells', 'violin_de', 'pca_fit',
+           'embedding', 'diversity_bars', 'activation_scatter', 'nfe_curve', 'snr_curve', 'metric_bars',
+           'ablation_bars']
 
 # %% ../nbs/12_plots.ipynb #e0e1d36c
 PALETTE = {'control cells': '#c8c8c8', 'true': '#222222', 'control': '#7f7f7f', 'mean': '#c49a00',
@@ -50,7 +55,63 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple = (5, 4), **kw) -> tuple
     plt.close(fig)
     return fig, axes
 
+MAX_COLS = 4  # panels per row: more models wrap onto more rows (a row of 7 panels was 2,760 px wide)
+
+def _panels(n: int, size: tuple, **kw) -> tuple[Figure, list]:
+    "A figure of `n` panels, at most MAX_COLS a row; the panels of a last, shorter row that are not needed are hidden."
+    ncols = min(max(n, 1), MAX_COLS); nrows = math.ceil(max(n, 1) / ncols)
+    fig, axes = _figure(nrows, ncols, size, **kw)
+    flat = list(axes.ravel())
+    for ax in flat[n:]: ax.set_visible(False)
+    return fig, flat[:n]
+
 # %% ../nbs/12_plots.ipynb #57dd0e0e
+def as_data(x, preds=None, what: str = 'truth') -> PerturbData:
+    """`x` as a PerturbData: as it is, or an AnnData read with the keys that predictions of perturbdiff record
+    (`uns['perturbdiff']['keys']`), else `condition` and, when present, `cell_type`."""
+    if x is None or isinstance(x, PerturbData): return x
+    if not isinstance(x, ad.AnnData):
+        raise TypeError(f"{what} must be an AnnData or a PerturbData, got {type(x).__name__}.")
+    keys = {}
+    for p in (_as_dict(preds).values() if preds is not None else []):
+        keys = dict(p.uns.get('perturbdiff', {}).get('keys', {}))
+        if keys: break
+    keys = keys or dict(condition='condition', cell_type='cell_type' if 'cell_type' in x.obs else None)
+    try:
+        return PerturbData(x, condition_key=keys.get('condition', 'condition'), cell_type_key=keys.get('cell_type'),
+                           dose_key=keys.get('dose'))
+    except ValueError as e:
+        if not str(e).startswith('No control cells'): raise
+        raise ValueError(f"The {what} AnnData has no control cells, and perturbdiff reads an experiment with its "
+                         "controls: pass the whole AnnData (name the groups to draw with group=), or a PerturbData "
+                         "(e.g. split.test).") from None
+
+def figure_output(fn):
+    "Give a figure function scanpy's `show` and `save`: save=path writes the figure (format from the suffix)."
+    @functools.wraps(fn)
+    def wrapper(*args, show: bool | None = None, save: str | os.PathLike | None = None, **kw) -> Figure:
+        fig = fn(*args, **kw)
+        if save: fig.savefig(save, dpi=150, bbox_inches='tight')
+        if show: _show(fig)
+        return fig
+    sig = inspect.signature(fn)
+    extra = [inspect.Parameter('show', inspect.Parameter.KEYWORD_ONLY, default=None),
+             inspect.Parameter('save', inspect.Parameter.KEYWORD_ONLY, default=None)]
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])
+    return wrapper
+
+def _show(fig: Figure) -> None:
+    "Show a detached figure: displayed in a notebook, else in a pyplot window (which needs a GUI backend)."
+    try:
+        from IPython import get_ipython
+        if get_ipython() is not None:
+            from IPython.display import display
+            display(fig); return
+    except ImportError: pass
+    manager = plt.figure().canvas.manager  # a pyplot window, given this figure
+    manager.canvas.figure = fig; fig.set_canvas(manager.canvas)
+    plt.show()
+
 def group_id(truth: PerturbData, group: str | None = None) -> str:
     "The group id of `group` (a group id or a condition label) among the groups of `truth`; None: the first."
     g = truth.groups()
@@ -73,6 +134,7 @@ def _pred_rows(pred: ad.AnnData, truth: PerturbData, groups: Sequence[str]) -> n
 def group_cells(preds, truth: PerturbData, group: str | Sequence[str] | None = None, control: PerturbData | None = None,
                 max_cells: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     "{'control cells', 'true', model...: cells x genes} for one group, a list of groups, or (None) all test groups."
+    truth, control = as_data(truth, preds), as_data(control, preds, 'control')
     gids = (
         list(truth.groups().index)
         if group is None
@@ -99,9 +161,11 @@ def _violin(ax, values: list[np.ndarray], positions, width: float, color: str) -
     parts['cmedians'].set_color('black'); parts['cmedians'].set_linewidth(0.8)
 
 # %% ../nbs/12_plots.ipynb #9db7acf4
+@figure_output
 def violin_de(preds, truth: PerturbData, control: PerturbData, group: str | None = None, n_genes: int = 10,
               genes: Sequence[str] | None = None, max_cells: int = 300, seed: int = 0, width: float = 10.0) -> Figure:
     "Violins of the top DE genes of one test group: control vs true vs each model's predicted cells."
+    truth, control = as_data(truth, preds), as_data(control, preds, 'control')
     gid = group_id(truth, group)
     if genes is None: genes = de_rankings(truth, control, [gid])[gid][:n_genes]
     pos = truth.gene_index(list(genes))
@@ -142,6 +206,7 @@ def _umap(blocks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     return {k: a.obsm['X_umap'][cut[i]:cut[i + 1]] for i, k in enumerate(blocks)}
 
 # %% ../nbs/12_plots.ipynb #db9ceb78
+@figure_output
 def embedding(preds, truth: PerturbData, group: str | Sequence[str] | None = None, control: PerturbData | None = None,
               method: str = 'pca', max_cells: int = 500, seed: int = 0, size: tuple = (3.6, 3.4)) -> Figure:
     "PCA (or UMAP) of predicted vs true cells, one panel per model, in one shared embedding."
@@ -153,17 +218,18 @@ def embedding(preds, truth: PerturbData, group: str | Sequence[str] | None = Non
     else: xy = _umap(cells, seed)
     models = [k for k in cells if k not in ('control cells', 'true')]
     col = colors(list(cells))
-    fig, axes = _figure(1, len(models), size, sharex=True, sharey=True)
-    for ax, m in zip(axes[0], models):
+    fig, axes = _panels(len(models), size, sharex=True, sharey=True)
+    for ax, m in zip(axes, models):
         for k, s in (('control cells', 4), ('true', 6), (m, 6)):
             if k in xy: ax.scatter(*xy[k].T, s=s, c=col[k], alpha=0.6, label=k, linewidths=0)
         ax.set_title(m); ax.set_xlabel(f'{method.upper()} 1')
         ax.legend(fontsize=7, markerscale=2, loc='best')
-    axes[0, 0].set_ylabel(f'{method.upper()} 2')
+    for ax in axes[::MAX_COLS]: ax.set_ylabel(f'{method.upper()} 2')
     fig.tight_layout()
     return fig
 
 # %% ../nbs/12_plots.ipynb #8e02d78c
+@figure_output
 def diversity_bars(results: pd.DataFrame, gene_set: str = 'all', by: str = 'model', size: tuple = (6, 3.6)) -> Figure:
     "Mean ± std over test groups of the intra-distance of each model's cells, next to the true cells'."
     cp, ct = f'intra_pred_{gene_set}', f'intra_true_{gene_set}'
@@ -182,14 +248,16 @@ def diversity_bars(results: pd.DataFrame, gene_set: str = 'all', by: str = 'mode
     return fig
 
 # %% ../nbs/12_plots.ipynb #c78e4e0e
+@figure_output
 def activation_scatter(preds, truth: PerturbData, group: str | None = None, size: tuple = (3.4, 3.4)) -> Figure:
     "Predicted vs empirical activation probability per gene (and group), one panel per model."
+    truth = as_data(truth, preds)
     gids = [group_id(truth, group)] if group is not None else list(truth.groups().index)
     per = [group_cells(preds, truth, g) for g in gids]
     models = [k for k in per[0] if k != 'true']
-    fig, axes = _figure(1, len(models), size, sharex=True, sharey=True)
+    fig, axes = _panels(len(models), size, sharex=True, sharey=True)
     col = colors(models)
-    for ax, m in zip(axes[0], models):
+    for ax, m in zip(axes, models):
         p = np.concatenate([activation_prob(c[m]) for c in per])
         t = np.concatenate([activation_prob(c['true']) for c in per])
         r = np.corrcoef(p, t)[0, 1] if p.std() > 0 and t.std() > 0 else np.nan
@@ -197,11 +265,12 @@ def activation_scatter(preds, truth: PerturbData, group: str | None = None, size
         ax.plot([0, 1], [0, 1], color='#222222', lw=0.8, ls='--')
         ax.set_title(f'{m}  (r = {r:.2f})'); ax.set_xlabel('true activation probability')
         ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
-    axes[0, 0].set_ylabel('predicted activation probability')
+    for ax in axes[::MAX_COLS]: ax.set_ylabel('predicted activation probability')
     fig.tight_layout()
     return fig
 
 # %% ../nbs/12_plots.ipynb #8d4c255b
+@figure_output
 def nfe_curve(table: pd.DataFrame, y: str = 'edist_all', x: str = 'nfe', hue: str = 'model', logx: bool = True,
               size: tuple = (5, 3.6)) -> Figure:
     "A metric (mean ± std over repeated rows) against the number of function evaluations, one line per `hue`."
@@ -219,6 +288,7 @@ def nfe_curve(table: pd.DataFrame, y: str = 'edist_all', x: str = 'nfe', hue: st
     return fig
 
 # %% ../nbs/12_plots.ipynb #fd61f027
+@figure_output
 def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool = True,
               size: tuple = (5, 3.6)) -> Figure:
     "SNR of the top-k genes against k (`metrics.snr` tables; {dataset: table} for several), relative to all genes."
@@ -237,6 +307,7 @@ def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool 
     return fig
 
 # %% ../nbs/12_plots.ipynb #969d5af8
+@figure_output
 def metric_bars(results: pd.DataFrame, metrics: Sequence[str] = ('edist', 'emd', 'rmse'),
                 gene_sets: Sequence[str] = ('all', 'de20', 'de40'), by: str = 'model',
                 size: tuple = (4.2, 3.4)) -> Figure:
@@ -260,6 +331,7 @@ def metric_bars(results: pd.DataFrame, metrics: Sequence[str] = ('edist', 'emd',
     return fig
 
 # %% ../nbs/12_plots.ipynb #3a3c99f8
+@figure_output
 def ablation_bars(results: pd.DataFrame, metric: str = 'edist_de20', by: str = 'variant', reference: str | None = None,
                   size: tuple = (6, 3.4)) -> Figure:
     "Mean ± std of one metric per ablation variant (horizontal bars), with the change relative to `reference` (%)."

@@ -76,3 +76,26 @@ def test_foreign_file_errors_name_the_fix(ensembl):
                         obs=pd.DataFrame({'condition': pred.obs['condition'].astype(str).to_numpy()}))
     with pytest.raises(ValueError, match="var_names: 50 missing.*input's gene ids: 50 missing"):
         evaluate(noname, test, train)
+
+
+def test_cpa_split_column_through_the_cli(ensembl, tmp_path):
+    "`--split-key split` (CPA's column: train / test / ood) splits as the file says; the benchmark runs on that split."
+    from perturbdiff.cli import main
+    sim, _, _ = ensembl
+    sim = sim.copy()
+    labels = sim.obs['condition'].astype(str)
+    combos = labels.str.contains(r'\+') & ~labels.str.endswith('+ctrl')
+    rng = np.random.default_rng(1)
+    sim.obs['split'] = np.where(combos, 'ood', rng.choice(['train', 'test', 'val'], sim.n_obs, p=[0.8, 0.1, 0.1]))
+    path = tmp_path / 'cpa.h5ad'
+    sim.write_h5ad(path)
+    args = ['--data', path, '--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type', '--split-key', 'split']
+    assert main(['benchmark', *args, '--models', 'mean,additive', '--out', tmp_path / 'b', '--quiet']) == 0
+    res = pd.read_csv(tmp_path / 'b' / 'results.csv')
+    ctrl = (labels == 'control').to_numpy()
+    want = sim.obs[np.isin(sim.obs['split'], ['test', 'ood']) & ~ctrl]
+    assert res.n_true.sum() == 2 * len(want)  # every test and ood cell, for both models, and no other
+    assert 'seen' in set(res.subgroup) and set(res.subgroup) <= {'seen', 'unseen', 'seen0', 'seen1', 'seen2'}
+    with pytest.raises(SystemExit) as e:  # two ways of naming the test part: refused in one line
+        main(['benchmark', *args, '--test', 'X', '--models', 'mean', '--out', tmp_path / 'c', '--quiet'])
+    assert e.value.code == 2

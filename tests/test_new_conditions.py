@@ -1,6 +1,6 @@
-"""Issue 19: a fitted model predicts gene perturbations that are not in the data it was trained on (as GEARS'
-`predict([['A', 'B']])`): a new pair of trained genes, a measured gene never perturbed, from the Python API and the
-command line; a gene the model's graph does not know is refused by name."""
+"""Issue 19: a fitted model predicts perturbations that are not in the data it was trained on (as GEARS'
+`predict([['A', 'B']])`): a new pair of trained genes, a measured gene never perturbed, and a new drug given by its
+SMILES, from the Python API and the command line; a gene the model's graph does not know is refused by name."""
 import warnings
 
 import numpy as np
@@ -76,3 +76,57 @@ def test_predict_shows_progress_per_group(screen, capsys):
     m.progress = False
     m.predict([pair], n_cells=3)
     assert capsys.readouterr().err == ''
+
+
+@pytest.fixture(scope='module')
+def drug_screen(tmp_path_factory):
+    "A simulated drug screen (SMILES in obs) and a SMILES of a drug that is not in it (caffeine)."
+    sim = simulate(kind='drug', n_drugs=4, n_genes=30, n_cell_types=1, cells_per_group=8, n_control=40, seed=3)
+    data = PerturbData(sim, cell_type_key='cell_type', dose_key='dose', smiles_key='SMILES', kind='drug').fit_scale()
+    return sim, data, 'CN1C=NC2=C1C(=O)N(C(=O)N2C)C'
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Departures], ids=lambda c: c.__name__)
+def test_a_new_drug_by_its_smiles(drug_screen, cls, tmp_path):
+    "A drug outside the data, given by its SMILES, is predicted at a dose; a gene model or a taken name is refused."
+    sim, data, caffeine = drug_screen
+    model = cls.from_preset('quick', seed=0, device='cpu', progress=False, **TINY[cls]).fit(data)
+    ct, dose = data.cell_types[0], float(data.obs.dose[~data.obs.control].iloc[0])
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        model.predict([f'caffeine,{ct},{dose}'], n_cells=4)
+    assert model.add_drugs({'caffeine': caffeine}) == ['caffeine']
+    pred = model.predict([f'caffeine,{ct},{dose}', f'{data.conditions[0]},{ct},{dose}'], n_cells=4, seed=0)
+    assert pred.n_obs == 8 and np.isfinite(np.asarray(pred.X)).all()
+    assert list(pred.obs['condition'].astype(str).unique()) == ['caffeine', data.conditions[0]]
+    a, b = (np.asarray(pred.X)[(pred.obs['condition'] == c).to_numpy()].mean(0) for c in ('caffeine',
+                                                                                           data.conditions[0]))
+    assert np.abs(a - b).max() > 1e-4
+    model.save(tmp_path / 'm')  # the new drug is part of the saved model
+    again = cls.load(tmp_path / 'm', device='cpu').predict([f'caffeine,{ct},{dose}'], n_cells=4, seed=0)
+    assert np.array_equal(np.asarray(again.X), np.asarray(pred.X)[:4])
+    with pytest.raises(ValueError, match='already a drug of the model'):
+        model.add_drugs({data.conditions[0]: caffeine})
+    with pytest.raises(ValueError, match='Invalid SMILES'):
+        model.add_drugs({'bad': 'not a smiles'})
+
+
+def test_cli_predicts_a_new_drug(drug_screen, tmp_path):
+    "`predict --smiles DRUG=SMILES` with a trained model; a baseline, which learns no drug features, is refused."
+    sim, data, caffeine = drug_screen
+    path = tmp_path / 'drugs.h5ad'
+    sim.write_h5ad(path)
+    keys = ['--data', path, '--cell-type-key', 'cell_type', '--dose-key', 'dose', '--smiles-key', 'SMILES', '--kind',
+            'drug', '--split', 'ood_drug', '--test-frac', '0.25']
+    sets = [a for k, v in TINY[Departures].items() for a in ('--set', f'{k}={v}')]
+    assert main(['fit', *keys, '--model', 'departures', *sets, '--out', tmp_path / 'run', '--device', 'cpu',
+                 '--quiet']) == 0
+    ct, dose = data.cell_types[0], float(data.obs.dose[~data.obs.control].iloc[0])
+    assert main(['predict', '--run', tmp_path / 'run', '--smiles', f'caffeine={caffeine}', '--test',
+                 f'caffeine,{ct},{dose}', '--n-cells', '3', '--out', tmp_path / 'p.h5ad', '--quiet']) == 0
+    import anndata as ad
+    assert list(ad.read_h5ad(tmp_path / 'p.h5ad').obs['condition'].astype(str)) == ['caffeine'] * 3
+    assert main(['fit', *keys, '--model', 'mean', '--out', tmp_path / 'mean', '--quiet']) == 0
+    with pytest.raises(SystemExit) as e:
+        main(['predict', '--run', tmp_path / 'mean', '--smiles', f'caffeine={caffeine}', '--test',
+              f'caffeine,{ct},{dose}', '--out', tmp_path / 'q.h5ad', '--quiet'])
+    assert e.value.code == 2
