@@ -470,7 +470,7 @@ def index(self: PerturbationTable, condition: str) -> int:
     self.vocab.append(condition)
     return V
 
-# %% ../nbs/05_gat.ipynb #c6f8a49a
+# %% ../nbs/05_gat.ipynb #2da1ae24
 @patch
 def add_drug(self: PerturbationTable, name: str, features) -> int:
     "Row of drug `name` in a drug table; a new one is added with its feature vector (an existing one must match it)."

@@ -126,3 +126,14 @@ def test_installed_wheel_offers_the_go_fetch_command(built):
     assert not [n for n in names if n.startswith('tools/')]
     p = installed(built, '-m', f'{NAME}.priors', 'fetch-go', '--help')
     assert '--cache' in p.stdout and '--url' in p.stdout and 'Warning' not in p.stderr
+
+
+def test_installed_console_script_runs(built):
+    """`perturbdiff --help` through the console script that pip generated from the wheel's entry point, with only the
+    wheel (not the checkout) providing perturbdiff; the dependencies come from this environment."""
+    script = built['site'] / 'bin' / 'perturbdiff'
+    assert script.is_file(), sorted(p.name for p in (built['site'] / 'bin').iterdir())
+    p = run([str(script), '--help'], cwd=built['tmp'], env=dict(PYTHONPATH=str(built['site'])))
+    assert p.stdout.startswith('usage: perturbdiff') and 'benchmark' in p.stdout and 'scale' in p.stdout
+    p = run([str(script), 'predict', '--help'], cwd=built['tmp'], env=dict(PYTHONPATH=str(built['site'])))
+    assert '--smiles' in p.stdout and '--threads' in p.stdout
