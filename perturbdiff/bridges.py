@@ -23,7 +23,7 @@ from .diffusion import masked_mse, timestep_embedding
 from .gat import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
 from .priors import GeneGraph, build_graph, drug_features
-from .train import BatchSequence, distributed_map, fit as train_fit, resolve_device
+from .train import BatchSequence, distributed_map, fit as train_fit, resolve_device, tick
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
@@ -98,6 +98,7 @@ def euler_maruyama(predict_end, z0: torch.Tensor, n_steps: int = 50, sigma: floa
         z = z + (pred - z) / (1 - t) * dt
         if sigma > 0 and i < n_steps - 1:
             z = z + sigma * math.sqrt(dt) * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        tick()
     return z
 
 # %% ../nbs/09_bridges.ipynb #a1227e0f
@@ -116,6 +117,7 @@ def ctmc_sample(predict_logits, d0: torch.Tensor, n_steps: int = 50, generator=N
         target = (torch.rand(p.shape, generator=generator, device=p.device) < p).to(d.dtype)
         jump = torch.rand(p.shape, generator=generator, device=p.device) < min(1.0, dt / (1 - t))
         d = torch.where(jump, target, d)
+        tick()
     return d
 
 # %% ../nbs/09_bridges.ipynb #296384f7

@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from .conditions import CONTROL_KEY
 from .data import GROUP_COL, PerturbData, group_key, parse_group_spec, seeded_rng
 from .modelfile import read_model, write_model
-from .train import TrainConfig, progress_bar, resolve_device
+from .train import TrainConfig, progress_bar, resolve_device, step_bar
 
 # %% auto #0
 __all__ = ['RENAMED_OPTIONS', 'MODELS', 'BASELINES', 'resolve_groups', 'prediction_var', 'prediction_anndata', 'renamed_hint',
@@ -201,7 +201,8 @@ def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, 
                        disable=not getattr(self, 'progress', False))
     for gid, row in bar:  # in the order asked for
         if row.cell_type not in states: states[row.cell_type] = prepare(row.cell_type)
-        x = sample(states[row.cell_type], row, *self.generators(seed, *key, str(gid)))
+        with step_bar(f'  {gid.rstrip("|")}', disable=not getattr(self, 'progress', False)):  # its sampler steps
+            x = sample(states[row.cell_type], row, *self.generators(seed, *key, str(gid)))
         X.append(x); ids += [gid] * len(x)
     return prediction_anndata(np.vstack(X), ids, g, self.train_, self.family)
 

@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .train import tick
+
 # %% auto #0
 __all__ = ['Denoiser', 'linear_betas', 'cosine_betas', 'Schedule', 'q_sample', 'eps_from_x0', 'ddim_step', 'ddim_sample',
            'ddim_invert', 'gaussian_oracle', 'sample_index', 'masked_mse', 'timestep_embedding']
@@ -111,6 +113,7 @@ def ddim_sample(model: Denoiser, x_T: torch.Tensor, sched: Schedule, eta: float 
         x0 = _predict(model, x, sched, i, clip)
         x = ddim_step(x, x0, _abar(sched, i, x), _abar(sched, i - 1, x), eta, generator) if i > start else x0
         if return_path: path.append(x)
+        tick()
     return (x, path) if return_path else x
 
 # %% ../nbs/06_diffusion.ipynb #9837c534
@@ -130,6 +133,7 @@ def ddim_invert(model: Denoiser, x0: torch.Tensor, sched: Schedule, clip=None, r
         abar_next = _abar(sched, i + 1, x)
         x = abar_next.sqrt() * x0_hat + (1 - abar_next).sqrt() * eps
         if return_path: path.append(x)
+        tick()
     return (x, path) if return_path else x
 
 # %% ../nbs/06_diffusion.ipynb #e8173855

@@ -172,6 +172,8 @@ def add_commands(sub) -> None:
     t.add_argument('--test-frac', type=float, default=0.25); t.add_argument('--single-test-frac', type=float,
                                                                             default=0.0)
     t.add_argument('--test', action='append', metavar='COND[,CELL_TYPE[,DOSE]]')
+    t.add_argument('--split-key', metavar='KEY', help="instead of --split: the obs column naming each cell's part "
+                   "(CPA's `split`: train; test, ood: the test part)")
     t.add_argument('--n-top-genes', type=int)
     t.add_argument('--model', required=True,
                    choices=list(MODELS)); t.add_argument('--preset', default='quick',
@@ -183,6 +185,7 @@ def add_commands(sub) -> None:
                                   help='score an h5ad of predictions against the run\'s test cells, chunk by chunk')):
         q.add_argument('--out', required=True); q.add_argument('--seed', type=int, default=0)
         q.add_argument('--device', default='auto'); q.add_argument('--quiet', action='store_true')
+        q.add_argument('--threads', type=int, help='CPU threads of torch (default: one per CPU this process may use)')
         q.add_argument('--groups-per-chunk', type=int, default=64)
         q.add_argument('--traceback', action='store_true', default=argparse.SUPPRESS,  # not to reset `perturbdiff
                                                                                        # --traceback`
@@ -201,8 +204,11 @@ def run_train(args, argv=()) -> None:
     keys = {k: getattr(args, k) for k in DATA_KEYS if getattr(args, k) is not None}
     if isinstance(keys.get('control'), list) and len(keys['control']) == 1: keys['control'] = keys['control'][0]
     data = BackedPerturbData(args.data, **keys)
-    split = data.split(args.split, test_frac=args.test_frac, seed=args.seed, test=args.test,
-                       single_test_frac=args.single_test_frac, n_top_genes=args.n_top_genes)
+    if args.split_key and args.test:
+        raise ValueError("--split-key names the test cells, and --test names test groups: pass one of them.")
+    split = (data.split_by(args.split_key, n_top_genes=args.n_top_genes) if args.split_key else
+             data.split(args.split, test_frac=args.test_frac, seed=args.seed, test=args.test,
+                        single_test_frac=args.single_test_frac, n_top_genes=args.n_top_genes))
     if ctx.is_main: _say(args, f"{data}\n{split}\nprocesses: {ctx.world_size}")
     model = make_model(args.model, args.preset, args.seed, args.device, parse_overrides(args.set),
                        progress=ctx.is_main and not args.quiet)

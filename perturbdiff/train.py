@@ -5,10 +5,13 @@
 # %% ../nbs/02a_train.ipynb #e93f8710
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import io
 import math
 import os
+import pickle  # its error type: torch.load(weights_only=True) refuses what it cannot read
 import threading
 import random
 import sys
@@ -28,9 +31,10 @@ from .data import PerturbData
 
 # %% auto #0
 __all__ = ['LOG_INTERVAL', 'TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'cgroup_cpu_quota', 'available_cpus',
-           'set_threads', 'progress_bar', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay', 'ema_initial_share',
-           'EMA', 'save_checkpoint', 'DistContext', 'distributed_context', 'rank_seed', 'distributed_map',
-           'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader', 'TrainResult', 'TrainingDiverged', 'fit']
+           'set_threads', 'progress_bar', 'tick', 'step_bar', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay',
+           'ema_initial_share', 'EMA', 'save_checkpoint', 'load_checkpoint', 'DistContext', 'distributed_context',
+           'rank_seed', 'distributed_map', 'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader',
+           'TrainResult', 'TrainingDiverged', 'fit']
 
 # %% ../nbs/02a_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -85,6 +89,25 @@ def progress_bar(iterable=None, file=None, log_interval: float = LOG_INTERVAL, *
     file = sys.stderr if file is None else file
     tty = bool(getattr(file, 'isatty', lambda: False)())
     return tqdm(iterable, file=file, mininterval=0.1 if tty else log_interval, **kwargs)
+
+_STEP_BAR = contextvars.ContextVar('perturbdiff_step_bar', default=None)
+
+def tick(n: int = 1) -> None:
+    "Count `n` sampler steps on the bar that `step_bar` opened (nothing when none is open)."
+    bar = _STEP_BAR.get()
+    if bar is not None: bar.update(n)
+
+@contextlib.contextmanager
+def step_bar(desc: str, disable: bool = False, file=None, log_interval: float = LOG_INTERVAL, **kwargs):
+    """A progress bar of sampler steps (`tick`) for the block: predict's bar inside one group. It shows only when the
+    block lasts (1 s on a terminal, `log_interval` in a log), so quick groups add no lines, and is cleared after."""
+    file = sys.stderr if file is None else file
+    tty = bool(getattr(file, 'isatty', lambda: False)())
+    bar = progress_bar(desc=desc, unit='step', leave=False, disable=disable, file=file, log_interval=log_interval,
+                       delay=1.0 if tty else log_interval, **kwargs)
+    token = _STEP_BAR.set(bar)
+    try: yield bar
+    finally: _STEP_BAR.reset(token); bar.close()
 
 # %% ../nbs/02a_train.ipynb #0a29e09b
 @dataclass
@@ -187,13 +210,28 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     finally: tmp.unlink(missing_ok=True)
     return path
 
+def load_checkpoint(path: str | os.PathLike, device='cpu') -> dict:
+    """A checkpoint read with `weights_only=True` (tensors and plain values only: no code named by the file runs); a
+    checkpoint of an older perturbdiff, which held NumPy arrays, is read with pickle, with a warning."""
+    try: return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        warnings.warn(f"{path} is a checkpoint of an older perturbdiff (NumPy arrays in it): read with pickle, which "
+                      "runs code named in the file. Resume only checkpoints you wrote.")
+        return torch.load(path, map_location=device, weights_only=False)
+
 def _rng_state() -> dict:
-    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    "The RNG states, in types that torch.load(weights_only=True) reads (NumPy's key array as a tensor)."
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    st = dict(python=random.getstate(), numpy=(name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+              torch=torch.get_rng_state())
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
 def _set_rng_state(st: dict) -> None:
-    random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
+    name, key, *rest = st['numpy']
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)  # older checkpoints: the array itself
+    random.setstate(st['python']); np.random.set_state((name, key.astype(np.uint32), *rest))
+    torch.set_rng_state(st['torch'])
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 # %% ../nbs/02a_train.ipynb #d75e9a27
@@ -490,7 +528,7 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
     run_loss, run_n, logs_acc = 0.0, 0, {}  # sums since the last log row
     ckpt = Path(cfg.out_dir) / 'last.pt' if cfg.out_dir else None
     if cfg.resume and ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=False)
+        st = load_checkpoint(ckpt, device)
         module.load_state_dict(st['module']); opt.load_state_dict(st['optimizer'])
         if ema is not None and st.get('ema') is not None:  # older checkpoints have no count: it was the step
             ema.shadow = {k: v.to(device) for k, v in st['ema'].items()}

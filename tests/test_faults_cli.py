@@ -343,7 +343,7 @@ def _record_training(monkeypatch) -> list:
     def fit(module, loss_fn, make_batches, config, *a, **k):
         ck = Path(config.out_dir) / 'last.pt' if config.out_dir else None
         calls.append((config.resume, config.out_dir,
-                      torch.load(ck, weights_only=False)['step'] if ck and ck.exists() else None))
+                      torch.load(ck, weights_only=True)['step'] if ck and ck.exists() else None))
         return real(module, loss_fn, make_batches, config, *a, **k)
     _patch_trainer(monkeypatch, fit)
     return calls
@@ -363,13 +363,13 @@ def test_benchmark_resumes_a_trained_model_from_its_checkpoint(files, tmp_path, 
     code, _, err = run(*argv)
     assert code == 130, err
     ckpt = tmp_path / 'checkpoints' / 'unlasting' / 'denoiser' / 'last.pt'
-    assert torch.load(ckpt, weights_only=False)['step'] == 2
+    assert torch.load(ckpt, weights_only=True)['step'] == 2
     assert set(pd.read_csv(tmp_path / 'results.csv').model) == {'control'}  # the baseline finished first: kept
     monkeypatch.undo()
     calls = _record_training(monkeypatch)
     ok(*argv, '--resume')
     assert calls == [(True, str(ckpt.parent), 2)]  # resumed from step 2
-    assert torch.load(ckpt, weights_only=False)['step'] == 4
+    assert torch.load(ckpt, weights_only=True)['step'] == 4
     assert list(pd.unique(pd.read_csv(tmp_path / 'results.csv').model)) == ['control', 'unlasting']
 
 

@@ -140,7 +140,7 @@ def test_resume_past_the_configured_steps_is_refused(screen, tmp_path):
 
 def finite_checkpoint(path) -> int:
     "The step of the checkpoint at `path`, after checking that every weight, optimiser and EMA tensor in it is finite."
-    st = torch.load(path, weights_only=False)
+    st = torch.load(path, weights_only=True)
     tensors = list(st['module'].values()) + list((st.get('ema') or {}).values())
     tensors += [v for s in st['optimizer']['state'].values() for v in s.values() if torch.is_tensor(v)]
     assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())

@@ -125,7 +125,7 @@ def read_outputs(out: Path) -> dict:
             elif p.suffix == '.json': found[rel] = json.loads(p.read_text())
             elif p.suffix == '.csv': found[rel] = pd.read_csv(p, float_precision='round_trip')
             elif p.suffix == '.h5ad': found[rel] = ad.read_h5ad(p)
-            elif p.suffix == '.pt': found[rel] = torch.load(p, map_location='cpu', weights_only=False)['step']
+            elif p.suffix == '.pt': found[rel] = torch.load(p, map_location='cpu', weights_only=True)['step']
             elif p.suffix == '.txt':
                 found[rel] = p.read_text(); assert '±' in found[rel], 'a table without numbers'
             else: raise AssertionError('an unexpected file')

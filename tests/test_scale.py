@@ -115,3 +115,32 @@ def test_scale_errors_in_one_line(tmp_path, capsys):
     )
     with pytest.raises(OSError):
         main(argv + ['--traceback'])
+
+
+def test_split_by_a_column_backed_equals_in_memory(tmp_path):
+    """`split_by` (CPA's split column, `scale train --split-key`) on a backed h5ad: the same parts and scale as in
+    memory (on all genes: with n_top_genes the backed selection, from streamed moments, picked other genes at the
+    cutoff here)."""
+    from perturbdiff.backed import _plain_strings
+    from perturbdiff.scale import main as scale_main
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        sim = simulate(seed=5, n_genes=30, n_regulators=3, n_single=5, n_combo=2, cells_per_group=10, n_control=40)
+    sim.obs['split'] = np.random.default_rng(0).choice(['train', 'test', 'ood'], sim.n_obs, p=[0.7, 0.2, 0.1])
+    sim.obs, sim.var = _plain_strings(sim.obs), _plain_strings(sim.var)
+    del sim.uns['simulation']
+    path = tmp_path / 'sim.h5ad'
+    sim.write_h5ad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        mem = PerturbData(sim, **KEYS).split_by('split')
+        bk = BackedPerturbData(path, **KEYS).split_by('split')
+    assert list(bk.train.obs.index) == list(mem.train.obs.index) and list(bk.test.obs.index) == list(mem.test.obs.index)
+    assert list(bk.train.genes) == list(mem.train.genes) and np.isclose(bk.train.x_max, mem.train.x_max)
+    assert bk.test_groups.subgroup.equals(mem.test_groups.subgroup)
+    argv = ['train', '--data', path, '--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type', '--split-key',
+            'split', '--model', 'mean', '--out', tmp_path / 'run', '--quiet', '--threads', '1']
+    assert scale_main([str(a) for a in argv]) == 0
+    import json
+    info = json.loads((tmp_path / 'run' / 'run.json').read_text())
+    assert sorted(info['test_groups']['group']) == sorted(mem.test_groups.index)
