@@ -150,14 +150,36 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False) -> l
 def readme_text(nb: nbformat.NotebookNode) -> str:
     "README.md from the index notebook: markdown as is, code fenced, text outputs fenced."
     parts = ['<!-- Generated from nbs/index.ipynb by `python tools/build_docs.py readme`; edit the notebook. -->']
+    prev = None
     for cell in process(nb).cells:
         if cell.cell_type == 'markdown': parts.append(cell.source.strip())
         elif cell.cell_type == 'code':
-            parts.append(f'```python\n{cell.source}\n```')
+            if prev is not None and prev.cell_type == 'code' and not prev.get('outputs') and parts[-1].startswith(
+                    '```python'):  # an import cell and the code after it (split for nbdev's docs): one block
+                parts[-1] = parts[-1][:-len('\n```')] + f'\n\n{cell.source}\n```'
+            else: parts.append(f'```python\n{cell.source}\n```')
             for o in cell.get('outputs', []):
                 text = o.get('text') or o.get('data', {}).get('text/plain')
                 if text: parts.append('```\n' + (''.join(text) if isinstance(text, list) else text).rstrip() + '\n```')
+        prev = cell
     return '\n\n'.join(parts) + '\n'
+
+
+def nbdev_prepare_docs() -> Path:
+    """What `nbdev_docs` does before it calls quarto, run in the current folder (a checkout with settings.ini): the
+    quarto files, the doc links, the sidebar, and the notebooks processed into `_proc` (show_doc cells executed).
+    nbdev's own `nbdev_proc_nbs` first installs quarto when it is missing, with `sudo` and then `pip install -e` into
+    whatever pip is on PATH; this leaves that step out."""
+    from nbdev.config import get_config
+    from nbdev.doclinks import _build_modidx
+    from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
+    from nbdev.serve import proc_nbs
+    cfg = get_config()
+    refresh_quarto_yml()
+    _build_modidx()
+    nbdev_sidebar.__wrapped__(path=cfg.nbs_path)
+    proc_nbs(cfg.nbs_path)
+    return cfg.config_path / '_proc'
 
 
 def main(argv=None) -> int:
@@ -169,9 +191,14 @@ def main(argv=None) -> int:
     s.add_argument('--only', nargs='*', help='notebook stems to render (default: all)')
     r = sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
     r.add_argument('--check', action='store_true', help='fail if README.md is not up to date')
+    sub.add_parser('nbdev-prep', help="nbdev_docs' steps before quarto (into _proc), without its quarto installer; run "
+                                      "it in the folder of settings.ini")
     a = ap.parse_args(argv)
     if a.cmd == 'site':
         build_site(a.out, a.only, a.execute)
+        return 0
+    if a.cmd == 'nbdev-prep':
+        print(f'processed the notebooks into {nbdev_prepare_docs()}')
         return 0
     text = readme_text(nbformat.read(NBS / 'index.ipynb', as_version=4))
     if a.check:
