@@ -1,6 +1,7 @@
-"""The offline docs: tools/build_docs.py renders the home page, a library notebook and an experiment
-notebook (no execution), the pages have their titles and the sidebar; README.md comes from
-nbs/index.ipynb; and headless Chromium renders the pages to screenshots that show the content
+"""The offline docs: tools/build_docs.py renders the home page, library notebooks and an experiment notebook, the pages
+have their titles, sidebar, API cards, MathML maths, contents, pager and search; a failing notebook fails its page
+only; `--experiments` shows executed experiments and a Results page; README.md comes from nbs/index.ipynb; nbdev's
+docs preparation runs offline; and headless Chromium renders the pages to screenshots that show the content
 (tools/screenshot_docs.py; skipped where Chromium is not installed)."""
 import html
 import re
@@ -15,7 +16,7 @@ sys.path.insert(0, str(ROOT / 'tools'))
 import build_docs  # noqa: E402
 import screenshot_docs  # noqa: E402
 
-PAGES = ['index', '00b_data', '14_reliability', '21_norman']
+PAGES = ['index', '00b_data', '02_metrics', '14_reliability', '21_norman']
 
 
 @pytest.fixture(scope='module')
@@ -59,6 +60,52 @@ def test_nav_and_content(site):
     assert 'data_path' in norman and 'perturbdiff benchmark' in norman
 
 
+def visible(page: Path) -> str:
+    "The text a reader sees: no tags, scripts or styles."
+    text = re.sub(r'<(script|style)[^>]*>.*?</\1>', ' ', page.read_text(), flags=re.S)
+    return html.unescape(re.sub(r'<[^>]+>', ' ', text))
+
+
+def test_maths_cards_contents_and_pager(site):
+    "TeX becomes MathML (no `$$` left); exported code becomes API cards with the code folded; contents and pager."
+    page = (site / '02_metrics.html').read_text()
+    assert page.count('<math') > 10 and '$' not in visible(site / '02_metrics.html')
+    card = re.search(r'<div class="card" id="energy_distance">(.*?)</div><details', page, re.S).group(1)
+    assert 'squared' in card and 'E-distance between cell sets X and Y' in card
+    assert '<details class="source">' in page and '¶' not in visible(site / '02_metrics.html')
+    assert '<aside><b>On this page</b><a class="h2" href="#Input-matrices">' in page
+    assert re.search(r'<div class="pager"><a href="00b_data.html">← .*?</a><a href="14_reliability.html">', page)
+    assert 'max-width: 100%' in page and '.highlight' in page  # figures fit the column; code is highlighted
+
+
+def test_search_finds_a_function(site, chromium):
+    "The search box, in headless Chromium: `?q=energy_distance` lists the metrics page among the hits."
+    assert 'energy_distance' in (site / 'search_index.js').read_text()
+    p = subprocess.run([chromium, *screenshot_docs.FLAGS, '--dump-dom',
+                        (site / 'index.html').as_uri() + '?q=energy_distance'],
+                       capture_output=True, text=True, timeout=120)
+    hits = re.search(r'<div id="hits">(.*?)</div>', p.stdout, re.S).group(1)
+    assert 'href="02_metrics.html"' in hits
+
+
+def test_a_failing_notebook_fails_its_page_only(tmp_path, monkeypatch):
+    "With --execute, a notebook that raises gets a page that says so; the other pages are built, the exit code is 1."
+    import nbformat
+    nbs = tmp_path / 'nbs'; nbs.mkdir()
+    for stem, code in (('01_good', 'x = 1 + 1\nx'), ('02_bad', "raise ValueError('boom in a cell')")):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f'# {stem}'),
+                                             nbformat.v4.new_code_cell(code)])
+        nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'python3', 'language': 'python'}
+        nbformat.write(nb, nbs / f'{stem}.ipynb')
+    monkeypatch.setattr(build_docs, 'NBS', nbs)
+    assert build_docs.main(['site', '--execute', '--out', str(tmp_path / 'site')]) == 1
+    assert build_docs.build_site.failed == ['02_bad']
+    assert 'failed to build' in visible(tmp_path / 'site' / '02_bad.html')
+    assert 'boom in a cell' in visible(tmp_path / 'site' / '02_bad.html')
+    good = visible(tmp_path / 'site' / '01_good.html')
+    assert '2' in good and 'failed' not in good
+
+
 def test_frontmatter_and_readme():
     import nbformat
     nb = lambda stem: nbformat.read(ROOT / 'nbs' / f'{stem}.ipynb', as_version=4)
@@ -80,9 +127,10 @@ def chromium():
 
 def test_screenshots(site, chromium, tmp_path):
     "The home page and an experiment page render in headless Chromium and show their content."
-    code = screenshot_docs.main([str(site), '--pages', 'index.html', '21_norman.html', '--out', str(tmp_path)])
+    code = screenshot_docs.main([str(site), '--pages', 'index.html', '02_metrics.html', '21_norman.html', '--out',
+                                 str(tmp_path)])
     assert code == 0
-    for stem in ('index', '21_norman'):
+    for stem in ('index', '02_metrics', '21_norman'):
         assert (tmp_path / f'{stem}.png').stat().st_size > 10_000
 
 
@@ -111,3 +159,22 @@ def test_nbdev_docs_preparation_runs_without_quarto(tmp_path):
     assert {q.name for q in (ROOT / 'nbs').glob('*.ipynb')} <= {q.name for q in proc.glob('*.ipynb')}
     assert 'html-math-method: katex' in (proc / '_quarto.yml').read_text()  # ours, not nbdev's default
     assert '02ab_modelfile.ipynb' in (tmp_path / 'nbs' / 'sidebar.yml').read_text()
+
+
+def test_experiment_pages_are_executed_with_a_results_page(tmp_path, chromium):
+    """`site --experiments`: an experiment notebook run by papermill with its quick parameters (the baselines here) on
+    the data at hand, shown with its tables and figures and the parameters and date; a Results page gathers the
+    summaries; headless Chromium renders both."""
+    out = tmp_path / 'site'
+    code = build_docs.main(['site', '--only', '20_adamson', '--experiments', '--param', 'models=control,additive',
+                            '--param', 'data_path=synthetic', '--out', str(out)])
+    assert code == 0 and build_docs.build_site.failed == []
+    page = (out / '20_adamson.html').read_text()
+    assert '<table' in page and page.count('<img') >= 3 and 'data:image/png;base64' in page
+    assert 'Executed' in visible(out / '20_adamson.html') and "models='control,additive'" in visible(
+        out / '20_adamson.html')
+    results = visible(out / 'results.html')
+    assert 'additive' in results and 'control' in results and 'edist' in results
+    assert 'href="results.html"' in page
+    assert screenshot_docs.main([str(out), '--pages', '20_adamson.html', 'results.html', '--out',
+                                 str(tmp_path / 'shots')]) == 0
