@@ -403,9 +403,7 @@ def from_data(cls: PerturbationTable, data: PerturbData, graph: GeneGraph | None
             .agg(lambda m: m.iloc[0] if m.nunique() == 1 else 'unknown')
         )
         modes = {str(k): str(v) for k, v in per.items()}
-    pert_modes = data.obs.loc[~data.obs.control, 'mode'].astype(str)
-    default = pert_modes.mode().iloc[0] if len(pert_modes) else 'unknown'
-    return cls(data.vocab, data.kind, graph, drug_features, modes, data.conditions, unseen_labels, default)
+    return cls(data.vocab, data.kind, graph, drug_features, modes, data.conditions, unseen_labels, data.default_mode)
 
 # %% ../nbs/05_gat.ipynb #56bdbeb0
 @patch

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import anndata as ad
@@ -21,10 +22,10 @@ from .data import _SYMBOL_COLUMNS, GROUP_COL, PerturbData, gene_symbols, group_k
 
 # %% auto #0
 __all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells', 'mean_distance', 'same_distribution',
-           'energy_distance', 'edist_options', 'intra_distance', 'quantile_grid', 'default_threads', 'emd_per_gene',
-           'emd', 'rmse', 'activation_prob', 'activation_pcc', 'welch_t', 'rank_genes', 'de_rankings', 'gears_de_genes',
-           'top_de', 'prediction_genes', 'prediction_groups', 'evaluate', 'evaluate_models', 'metric_columns',
-           'summarize', 'sampling_floor', 'snr']
+           'energy_distance', 'edist_options', 'intra_distance', 'quantile_grid', 'cgroup_cpu_quota', 'available_cpus',
+           'default_threads', 'emd_per_gene', 'emd', 'rmse', 'activation_prob', 'activation_pcc', 'welch_t',
+           'rank_genes', 'de_rankings', 'gears_de_genes', 'top_de', 'prediction_genes', 'prediction_groups', 'evaluate',
+           'evaluate_models', 'metric_columns', 'summarize', 'sampling_floor', 'snr']
 
 # %% ../nbs/02_metrics.ipynb #f3b16468
 def as_cells(X, what: str = 'X', min_cells: int = 1) -> np.ndarray:
@@ -173,10 +174,29 @@ def _sorted_t(X: np.ndarray, j0: int, j1: int) -> np.ndarray:
     s = np.array(X[:, j0:j1].T, order='C'); s.sort(axis=1)
     return s
 
+def cgroup_cpu_quota(root: str | os.PathLike = '/sys/fs/cgroup') -> float | None:
+    "The CPU quota of the cgroup at `root`, in CPUs (v2 `cpu.max`, else v1 CFS quota / period); None: no quota."
+    root = Path(root)
+    try:
+        quota, period = (root / 'cpu.max').read_text().split()[:2]
+        return None if quota == 'max' else int(quota) / int(period)
+    except (OSError, ValueError): pass
+    try:
+        quota = int((root / 'cpu' / 'cpu.cfs_quota_us').read_text())
+        return None if quota <= 0 else quota / int((root / 'cpu' / 'cpu.cfs_period_us').read_text())
+    except (OSError, ValueError, ZeroDivisionError): return None
+
+def available_cpus(root: str | os.PathLike = '/sys/fs/cgroup') -> int:
+    """CPUs this process may use: its affinity, capped by the cgroup's CPU quota (rounded down); at least 1. The
+    trainer's torch threads (`perturbdiff.train.set_threads`) use it too."""
+    try: n = len(os.sched_getaffinity(0))
+    except AttributeError: n = os.cpu_count() or 1  # macOS, Windows: no affinity call
+    quota = cgroup_cpu_quota(root)
+    return max(1, min(n, int(quota)) if quota else n)
+
 def default_threads() -> int:
     "CPUs this process may use (at most 8): threads for the gene chunks of `emd_per_gene`."
-    n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(1, min(8, n))
+    return max(1, min(8, available_cpus()))
 
 # %% ../nbs/02_metrics.ipynb #1ca2a3d5
 def emd_per_gene(X, Y, chunk: int | None = None, threads: int | None = None) -> np.ndarray:

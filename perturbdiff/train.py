@@ -28,13 +28,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import PerturbData
+from .metrics import available_cpus
 
 # %% auto #0
-__all__ = ['LOG_INTERVAL', 'TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'cgroup_cpu_quota', 'available_cpus',
-           'set_threads', 'progress_bar', 'tick', 'step_bar', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay',
-           'ema_initial_share', 'EMA', 'save_checkpoint', 'load_checkpoint', 'DistContext', 'distributed_context',
-           'rank_seed', 'distributed_map', 'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader',
-           'TrainResult', 'TrainingDiverged', 'fit']
+__all__ = ['LOG_INTERVAL', 'TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'set_threads', 'progress_bar', 'tick',
+           'step_bar', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay', 'ema_initial_share', 'EMA',
+           'save_checkpoint', 'load_checkpoint', 'DistContext', 'distributed_context', 'rank_seed', 'distributed_map',
+           'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader', 'TrainResult', 'TrainingDiverged', 'fit']
 
 # %% ../nbs/02a_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -52,33 +52,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed); np.random.seed(seed % 2 ** 32); torch.manual_seed(seed)
 
 # %% ../nbs/02a_train.ipynb #b4560389
-def cgroup_cpu_quota(root: str | os.PathLike = '/sys/fs/cgroup') -> float | None:
-    "The CPU quota of the cgroup at `root`, in CPUs (v2 `cpu.max`, else v1 CFS quota / period); None: no quota."
-    root = Path(root)
-    try:
-        quota, period = (root / 'cpu.max').read_text().split()[:2]
-        return None if quota == 'max' else int(quota) / int(period)
-    except (OSError, ValueError): pass
-    try:
-        quota = int((root / 'cpu' / 'cpu.cfs_quota_us').read_text())
-        return None if quota <= 0 else quota / int((root / 'cpu' / 'cpu.cfs_period_us').read_text())
-    except (OSError, ValueError, ZeroDivisionError): return None
-
-def available_cpus(root: str | os.PathLike = '/sys/fs/cgroup') -> int:
-    "CPUs this process may use: its affinity, capped by the cgroup's CPU quota (rounded down); at least 1."
-    try: n = len(os.sched_getaffinity(0))
-    except AttributeError: n = os.cpu_count() or 1  # macOS, Windows: no affinity call
-    quota = cgroup_cpu_quota(root)
-    return max(1, min(n, int(quota)) if quota else n)
-
 def set_threads(n: int | None = None) -> int:
     """torch's CPU threads: `n` when given; else, unless OMP_NUM_THREADS is set, lowered to `available_cpus()` when
     above it (never raised). Returns the count now in use."""
     if n is not None:
         if int(n) < 1: raise ValueError(f"threads must be at least 1, got {n}.")
         torch.set_num_threads(int(n))
-    elif 'OMP_NUM_THREADS' not in os.environ and torch.get_num_threads() > available_cpus():
-        torch.set_num_threads(available_cpus())
+    elif 'OMP_NUM_THREADS' not in os.environ and torch.get_num_threads() > (cap := available_cpus()):
+        torch.set_num_threads(cap)
     return torch.get_num_threads()
 
 # %% ../nbs/02a_train.ipynb #46080628

@@ -354,6 +354,10 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False, expe
     out.mkdir(parents=True, exist_ok=True)
     pygments_css = HtmlFormatter().get_style_defs('.highlight')
     written, index, failed, runs = [], [], [], {}
+    def nav_html(current: Path | None) -> str:
+        links = ''.join(f'<a href="{page[q]}"{" class=current" if q == current else ""}>{html.escape(titles[q][0])}</a>'
+                        for q in paths if q.stem != 'index')
+        return links + ('<a href="results.html"><b>Results</b></a>' if experiments else '')
     for p, nb in nbs.items():
         try:
             full = paper / f'{p.stem}.out.ipynb' if paper else None
@@ -374,9 +378,7 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False, expe
             body, head = (f'<div class="failed"><b>This page failed to build</b> ({html.escape(type(e).__name__)}):'
                           f'<pre>{html.escape(str(e)[-3000:])}</pre></div>'), ''
         body, toc = toc_of(body)
-        nav = ''.join(f'<a href="{page[q]}"{" class=current" if q == p else ""}>{html.escape(titles[q][0])}</a>'
-                      for q in paths if q.stem != 'index') + ('<a href="results.html"><b>Results</b></a>'
-                                                               if experiments else '')
+        nav = nav_html(p)
         k = order.index(p)
         link = lambda q, text: f'<a href="{page[q]}">{text}</a>'
         prev = link(order[k - 1], '← ' + html.escape(titles[order[k - 1]][0])) if k > 0 else '<span></span>'
@@ -393,8 +395,7 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False, expe
         body, toc = toc_of(results_page(runs))
         dest = out / 'results.html'
         dest.write_text(PAGE.format(title='Results', subtitle='Every model against every baseline, on the data at hand',
-                                    nav=''.join(f'<a href="{page[q]}">{html.escape(titles[q][0])}</a>' for q in paths
-                                                if q.stem != 'index'), body=body, head='', toc=toc, pager='',
+                                    nav=nav_html(None), body=body, head='', toc=toc, pager='',
                                     pygments='', search_js=SEARCH_JS), encoding='utf-8')
         index.append(dict(page='results.html', title='Results', text=page_text(body)))
         written.append(dest)
