@@ -376,7 +376,7 @@ def finished_models(out: str | os.PathLike, names: Sequence[str],
 # %% ../nbs/10_api.ipynb #01ff7132
 def benchmark(split: Split,
               models: str | Sequence[str] = BASELINES,  # names in MODELS ('a,b' or a list)
-              preset: str = 'quick',  # 'quick' (CPU minutes) or 'paper' (the papers' settings)
+              preset: str = 'quick',  # 'quick' (CPU minutes), 'plain', 'paper' or 'authors_code' (see 09b_papers)
               seed: int = 0,  # model seed and prediction seed
               device: str = 'auto',
               overrides: Mapping[str, Mapping] | None = None,  # {'*': {...}, model: {...}}

@@ -202,7 +202,8 @@ class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOpti
     predict_batch: int = 512
 
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
-        check_choices(self, dict(pairing=('sinkhorn', 'exact', 'random', 'batch'), cost=('euclidean', 'cosine')))
+        check_choices(self, dict(pairing=('sinkhorn', 'exact', 'random', 'batch'), cost=('euclidean', 'cosine'),
+                                 lr_schedule=('linear', 'constant', 'cosine')))
 
     def __setstate__(self, state):  # model files written while the sampler's steps were `n_steps`
         if 'n_steps' in state: state['sampling_steps'] = state.pop('n_steps')
@@ -210,7 +211,8 @@ class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOpti
 
 # %% ../nbs/09_bridges.ipynb #22924c51
 BRIDGE_PRESETS = {
-    'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None),
+    'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None, pairing='batch'),
+    'authors_code': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None, pairing='sinkhorn'),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
               shared_readout=True, direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25,
                   decode_residual=True),

@@ -111,9 +111,9 @@ def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
         g.add_argument('--models', default=','.join(MODELS),
                        help=f"comma-separated model names (default: {','.join(MODELS)})")
     else: g.add_argument('--model', required=True, choices=list(MODELS), help='model name')
-    g.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper'],
+    g.add_argument('--preset', default='quick', choices=['quick', 'plain', 'paper', 'authors_code'],
                    help='quick: minutes on a CPU, anchored (ours); plain: the same sizes without the anchor; paper: '
-                        'the papers\' settings')
+                        'the papers\' settings; authors_code: the authors\' code\'s, where it departs from the papers')
     g.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE',
                    help='a model option, e.g. steps=200 (the models run that have it; an error if none has it) or '
                         'linear.n_dims=5 (repeatable); values as in Python or JSON: use_latent=False, clip=null, '

@@ -95,14 +95,20 @@ class DDIBConfig(MaskOptions, TrainingOptions, GraphOptions, ConditioningOptions
 
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
         check_choices(self, dict(schedule=('linear', 'cosine'), zero_loss=('none', 'source', 'all'),
-                                 mask_strategy=('threshold', 'coherent', 'bernoulli')))
+                                 mask_strategy=('threshold', 'coherent', 'bernoulli'),
+                                 mask_aggregate=('mean', 'vote'), lr_schedule=('linear', 'constant', 'cosine')))
 
 # %% ../nbs/07_ddib.ipynb #58947ca4
 DDIB_PRESETS = {
     'unlasting': {
-        'paper': dict(hidden=None, time_dim=1024, decoder=(1024, 1024, 1024), grn_dim=64, steps=10_000, batch_size=32,
-                      lr=1e-4, ema=0.9999, grad_clip=None, mask_strategy='threshold', mask_lr=1e-3,
-                      mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=64, mask_hidden=1024),
+        'paper': dict(hidden=None, time_dim=1024, decoder=(1024, 1024, 1024), grn_dim=64, steps=20_000, batch_size=32,
+                      lr=1e-4, ema=0.9999, grad_clip=None, train_on_respaced=False, mask_strategy='threshold',
+                      mask_aggregate='vote', mask_lr=1e-3, mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=64,
+                      mask_hidden=1024),
+        'authors_code': dict(hidden=None, time_dim=1024, decoder=(1024, 1024, 1024), grn_dim=64, steps=10_000,
+                             batch_size=32, lr=1e-4, ema=0.9999, grad_clip=None, mask_strategy='threshold',
+                             mask_aggregate='mean', mask_lr=1e-3, mask_weight_decay=1e-2, mask_epochs=2,
+                             mask_batch_size=64, mask_hidden=1024),
         'quick': dict(hidden=256, time_dim=128, decoder=(256, 256), grn_dim=16, steps=400, batch_size=64, lr=1e-3,
                       mask_strategy='coherent', mask_match_marginals=True, mask_steps=200, precondition=True,
                       control_residual=False, gat_residual=True, shared_readout=True, direct_effect=True,
@@ -114,8 +120,13 @@ DDIB_PRESETS = {
     },
     'doloris': {
         'paper': dict(hidden=1024, time_dim=1024, decoder=(2048, 2048, 2048), grn_dim=64, pca_dim=32, steps=10_000,
-                      batch_size=32, lr=1e-4, ema=0.9999, grad_clip=None, mask_strategy='coherent', mask_lr=1e-2,
+                      batch_size=32, lr=1e-3, lr_schedule='constant', ema=0.9999, grad_clip=None,
+                      train_on_respaced=False, mask_strategy='coherent', mask_high=0.95, mask_low=0.05, mask_lr=1e-2,
                       mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=32, mask_hidden=1024),
+        'authors_code': dict(hidden=1024, time_dim=1024, decoder=(2048, 2048, 2048), grn_dim=64, pca_dim=32,
+                             steps=10_000, batch_size=32, lr=1e-4, lr_schedule='linear', ema=0.9999, grad_clip=None,
+                             mask_strategy='coherent', mask_high=0.99, mask_low=0.01, mask_lr=1e-2,
+                             mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=32, mask_hidden=1024),
         'quick': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=1800, batch_size=64,
                       lr=1e-3, mask_strategy='coherent', mask_match_marginals=True, mask_steps=300, precondition=True,
                       control_residual=False, direct_effect=True, anchor=True, use_mask=False, zero_loss='all',

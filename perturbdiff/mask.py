@@ -20,8 +20,8 @@ from .gat import GRNBlock, PerturbationBatch, VectorPerturbation, cell_modes, ml
 from .train import BatchSequence, TrainConfig, fit as train_fit
 
 # %% auto #0
-__all__ = ['bernoulli_masks', 'threshold_masks', 'MaskBank', 'match_marginals', 'coherent_masks', 'MaskNet', 'UnlastingMaskNet',
-           'DolorisMaskNet', 'MaskOptions', 'MaskModel']
+__all__ = ['bernoulli_masks', 'threshold_masks', 'vote_masks', 'MaskBank', 'match_marginals', 'coherent_masks', 'MaskNet',
+           'UnlastingMaskNet', 'DolorisMaskNet', 'MaskOptions', 'MaskModel']
 
 # %% ../nbs/06a_mask.ipynb #56eff244
 def bernoulli_masks(probs: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -34,6 +34,16 @@ def threshold_masks(probs: np.ndarray, tau: float = 0.5) -> np.ndarray:
     probs = _check_probs(probs)
     mean = probs.mean(1) if probs.ndim == 3 else probs
     return mean >= tau
+
+def vote_masks(probs: np.ndarray, tau: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Unlasting eq. 2: threshold each of the K control inputs' probabilities ([cells, K, genes]) at τ, and draw each
+    gene's mask from the fraction of inputs that voted for it."""
+    probs = _check_probs(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"vote_masks needs probabilities of shape [cells, K, genes] (K control inputs per cell), got "
+                         f"shape {probs.shape}.")
+    votes = (probs >= tau).mean(1)
+    return np.random.default_rng(seed).random(votes.shape) < votes
 
 def _check_probs(probs) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
@@ -174,6 +184,8 @@ class MaskOptions:
     mask_strategy: str = 'threshold'  # 'threshold' (Unlasting), 'coherent' (Doloris), 'bernoulli' (ablation)
     mask_tau: float = 0.5  # threshold strategy
     mask_k: int = 5  # threshold strategy: control inputs per predicted cell
+    mask_aggregate: str = 'mean'  # threshold strategy: 'mean' (authors' code: average the K probabilities, then
+                                  # threshold) or 'vote' (Unlasting eq. 2: threshold each, draw from the votes)
     mask_high: float = 0.95  # coherent strategy
     mask_low: float = 0.05
     mask_match_marginals: bool = False  # coherent strategy: match each gene's on-fraction to the predicted mean
@@ -255,6 +267,8 @@ def masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: pd
     if c.mask_strategy == 'threshold':
         k = min(c.mask_k, len(uniq))
         others = np.stack([inv] + [rng.integers(0, len(uniq), len(inv)) for _ in range(k - 1)], 1)
+        if c.mask_aggregate == 'vote':
+            return vote_masks(P[others], c.mask_tau, int(rng.integers(2 ** 31))).astype(np.float64)
         return threshold_masks(P[others], c.mask_tau).astype(np.float64)
     probs = P[inv]
     if c.mask_strategy == 'coherent':

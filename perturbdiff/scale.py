@@ -177,7 +177,7 @@ def add_commands(sub) -> None:
     t.add_argument('--n-top-genes', type=int)
     t.add_argument('--model', required=True,
                    choices=list(MODELS)); t.add_argument('--preset', default='quick',
-                                                         choices=['quick', 'plain', 'paper'])
+                                                         choices=['quick', 'plain', 'paper', 'authors_code'])
     t.add_argument('--set', action='append', default=[], metavar='[MODEL.]KEY=VALUE')
     t.add_argument('--resume', action='store_true', help='continue from --out/checkpoints')
     for q in (t, pr := sub.add_parser('predict', help='predict the test groups of a run, chunk by chunk, into an h5ad'),

@@ -24,8 +24,9 @@ def execute(name: str, out_dir: Path, **params) -> Path:
     pm = pytest.importorskip('papermill')
     out_dir.mkdir(parents=True, exist_ok=True)
     out_nb = out_dir / f'{name}.out.ipynb'
-    pm.execute_notebook(str(NBS / f'{name}.ipynb'), str(out_nb), parameters=dict(quick=True, device='cpu',
-                        out_dir=str(out_dir), **params), cwd=str(ROOT), kernel_name='python3', progress_bar=False)
+    params = {'quick': True, 'device': 'cpu', 'out_dir': str(out_dir), **params}  # quick unless a test says otherwise
+    pm.execute_notebook(str(NBS / f'{name}.ipynb'), str(out_nb), parameters=params, cwd=str(ROOT),
+                        kernel_name='python3', progress_bar=False)
     return out_nb
 
 
@@ -73,6 +74,29 @@ def test_adamson_synthetic(tmp_path):
     execute('20_adamson', tmp_path, data_path='synthetic', models='control,additive')
     assert list(pd.read_csv(tmp_path / 'summary.csv', index_col=0).index) == ['control', 'additive']
 
+
+
+# The trained models in 20-22: tiny networks and step counts (the plumbing, not the science), with the sampler-step
+# parameter every trained model must take, in the quick and in the paper preset (with the papers' options per data set).
+def tiny_trained():
+    return {**TINY_NETS, **{m: {**TINY_NETS[m], 'mask_steps': 2} for m in ('unlasting', 'doloris')}}
+
+
+def test_adamson_trained_models(tmp_path):
+    execute('20_adamson', tmp_path, data_path='synthetic', models='unlasting,doloris,departures,additive', steps=3,
+            sampling_steps=5, overrides=tiny_trained())
+    summary = pd.read_csv(tmp_path / 'summary.csv', index_col=0)
+    assert list(summary.index) == ['unlasting', 'doloris', 'departures', 'additive']
+    assert np.isfinite(summary.filter(like='_mean').to_numpy()).all()
+
+
+def test_sciplex3_paper_preset(tmp_path):
+    "quick=False: the paper presets (full-chain training, vote masks, minibatch OT, sci-Plex3's step counts)."
+    execute('22_sciplex3', tmp_path, data_path='synthetic-drug', quick=False, models='unlasting,doloris,departures',
+            steps=3, sampling_steps=5, overrides=tiny_trained())
+    for task in ('unseen_context', 'ood_drug'):
+        res = pd.read_csv(tmp_path / task / 'results.csv')
+        assert list(pd.unique(res.model)) == ['unlasting', 'doloris', 'departures'] and np.isfinite(res.edist_all).all()
 
 def test_norman_same_table_as_cli(tmp_path, shared):
     "The README's papermill command (baselines here) and `perturbdiff benchmark` write the same tables."
