@@ -29,7 +29,7 @@ from .contract import MODELS, model_class
 from .modelfile import MANIFEST
 from .spaces import SPACES
 from .data import SPLITS, PerturbData, Split
-from .metrics import DEFAULT_METRICS, METRICS, evaluate
+from .metrics import DEFAULT_METRICS, EDIST_CONVENTIONS, METRICS, evaluate
 from .scale import DESCRIPTION as SCALE_DESCRIPTION, add_commands as add_scale_commands
 from .train import resolve_device
 
@@ -123,7 +123,11 @@ def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
 
 def _metric_arg(g) -> None:
     g.add_argument('--metrics', default=','.join(DEFAULT_METRICS),
-                   help=f"comma-separated metrics, of {', '.join(METRICS)} (default: {','.join(DEFAULT_METRICS)})")
+                   help=f"comma-separated metrics, of {', '.join(METRICS)} (default: {','.join(DEFAULT_METRICS)}); "
+                        "edist_authors adds the authors' code's E-distance beside --edist's")
+    g.add_argument('--edist', default='paper', choices=list(EDIST_CONVENTIONS),
+                   help="convention of the edist columns: paper (eq. 20 as printed), authors_code (the square root, "
+                        "distinct pairs), scperturb (squared distances)")
 
 # %% ../nbs/13a_cli.ipynb #a7971f95
 def _metrics(args) -> list[str]:
@@ -349,7 +353,7 @@ def run_benchmark(args, argv=()) -> BenchmarkResult:
     if args.overwrite: clear_outputs(out, BENCHMARK_OUTPUTS)
     if not resumed: _write_json(out / 'run.json', info)
     res = benchmark(split, names, args.preset, args.seed, args.device, overrides, args.n_cells, progress=not args.quiet,
-                    metrics=metrics, out=out, resume=resumed)
+                    metrics=metrics, edist=args.edist, out=out, resume=resumed)
     if not args.quiet: print(res.summary().to_string())  # the table on stdout, messages on stderr
     _say(args, f"wrote {out}/results.csv, summary.csv, predictions/")
     return res
@@ -427,7 +431,7 @@ def run_evaluate(args, argv=()) -> pd.DataFrame:
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ValueError(f"--pred {args.pred!r} could not be read as an h5ad file ({type(e).__name__}: {e}).") from None
     split = _split_from(src, _data_from(src))
-    res = evaluate(pred, split.test, split.train, subgroups=split.test_groups, metrics=metrics)
+    res = evaluate(pred, split.test, split.train, subgroups=split.test_groups, metrics=metrics, edist=args.edist)
     res.insert(0, 'model', args.name or pred.uns.get('perturbdiff', {}).get('model', Path(args.pred).stem))
     atomic_write(out / 'results.csv', lambda p: res.to_csv(p, index=False))
     write_summary(res, out)

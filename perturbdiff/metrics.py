@@ -305,7 +305,7 @@ def top_de(ranked: Sequence[str], genes: pd.Index, k: int) -> np.ndarray:
     return pos[pos >= 0][:k]
 
 # %% ../nbs/02_metrics.ipynb #3d7368ad
-METRICS = ('edist', 'emd', 'rmse', 'pcc_act', 'intra', 'delta')  # what evaluate can compute
+METRICS = ('edist', 'edist_authors', 'emd', 'rmse', 'pcc_act', 'intra', 'delta')  # what evaluate can compute
 DEFAULT_METRICS = ('edist', 'emd', 'rmse', 'pcc_act')
 
 def _truth_max(truth: PerturbData) -> float:
@@ -426,6 +426,9 @@ def _score(P: np.ndarray, T: np.ndarray, sets: dict, metrics: Sequence[str], edi
         for name, idx in sets.items():
             p, t = (P, T) if idx is None else (P[:, idx], T[:, idx])
             if m == 'edist': row[f'edist_{name}'] = energy_distance(p, t, **edist)
+            elif m == 'edist_authors':
+                row[f'edist_authors_{name}'] = (energy_distance(p, t, **EDIST_CONVENTIONS['authors_code'])
+                                                if min(len(p), len(t)) > 1 else np.nan)
             elif m == 'emd': row[f'emd_{name}'] = emd(p, t)
             elif m == 'rmse': row[f'rmse_{name}'] = rmse(p, t)
             elif m == 'pcc_act': row[f'pcc_act_{name}'] = activation_pcc(p, t)

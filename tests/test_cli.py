@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -110,6 +111,22 @@ def test_synthetic_readme_job(tmp_path):
     res = pd.read_csv(tmp_path / 'synthetic' / 'results.csv')
     assert list(pd.unique(res.model)) == BASELINES and res.cell_type.nunique() == 2
 
+
+
+def test_edist_conventions(tmp_path):
+    """--edist picks the convention of the edist columns; the metric edist_authors adds the authors' code's beside them
+    (issue 16: both conventions in one table)."""
+    out = {}
+    for conv in ('paper', 'authors_code'):
+        p = run('benchmark', '--data', 'synthetic', '--models', 'control', '--metrics', 'edist,edist_authors',
+                '--edist', conv, '--out', tmp_path / conv, '--quiet')
+        assert p.returncode == 0, p.stderr
+        out[conv] = pd.read_csv(tmp_path / conv / 'results.csv')
+    a, b = out['paper'], out['authors_code']
+    assert np.allclose(b.edist_all, b.edist_authors_all) and np.allclose(a.edist_authors_all, b.edist_authors_all)
+    assert not np.allclose(a.edist_all, b.edist_all)
+    p = run('benchmark', '--data', 'synthetic', '--models', 'control', '--edist', 'sqrt', '--out', tmp_path / 'x')
+    assert p.returncode == 2 and "invalid choice: 'sqrt'" in p.stderr
 
 def test_help():
     p = run('--help')

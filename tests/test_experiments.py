@@ -105,6 +105,7 @@ def test_norman_same_table_as_cli(tmp_path, shared):
     out_nb = execute('21_norman', tmp_path / 'nb', data_path=data, models=','.join(BASELINES))
     res = pd.read_csv(tmp_path / 'nb' / 'results.csv')
     assert list(pd.unique(res.model)) == BASELINES and res.group.nunique() == 15
+    assert {'edist_de20', 'edist_authors_de20'} <= set(res.columns)  # eq. 20 and the authors' code side by side
     assert set(res.subgroup) == {'seen0', 'seen1', 'seen2'}
     assert (tmp_path / 'nb' / 'summary_by_subgroup.csv').exists() and (tmp_path / 'nb' / 'diversity.csv').exists()
     lad = pd.read_csv(tmp_path / 'nb' / 'ladder.csv', index_col=0)  # the learnability ladder: additive knows the
@@ -117,6 +118,7 @@ def test_norman_same_table_as_cli(tmp_path, shared):
     assert FIGURES <= {p.name for p in (tmp_path / 'nb').glob('*.png')} and images_shown(out_nb) == len(FIGURES)
     assert main(['benchmark', '--data', data, '--subset', 'dataset=norman19', '--cell-type-key', 'cell_type', '--mode',
                  'CRISPRa', '--split', 'unseen_combo', '--test-frac', '1', '--models', ','.join(BASELINES),
+                 '--metrics', 'edist,emd,rmse,pcc_act,edist_authors',  # the notebook's: both E-distance conventions
                  '--out', str(tmp_path / 'cli'), '--quiet']) == 0
     for f in ('results.csv', 'summary.csv', 'summary_by_subgroup.csv'):
         assert (tmp_path / 'nb' / f).read_bytes() == (tmp_path / 'cli' / f).read_bytes(), f
