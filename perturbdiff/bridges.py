@@ -36,8 +36,9 @@ def ot_plan(X: np.ndarray, Y: np.ndarray, method: str = 'sinkhorn', cost: str = 
     "Transport plan [n_x, n_y] between two sets of cells with uniform marginals."
     import ot
     if cost == 'euclidean': C = ot.dist(X, Y, metric='sqeuclidean')
+    elif cost == 'plain_euclidean': C = ot.dist(X, Y, metric='euclidean')
     elif cost == 'cosine': C = ot.dist(X, Y, metric='cosine')
-    else: raise ValueError(f"cost must be 'euclidean' or 'cosine', got {cost!r}.")
+    else: raise ValueError(f"cost must be 'euclidean', 'plain_euclidean' or 'cosine', got {cost!r}.")
     C = C / C.max() if C.max() > 0 else C
     a, b = np.full(len(X), 1 / len(X)), np.full(len(Y), 1 / len(Y))
     if method == 'exact': return ot.emd(a, b, C)
@@ -167,7 +168,10 @@ class BridgeOptions:
     sigma: float = 0.2
     t_eps: float = 1e-3
     pairing: str = 'sinkhorn'  # 'sinkhorn', 'exact', 'random' or 'batch'
-    cost: str = 'euclidean'  # 'euclidean' (squared, divided by max) or 'cosine'
+    cost: str = 'euclidean'  # 'euclidean' (squared, divided by max), 'plain_euclidean' (not squared; the paper's
+                             # ablation) or 'cosine'
+    continuous_loss: str = 'expressed'  # the continuous bridge's MSE on 'expressed' entries (x1 > 0, with the discrete
+                                        # bridge) or on 'all' (the paper's "w/o discrete bridge"; anchored: always)
     reg: float = 0.1
     use_discrete: bool = True
     control_pairs: float = 0.0  # ours: control -> control bridges per epoch, as a fraction of the perturbed pairs (0:
@@ -202,7 +206,8 @@ class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOpti
     predict_batch: int = 512
 
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
-        check_choices(self, dict(pairing=('sinkhorn', 'exact', 'random', 'batch'), cost=('euclidean', 'cosine'),
+        check_choices(self, dict(pairing=('sinkhorn', 'exact', 'random', 'batch'),
+                                 cost=('euclidean', 'plain_euclidean', 'cosine'), continuous_loss=('expressed', 'all'),
                                  lr_schedule=('linear', 'constant', 'cosine')))
 
     def __setstate__(self, state):  # model files written while the sampler's steps were `n_steps`
@@ -313,7 +318,8 @@ def bridge_loss(net: BridgeNet, b: dict, generator, table: PerturbationTable, cf
     d0, d1 = (x0 > 0).to(x0.dtype), (x1 > 0).to(x0.dtype)
     d_t = discrete_bridge_sample(d0, d1, t, generator) if cfg.use_discrete else None
     end, logits = net(x_t, t, b['cell_type'], pert, x0, d_t)
-    cont = masked_mse(end, x1, torch.ones_like(x1, dtype=torch.bool) if cfg.anchor else x1 > 0)  # anchored: every entry
+    every = cfg.anchor or cfg.continuous_loss == 'all'  # anchored, or the paper's bridge without its discrete part
+    cont = masked_mse(end, x1, torch.ones_like(x1, dtype=torch.bool) if every else x1 > 0)
     if not cfg.use_discrete: return cont, dict(continuous=cont.detach())
     disc = F.binary_cross_entropy_with_logits(logits, d1)
     return cont + disc, dict(continuous=cont.detach(), discrete=disc.detach())

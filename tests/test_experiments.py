@@ -188,6 +188,19 @@ def test_ablations(tmp_path, tiny_screen):
     assert images_shown(out_nb) == len(pngs)
 
 
+
+def test_ablations_as_the_papers_define_them(tmp_path, tiny_screen):
+    "Issue 16: 'w/o mask model' and 'w/o discrete bridge' are fitted anew (on every entry); OT with a plain cost runs."
+    execute('23_ablations', tmp_path, data_path=str(tiny_screen), models='doloris,departures',
+            variants='full,no_mask,mask_dropped,no_discrete,ot_plain', n_cells=10, overrides=TINY_NETS, **TINY_STEPS)
+    timing = pd.read_csv(tmp_path / 'timing.csv').set_index(['model', 'variant'])
+    assert timing.loc[('doloris', 'no_mask'), 'fit'] == 'no_mask'
+    assert timing.loc[('doloris', 'mask_dropped'), 'fit'] == 'full'
+    assert timing.loc[('departures', 'no_discrete'), 'fit'] == 'no_discrete'
+    assert timing.loc[('departures', 'ot_plain'), 'fit'] == 'ot_plain'
+    res = pd.read_csv(tmp_path / 'results.csv')
+    assert np.isfinite(res.edist_all).all() and (res.groupby(['model', 'variant']).group.nunique() == 4).all()
+
 def test_ablation_reuse_is_exact(tiny_screen):
     """23_ablations predicts the mask variants with the full model's fit, changing config fields at prediction only;
     that must equal fitting the variant: the same denoiser and the same masks."""

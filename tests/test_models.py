@@ -504,3 +504,21 @@ def test_unlasting_vote_masks_differ_within_a_group(screen):
     vote, mean = unanimous('vote'), unanimous('mean')
     print(f"unanimous entries: vote {vote:.3f}, mean {mean:.3f}")
     assert vote < mean, (vote, mean)
+
+
+@pytest.mark.parametrize('continuous_loss', ['expressed', 'all'])
+def test_departures_continuous_loss_entries(screen, monkeypatch, continuous_loss):
+    """The paper's "w/o discrete bridge" trains the continuous bridge on every entry (`continuous_loss='all'`); with
+    the discrete bridge only expressed entries (x1 > 0) enter its MSE."""
+    import perturbdiff.bridges as br
+    _, split, prior = screen
+    masks, real = [], br.masked_mse
+    def spy(pred, target, mask):
+        masks.append((bool(mask.all()), bool(torch.equal(mask, target > 0))))
+        return real(pred, target, mask)
+    monkeypatch.setattr(br, 'masked_mse', spy)
+    Departures.from_preset('plain', seed=0, device='cpu', progress=False, graph=prior, continuous_loss=continuous_loss,
+                           use_discrete=continuous_loss == 'expressed', **TINY['Departures']).fit(split.train)
+    assert len(masks) == TINY['Departures']['steps']
+    want = (True, False) if continuous_loss == 'all' else (False, True)
+    assert all(m == want for m in masks), masks[:3]
