@@ -586,7 +586,7 @@ def control_stats(self: PerturbData, scaled: bool = True) -> dict[str, ControlSt
 
 
 # %% ../nbs/00b_data.ipynb #309ffe61
-SPLITS = ('unseen_perturbation', 'unseen_combo', 'unseen_context', 'ood_drug', 'custom')
+SPLITS = ('unseen_perturbation', 'unseen_combo', 'unseen_context', 'ood_drug', 'drug_tasks', 'custom')
 
 @dataclass
 class Split:
@@ -656,6 +656,21 @@ def _seen_label(cond: str, train_singles: set) -> str:
     ts = cond.split('+')
     return f"seen{sum(t in train_singles for t in ts)}" if len(ts) > 1 else 'unseen'
 
+# %% ../nbs/00b_data.ipynb #e31a5eb6
+def _context_groups(g: pd.DataFrame, test_frac: float, rng) -> set:
+    "A seeded `test_frac` of the groups of `g` whose condition keeps at least one group (context) in training."
+    cands = sorted(g.index); rng.shuffle(cands)  # a seeded permutation of all groups
+    n_test = max(1, int(round(test_frac * len(g))))
+    left = g.condition.value_counts().to_dict()
+    chosen = set()
+    for gid in cands:
+        if len(chosen) >= n_test: break
+        c = g.condition[gid]
+        if left[c] > 1: chosen.add(gid); left[c] -= 1
+    if not chosen: raise ValueError("unseen_context needs conditions measured in more than one context "
+                                    "(cell type or dose); every condition here has one.")
+    return chosen
+
 # %% ../nbs/00b_data.ipynb #e6379db8
 def _test_groups(data: PerturbData, kind: str, test, test_frac: float, single_test_frac: float, rng) -> set:
     "The group ids of the test part for one split kind."
@@ -677,17 +692,10 @@ def _test_groups(data: PerturbData, kind: str, test, test_frac: float, single_te
         return set(g.index[g.condition.isin(names)])
     if kind == 'unseen_context':
         if test: return _custom_groups(data, test)
-        cands = sorted(g.index); rng.shuffle(cands)  # a seeded permutation of all groups
-        n_test = max(1, int(round(test_frac * len(g))))
-        left = g.condition.value_counts().to_dict()
-        chosen = set()
-        for gid in cands:
-            if len(chosen) >= n_test: break
-            c = g.condition[gid]
-            if left[c] > 1: chosen.add(gid); left[c] -= 1
-        if not chosen: raise ValueError("unseen_context needs conditions measured in more than one context "
-                                        "(cell type or dose); every condition here has one.")
-        return chosen
+        return _context_groups(g, test_frac, rng)
+    if kind == 'drug_tasks':  # the OOD drugs everywhere, then unseen contexts among the other drugs' groups
+        ood = _test_groups(data, 'ood_drug', test, test_frac, 0.0, rng)
+        return ood | _context_groups(g[~g.condition.isin(set(g.condition[list(ood)]))], test_frac, rng)
     if kind == 'custom': return _custom_groups(data, test)
     raise ValueError(f"Unknown split kind {kind!r}; choose one of {SPLITS}.")
 
@@ -724,15 +732,20 @@ def split(self: PerturbData,
     if not test_ids: raise ValueError(f"The {kind!r} split selected no test group (test_frac={test_frac}).")
     in_test = self.obs.group.isin(test_ids).to_numpy().copy()  # a writable copy (pandas 3 returns read-only views)
     if (in_test & self.obs.control.to_numpy()).any(): raise RuntimeError("internal: control cells in the test part")
-    if kind in ('unseen_perturbation', 'ood_drug', 'unseen_combo'):  # those conditions must vanish from training
-        gone = set(self.obs.condition[in_test])
-        in_test |= self.obs.condition.isin(gone).to_numpy()
+    gone = set()  # conditions that must vanish from training
+    if kind in ('unseen_perturbation', 'ood_drug', 'unseen_combo'): gone = set(self.obs.condition[in_test])
+    if kind == 'drug_tasks':  # the OOD drugs: every group held out (an unseen context keeps one group in training)
+        g = self.groups()
+        gone = set(g.condition) - set(g.condition[~g.index.isin(test_ids)])
+    in_test |= self.obs.condition.isin(gone).to_numpy()
     train, test_part = _split_parts(self, in_test, n_top_genes, keep_targets, hvg_flavor, scale)
     leaked = set(train.obs.group) & set(test_part.obs.group)
     if leaked: raise RuntimeError(f"internal: test groups leaked into training: {sorted(leaked)[:3]}")
     tg = test_part.groups()
     singles = {c for c in train.conditions if '+' not in c}
-    tg['subgroup'] = [(_seen_label(c, singles) if kind == 'unseen_combo' else kind) for c in tg.condition]
+    label = {'unseen_combo': lambda c: _seen_label(c, singles),
+             'drug_tasks': lambda c: 'ood_drug' if c in gone else 'unseen_context'}.get(kind, lambda c: kind)
+    tg['subgroup'] = [label(c) for c in tg.condition]
     return Split(train, test_part, kind, seed, tg)
 
 
