@@ -22,7 +22,7 @@ from .data import PerturbData, check_choices, seeded_rng
 from .diffusion import masked_mse, timestep_embedding
 from .gat import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
-from .priors import GeneGraph, build_graph, drug_features
+from .priors import GeneGraph, build_graph, model_drug_features
 from .train import BatchSequence, distributed_map, fit as train_fit, resolve_device, tick
 
 # %% auto #0
@@ -341,7 +341,7 @@ class Departures(TrainedModel):
         torch.manual_seed(self.seed)
         self.train_, self.graph_ = train, build_graph(train, cfg.graph, cfg.coexpression_threshold,
                                                       verbose=self.progress)
-        feats = drug_features(train.require_smiles('Departures')) if train.kind == 'drug' else None
+        feats = model_drug_features(train, cfg.drug_embeddings, 'Departures')
         self.table_ = PerturbationTable.from_data(train, self.graph_, feats, unseen_labels='zero')
         self.cell_types_ = list(train.cell_types)
         identity = cfg.target_identity and train.kind == 'gene'

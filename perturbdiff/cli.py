@@ -30,6 +30,7 @@ from .modelfile import MANIFEST
 from .spaces import SPACES
 from .data import SPLITS, PerturbData, Split
 from .metrics import DEFAULT_METRICS, EDIST_CONVENTIONS, METRICS, evaluate
+from .priors import user_graph
 from .scale import DESCRIPTION as SCALE_DESCRIPTION, add_commands as add_scale_commands
 from .train import resolve_device
 
@@ -119,7 +120,39 @@ def _model_args(p: argparse.ArgumentParser, many: bool = True) -> None:
                         'linear.n_dims=5 (repeatable); values as in Python or JSON: use_latent=False, clip=null, '
                         'decoder=[64,64]')
     g.add_argument('--n-cells', type=_integer(1), help='predicted cells per group (default: as many as the true cells)')
+    g.add_argument('--drug-embeddings', metavar='FILE',
+                   help='drug vectors (CSV/TSV, Parquet or NPZ; one row per drug, keyed by name or SMILES; e.g. '
+                        'Uni-Mol) for every trained model, in place of Morgan fingerprints of the SMILES')
+    g.add_argument('--gene-graph', metavar='FILE',
+                   help="a GRN as edges (CSV/TSV with source, target[, weight] columns) united with co-expression "
+                        "on the training controls: the trained models' gene graph instead of 'auto'")
+    g.add_argument('--gene-embeddings', metavar='FILE',
+                   help='gene vectors (CSV/TSV, Parquet or NPZ; one row per gene symbol; e.g. scGPT, as Unlasting): '
+                        'edges where cosine >= --embedding-threshold, united as --gene-graph is')
+    g.add_argument('--embedding-threshold', type=float, default=0.3, help='cosine of a gene-embedding edge (0.3)')
     if many: _metric_arg(g)
+
+def _overrides(args, names: Sequence[str]) -> dict:
+    """--set options, plus --drug-embeddings and the gene graph of --gene-graph/--gene-embeddings for each trained
+    model of `names`; checked (names, options, values)."""
+    overrides = parse_overrides(args.set)
+    if getattr(args, 'gene_graph', None) or getattr(args, 'gene_embeddings', None):
+        for f in (args.gene_graph, args.gene_embeddings):
+            if f and not Path(f).is_file():
+                raise FileNotFoundError(f"{f} is not a file (--gene-graph/--gene-embeddings).")
+        sources = user_graph(args.gene_graph and str(Path(args.gene_graph).resolve()),
+                             args.gene_embeddings and str(Path(args.gene_embeddings).resolve()),
+                             args.embedding_threshold)
+        for n in names:
+            if 'graph' in model_class(n).options(): overrides.setdefault(n, {})['graph'] = sources
+    if getattr(args, 'drug_embeddings', None):
+        if not Path(args.drug_embeddings).is_file():
+            raise FileNotFoundError(f"--drug-embeddings: {args.drug_embeddings} is not a file.")
+        for n in names:
+            if 'drug_embeddings' in model_class(n).options():  # the trained models
+                overrides.setdefault(n, {})['drug_embeddings'] = str(Path(args.drug_embeddings).resolve())
+    model_overrides(names, overrides)
+    return overrides
 
 def _metric_arg(g) -> None:
     g.add_argument('--metrics', default=','.join(DEFAULT_METRICS),
@@ -326,26 +359,26 @@ def _check_resumable(out: Path, info: dict, outputs: Sequence[str], names: Seque
     return True
 
 # %% ../nbs/13a_cli.ipynb #14d7374c
-def check_task(data: PerturbData, split: Split, names: Sequence[str]) -> None:
+def check_task(data: PerturbData, split: Split, names: Sequence[str], drug_embeddings: bool = False) -> None:
     "Refuse, before any fit, what the models run cannot learn: no perturbed training cells; drugs without SMILES."
     if split.train.obs.control.all() and any(n != 'control' for n in names):
         raise ValueError(f"The training split has no perturbed cells: the {split.kind!r} split holds out every "
                          "condition. Hold out fewer (a --test-frac below 1, or fewer --test groups).")
-    trained = [n for n in names if hasattr(model_class(n), 'from_preset')]
-    if data.kind == 'drug' and trained and not data.smiles:
+    trained = [n for n in names if 'drug_embeddings' in model_class(n).options()]  # the models with drug features
+    if data.kind == 'drug' and trained and not data.smiles and not drug_embeddings:
         raise ValueError(f"{', '.join(trained)} encode drugs by their SMILES, and this drug data has none: pass "
-                         "--smiles-key, the obs column of SMILES strings (sciplex3: --smiles-table). The baselines "
-                         "need no SMILES.")
+                         "--smiles-key, the obs column of SMILES strings (sciplex3: --smiles-table), or "
+                         "--drug-embeddings, vectors per drug name. The baselines need no SMILES.")
 
 # %% ../nbs/13a_cli.ipynb #f7dfe15c
 def run_benchmark(args, argv=()) -> BenchmarkResult:
     "`perturbdiff benchmark`: fit, predict and evaluate every model of --models; write the tables as each finishes."
     names, metrics = model_names(args.models), _metrics(args)
-    overrides = parse_overrides(args.set); model_overrides(names, overrides)  # fail fast: names, options, values
+    overrides = _overrides(args, names)  # fail fast: names, options, values
     resolve_device(args.device)
     out = prepare_out(args.out, BENCHMARK_OUTPUTS, args.resume, args.overwrite)
     data = _data_from(args); split = _split_from(args, data)
-    check_task(data, split, names)
+    check_task(data, split, names, bool(args.drug_embeddings))
     for note in data_notes(data): _say(args, note)
     _say(args, f"{data}\n{split}")
     info = _run_info(args, argv, split)
@@ -361,10 +394,10 @@ def run_benchmark(args, argv=()) -> BenchmarkResult:
 # %% ../nbs/13a_cli.ipynb #7116345e
 def run_fit(args, argv=()) -> None:
     "`perturbdiff fit`: fit one model on the training split and save it with run.json."
-    overrides = parse_overrides(args.set); model_overrides([args.model], overrides); resolve_device(args.device)
+    overrides = _overrides(args, [args.model]); resolve_device(args.device)
     out = prepare_out(args.out, FIT_OUTPUTS, args.resume, args.overwrite)
     data = _data_from(args); split = _split_from(args, data)
-    check_task(data, split, [args.model])
+    check_task(data, split, [args.model], bool(args.drug_embeddings))
     for note in data_notes(data): _say(args, note)
     info = _run_info(args, argv, split)
     resumed = args.resume and _check_resumable(out, info, FIT_OUTPUTS)

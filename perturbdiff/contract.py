@@ -260,6 +260,8 @@ class GraphOptions:
     graph: object = 'auto'  # 'auto' (co-expression on training controls + GO when available), a GeneGraph, or a list of
                             # sources
     coexpression_threshold: float = 0.3
+    drug_embeddings: object = None  # drugs: None (Morgan fingerprints of their SMILES) or a table of vectors per drug
+                                    # keyed by name or SMILES (DataFrame, CSV/TSV, Parquet or NPZ path; e.g. Uni-Mol)
 
 # %% ../nbs/02b_contract.ipynb #0587f4be
 @dataclass

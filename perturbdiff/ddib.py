@@ -27,7 +27,7 @@ from .gat import (DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation,
 from .anchor import ShiftAnchor
 from .mask import DolorisMaskNet, MaskModel, MaskNet, MaskOptions, UnlastingMaskNet
 from .train import BatchSequence, fit as train_fit, resolve_device
-from .priors import GeneGraph, build_graph, drug_features
+from .priors import GeneGraph, build_graph, model_drug_features
 
 # %% auto #0
 __all__ = ['DDIB_PRESETS', 'ZEROS', 'DiffusionOptions', 'DenoiserOptions', 'ConditioningOptions', 'DDIBConfig', 'ddib_config',
@@ -96,7 +96,8 @@ class DDIBConfig(MaskOptions, TrainingOptions, GraphOptions, ConditioningOptions
     def __post_init__(self):  # options with a fixed set of values fail when the config is built, not mid-training
         check_choices(self, dict(schedule=('linear', 'cosine'), zero_loss=('none', 'source', 'all'),
                                  mask_strategy=('threshold', 'coherent', 'bernoulli'),
-                                 mask_aggregate=('mean', 'vote'), lr_schedule=('linear', 'constant', 'cosine')))
+                                 mask_aggregate=('mean', 'vote'), mask_search=('group', 'cell'),
+                                 lr_schedule=('linear', 'constant', 'cosine')))
 
 # %% ../nbs/07_ddib.ipynb #58947ca4
 DDIB_PRESETS = {
@@ -121,11 +122,12 @@ DDIB_PRESETS = {
     'doloris': {
         'paper': dict(hidden=1024, time_dim=1024, decoder=(2048, 2048, 2048), grn_dim=64, pca_dim=32, steps=10_000,
                       batch_size=32, lr=1e-3, lr_schedule='constant', ema=0.9999, grad_clip=None,
-                      train_on_respaced=False, mask_strategy='coherent', mask_high=0.95, mask_low=0.05, mask_lr=1e-2,
-                      mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=32, mask_hidden=1024),
+                      train_on_respaced=False, mask_strategy='coherent', mask_search='cell', mask_high=0.95,
+                      mask_low=0.05, mask_lr=1e-2, mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=32,
+                      mask_hidden=1024),
         'authors_code': dict(hidden=1024, time_dim=1024, decoder=(2048, 2048, 2048), grn_dim=64, pca_dim=32,
                              steps=10_000, batch_size=32, lr=1e-4, lr_schedule='linear', ema=0.9999, grad_clip=None,
-                             mask_strategy='coherent', mask_high=0.99, mask_low=0.01, mask_lr=1e-2,
+                             mask_strategy='coherent', mask_search='group', mask_high=0.99, mask_low=0.01, mask_lr=1e-2,
                              mask_weight_decay=1e-2, mask_epochs=2, mask_batch_size=32, mask_hidden=1024),
         'quick': dict(hidden=256, time_dim=128, decoder=(512, 512), grn_dim=32, pca_dim=16, steps=1800, batch_size=64,
                       lr=1e-3, mask_strategy='coherent', mask_match_marginals=True, mask_steps=300, precondition=True,
@@ -151,7 +153,7 @@ class Conditioner:
         if missing: raise ValueError(f"Cell types {missing} have no control cells in the training data.")
         self.mu = torch.as_tensor(np.stack([stats[c].mean for c in self.cell_types]))
         self.sigma = torch.as_tensor(np.stack([stats[c].std for c in self.cell_types]))
-        feats = drug_features(train.require_smiles('Unlasting/Doloris')) if train.kind == 'drug' else None
+        feats = model_drug_features(train, config.drug_embeddings, 'Unlasting/Doloris')
         self.table = PerturbationTable.from_data(train, graph, feats, unseen_labels='zero')
         self.drug_dim = None if feats is None else feats.shape[1]
         self.n_labels = len(train.vocab) if train.kind == 'label' else None

@@ -26,7 +26,7 @@ from fastcore.basics import patch
 from .conditions import MODES
 from .data import PerturbData, seeded_rng
 from .contract import TrainedModel
-from .priors import GeneGraph, combination_features, drug_features
+from .priors import GeneGraph, combination_features, drug_embedding, drug_features
 
 # %% auto #0
 __all__ = ['EdgePlan', 'plan_edges', 'gatv2_reference', 'gatv2_fused', 'BatchedGATv2', 'symbol_normal', 'GeneEmbedding',
@@ -491,14 +491,16 @@ def add_drug(self: PerturbationTable, name: str, features) -> int:
 
 @patch
 def add_drugs(self: TrainedModel, smiles: Mapping[str, str]) -> list[str]:
-    """Make drugs the model was not trained on predictable: their Morgan fingerprints (the model's drug features)
-    from `smiles` {name: SMILES}, added to the model's perturbation table. Returns the names."""
+    """Make drugs the model was not trained on predictable: their features (Morgan fingerprints of `smiles` {name:
+    SMILES}, or the rows of the model's `drug_embeddings` table, by name or SMILES), added to the model's perturbation
+    table. Returns the names."""
     self._check_fitted()
     table = getattr(self, 'table_', None)
     if table is None or table.kind != 'drug':
         raise ValueError(f"This {type(self).__name__} was trained on {self.train_.kind} perturbations; only a model of "
                          "drugs takes new drugs.")
-    feats = drug_features(dict(smiles))
+    table_of = getattr(getattr(self, 'config', None), 'drug_embeddings', None)
+    feats = drug_features(dict(smiles)) if table_of is None else drug_embedding(table_of, list(smiles), dict(smiles))
     for name in feats.index: table.add_drug(str(name), feats.loc[name].to_numpy())
     return [str(n) for n in feats.index]
 

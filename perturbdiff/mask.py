@@ -87,6 +87,14 @@ class MaskBank:
         d = ((F - np.asarray(p_mean)[self.search_genes]) ** 2).sum(1)
         return str(cands[int(np.argmin(d))])
 
+    def nearest_each(self, probs: np.ndarray, cell_type: str) -> np.ndarray:
+        "For each row of `probs` [cells, genes], the subset of `cell_type` closest to it (L2 over all genes)."
+        cands = self.cell_type.index[self.cell_type == cell_type]
+        if not len(cands): raise ValueError(f"No training cells of cell type {cell_type!r} in the mask bank.")
+        F, P = self.freq.loc[cands].to_numpy(np.float64), np.asarray(probs, dtype=np.float64)
+        d = (P ** 2).sum(1)[:, None] - 2.0 * P @ F.T + (F ** 2).sum(1)[None]  # [cells, subsets] squared distances
+        return np.asarray(cands, dtype=object)[np.argmin(d, 1)]
+
 # %% ../nbs/06a_mask.ipynb #465bc9d6
 def match_marginals(masks: np.ndarray, target: np.ndarray, seed: int = 0) -> np.ndarray:
     """Flip random entries of boolean `masks` [cells, genes] so each gene's on-fraction matches `target` [genes] in
@@ -101,16 +109,25 @@ def match_marginals(masks: np.ndarray, target: np.ndarray, seed: int = 0) -> np.
 
 # %% ../nbs/06a_mask.ipynb #1e4567c3
 def coherent_masks(probs: np.ndarray, bank: MaskBank, cell_type: str, high: float = 0.95, low: float = 0.05,
-                   seed: int = 0, match: bool = False) -> tuple[np.ndarray, str]:
+                   seed: int = 0, match: bool = False, per_cell: bool = False) -> tuple[np.ndarray, str | np.ndarray]:
     """Doloris: masks of real cells from the nearest training subset (marginals matched to `probs` when `match`),
-    confident genes overridden; returns (masks, subset)."""
+    confident genes overridden; returns (masks, subset). The search is one per group, with the mean probability over
+    the bank's search genes (the authors' code), or with `per_cell` one per predicted cell over all genes (Doloris
+    A.11, eqs. 24-28; the subset returned is then one per cell)."""
     probs = _check_probs(probs)
     if not 0 <= low < high <= 1: raise ValueError(f"Need 0 <= low < high <= 1, got low={low}, high={high}.")
-    subset = bank.nearest(probs.mean(0), cell_type)
-    pool = bank.masks[subset]
     rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(pool), len(probs))
-    m = pool[rows].copy()
+    if per_cell:
+        subset = bank.nearest_each(probs, cell_type)
+        m = np.empty(probs.shape, dtype=bool)
+        for s in pd.unique(subset):  # each cell draws a real mask of its own nearest subset
+            at, pool = np.flatnonzero(subset == s), bank.masks[s]
+            m[at] = pool[rng.integers(0, len(pool), len(at))]
+    else:
+        subset = bank.nearest(probs.mean(0), cell_type)
+        pool = bank.masks[subset]
+        rows = rng.integers(0, len(pool), len(probs))
+        m = pool[rows].copy()
     if match: m = match_marginals(m, probs.mean(0), int(rng.integers(2 ** 31)))
     m[probs >= high] = True
     m[probs <= low] = False
@@ -189,6 +206,8 @@ class MaskOptions:
     mask_high: float = 0.95  # coherent strategy
     mask_low: float = 0.05
     mask_match_marginals: bool = False  # coherent strategy: match each gene's on-fraction to the predicted mean
+    mask_search: str = 'group'  # coherent strategy: 'group' (the authors' code: one search per group, mean
+                                # probability, 300 most variable genes) or 'cell' (Doloris A.11: per cell, all genes)
 
 # %% ../nbs/06a_mask.ipynb #4456d954
 class MaskModel:
@@ -274,6 +293,6 @@ def masks(self: MaskModel, model, ctrl_rows: np.ndarray, cell_type: str, row: pd
     if c.mask_strategy == 'coherent':
         if self.bank_ is None: self.bank_ = MaskBank.from_data(self.train)
         return coherent_masks(probs, self.bank_, cell_type, c.mask_high, c.mask_low, int(rng.integers(2 ** 31)),
-                              c.mask_match_marginals)[0].astype(np.float64)
+                              c.mask_match_marginals, per_cell=c.mask_search == 'cell')[0].astype(np.float64)
     if c.mask_strategy == 'bernoulli': return bernoulli_masks(probs, int(rng.integers(2 ** 31))).astype(np.float64)
     raise ValueError(f"mask_strategy must be 'threshold', 'coherent' or 'bernoulli', got {c.mask_strategy!r}.")

@@ -32,11 +32,12 @@ from .datasets import DownloadError, atomic_write, cache_dir, sha256sum
 from .datasets import download as _download
 
 # %% auto #0
-__all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'GO_GAF_URL', 'VEHICLE_SMILES', 'VEHICLE_NAMES', 'go_db_path', 'GOUnavailableError',
-           'go_cache_dir', 'gaf_url', 'gaf_cache_path', 'SymbolResolver', 'parse_gaf', 'fetch_gaf', 'fetch_go_cli',
-           'GeneOntology', 'read_go', 'CoexpressionSource', 'coexpression', 'GOSource', 'go', 'go_if_available',
-           'EdgeListSource', 'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph', 'is_vehicle', 'encode_dose',
-           'morgan_fingerprints', 'drug_embedding', 'drug_features', 'combination_features', 'build_graph']
+__all__ = ['GO_DB_NAME', 'GO_ONTOLOGIES', 'GO_GAF_URL', 'NPZ_KEYS', 'VEHICLE_SMILES', 'VEHICLE_NAMES', 'go_db_path',
+           'GOUnavailableError', 'go_cache_dir', 'gaf_url', 'gaf_cache_path', 'SymbolResolver', 'parse_gaf',
+           'fetch_gaf', 'fetch_go_cli', 'GeneOntology', 'read_go', 'CoexpressionSource', 'coexpression', 'GOSource',
+           'go', 'go_if_available', 'EdgeListSource', 'edge_list', 'EmbeddingSource', 'embedding', 'GeneGraph',
+           'is_vehicle', 'encode_dose', 'morgan_fingerprints', 'drug_embedding', 'drug_features', 'model_drug_features',
+           'combination_features', 'build_graph', 'user_graph']
 
 # %% ../nbs/04_priors.ipynb #f0c2c732
 GO_DB_NAME = 'org.Hs.eg.sqlite'
@@ -545,8 +546,23 @@ def _read_embedding(table) -> pd.DataFrame:
     if isinstance(table, Mapping):
         return pd.DataFrame.from_dict({k: np.asarray(v) for k, v in table.items()}, orient='index')
     p = str(table)
+    if not os.path.exists(p): raise FileNotFoundError(f"Embedding table {p!r} not found.")
     if p.endswith('.parquet'): return pd.read_parquet(p)
+    if p.endswith('.npz'): return _read_npz_embedding(p)
     return pd.read_csv(p, sep='\t' if p.endswith(('.tsv', '.txt')) else ',', index_col=0)
+
+NPZ_KEYS = (('names', 'keys', 'index', 'drugs', 'genes', 'smiles'), ('vectors', 'embeddings', 'X', 'values'))
+
+def _read_npz_embedding(path: str) -> pd.DataFrame:
+    "An NPZ of row names (`names`, or keys/index/drugs/genes/smiles) and a [rows, dims] array (`vectors`, or ...)."
+    with np.load(path, allow_pickle=False) as z:
+        names = next((z[k] for k in NPZ_KEYS[0] if k in z.files), None)
+        vecs = next((z[k] for k in NPZ_KEYS[1] if k in z.files), None)
+        if names is None or vecs is None or vecs.ndim != 2 or len(names) != len(vecs):
+            raise ValueError(f"{path}: an embedding NPZ holds row names under one of {list(NPZ_KEYS[0])} and a "
+                             f"[rows, dims] array of as many rows under one of {list(NPZ_KEYS[1])}; it has "
+                             f"{ {k: z[k].shape for k in z.files} }.")
+        return pd.DataFrame(np.asarray(vecs), index=[str(n) for n in names])
 
 # %% ../nbs/04_priors.ipynb #4a90324c
 @dataclass
@@ -842,16 +858,27 @@ def morgan_fingerprints(smiles: Mapping[str, str], radius: int = 2, n_bits: int 
     return pd.DataFrame(out, index=pd.Index(list(smiles), name='drug'))
 
 # %% ../nbs/04_priors.ipynb #fadb8a6a
-def drug_embedding(table: pd.DataFrame | str | os.PathLike | Mapping, drugs: Sequence[str]) -> pd.DataFrame:
-    "Rows of a user's drug-embedding table (e.g. Uni-Mol vectors) for `drugs`; the vehicle gets zeros."
-    t = _read_embedding(table).astype(np.float32)
+def drug_embedding(table: pd.DataFrame | str | os.PathLike | Mapping, drugs: Sequence[str],
+                   smiles: Mapping[str, str] | None = None,  # drug -> SMILES: rows keyed by SMILES are found too
+                  ) -> pd.DataFrame:
+    """Rows of a user's drug-embedding table (e.g. Uni-Mol vectors; a DataFrame, CSV/TSV, Parquet or NPZ) for `drugs`,
+    keyed by drug name or, given `smiles`, by SMILES; the vehicle gets zeros."""
+    t = _read_embedding(table)
+    t = t.set_axis([str(i) for i in t.index]).astype(np.float32)
+    if not np.isfinite(t.to_numpy()).all():
+        bad = list(t.index[~np.isfinite(t.to_numpy()).all(1)][:3])
+        raise ValueError(f"The drug-embedding table has NaN or infinite values (rows {bad}); fix or drop them.")
+    smiles = dict(smiles or {})
     need = [d for d in drugs if not is_vehicle(d)]
-    miss = [d for d in need if d not in t.index]
+    key = {d: d if d in t.index else smiles.get(d) for d in need}
+    miss = [d for d in need if key[d] not in t.index]
     if miss:
-        raise KeyError(f"{len(miss)} drugs have no row in the embedding table: {miss[:5]}. Add them or drop those "
-                       "drugs.")
+        raise KeyError(f"{len(miss)} drugs have no row in the embedding table (looked up by name"
+                       f"{' and SMILES' if smiles else ''}): {miss[:5]}. Add them or drop those drugs.")
+    dup = [key[d] for d in need if (t.index == key[d]).sum() > 1]
+    if dup: raise ValueError(f"The drug-embedding table has several rows for {sorted(set(dup))[:3]}; keep one each.")
     out = pd.DataFrame(0.0, index=pd.Index(list(drugs), name='drug'), columns=t.columns, dtype=np.float32)
-    out.loc[need] = t.loc[need].to_numpy()
+    out.loc[need] = t.loc[[key[d] for d in need]].to_numpy()
     return out
 
 def drug_features(smiles: Mapping[str, str] | pd.Series, method: str = 'morgan', table=None,
@@ -861,8 +888,16 @@ def drug_features(smiles: Mapping[str, str] | pd.Series, method: str = 'morgan',
     if method == 'morgan': return morgan_fingerprints(smiles, radius, n_bits)
     if method == 'embedding':
         if table is None: raise ValueError("method='embedding' needs table= (a DataFrame or file of vectors per drug).")
-        return drug_embedding(table, list(smiles))
+        return drug_embedding(table, list(smiles), smiles)
     raise ValueError(f"method must be 'morgan' or 'embedding', got {method!r}.")
+
+def model_drug_features(train: PerturbData, embeddings=None, who: str = 'This model') -> pd.DataFrame | None:
+    """A trained model's drug features: None for gene or label perturbations, else the rows of `embeddings` (a table
+    keyed by drug name or SMILES) or, when None, Morgan fingerprints of the drugs' SMILES."""
+    if train.kind != 'drug': return None
+    if embeddings is None: return drug_features(train.require_smiles(who))
+    drugs = sorted({p for c in train.vocab for p in str(c).split('+') if not is_vehicle(p)})
+    return drug_embedding(embeddings, drugs, train.smiles)
 
 # %% ../nbs/04_priors.ipynb #87c2e8a1
 def combination_features(features: pd.DataFrame, conditions: Sequence[str], sep: str = '+') -> pd.DataFrame:
@@ -892,3 +927,26 @@ def build_graph(train: PerturbData, spec='auto', threshold: float = 0.3, verbose
     graph = GeneGraph.build(train, sources)
     if verbose: print(graph.describe())
     return graph
+
+# %% ../nbs/04_priors.ipynb #972e4793
+def user_graph(gene_graph: str | os.PathLike | pd.DataFrame | None = None,  # edges: source, target[, weight] columns
+               gene_embeddings=None,  # vectors per gene (a DataFrame, CSV/TSV, Parquet or NPZ)
+               embedding_threshold: float = 0.3,  # cosine similarity for an embedding edge
+               coexpression_threshold: float = 0.3) -> list:
+    """The graph sources of the papers' recipe from a user's files: co-expression on the training controls, plus a GRN
+    edge list and/or gene-embedding similarity (Unlasting eq. 4: a foundation model's genes)."""
+    if gene_graph is None and gene_embeddings is None:
+        raise ValueError("user_graph needs gene_graph= (an edge list) and/or gene_embeddings= (vectors per gene).")
+    sources = [coexpression(coexpression_threshold)]
+    if gene_graph is not None:
+        head = gene_graph if isinstance(gene_graph, pd.DataFrame) else pd.read_csv(
+            gene_graph, sep='\t' if str(gene_graph).endswith(('.tsv', '.txt')) else ',', nrows=0)
+        missing = {'source', 'target'} - set(head.columns)
+        if missing:
+            raise ValueError(f"The gene graph needs columns 'source' and 'target' (and optionally 'weight'); it has "
+                             f"{list(head.columns)}.")
+        sources.append(edge_list(gene_graph, weight_col='weight' if 'weight' in head.columns else None))
+    if gene_embeddings is not None:
+        _read_embedding(gene_embeddings)  # fail now, with the reason, rather than mid-fit
+        sources.append(embedding(gene_embeddings, threshold=embedding_threshold))
+    return sources

@@ -136,3 +136,30 @@ def test_help():
                 '--n-top-genes', '--split', '--test', '--test-file', '--models', '--preset', '--set', '--device',
                 '--seed', '--out'):
         assert opt in p.stdout, opt
+
+
+def test_gene_graph_files(tmp_path):
+    """Issue 16: the papers' graph ingredients from a user's files, on the command line: a GRN edge list
+    (--gene-graph) and gene vectors (--gene-embeddings, e.g. scGPT's) join co-expression in the trained model's graph."""
+    from perturbdiff.cli import main
+    from perturbdiff.datasets import simulate
+    from perturbdiff.models import Departures
+    sim = simulate(seed=0, n_genes=30, n_regulators=3, n_single=4, n_combo=0, n_cell_types=1, cells_per_group=10,
+                   n_control=40)
+    sim.write_h5ad(tmp_path / 'screen.h5ad')
+    sim.uns['simulation']['edges'].to_csv(tmp_path / 'grn.csv', index=False)
+    genes = list(sim.var_names)
+    vec = np.zeros((len(genes), 2)); vec[:10, 0] = 1; vec[10:, 1] = 1  # two blocks of genes with identical vectors
+    np.savez(tmp_path / 'genes.npz', names=np.array(genes), vectors=vec)
+    keys = ['--data', tmp_path / 'screen.h5ad', '--cell-type-key', 'cell_type', '--mode-key', 'perturbation_type',
+            '--split', 'unseen_perturbation', '--model', 'departures', '--set', 'steps=2', '--set', 'dim=4',
+            '--set', 'time_dim=8', '--device', 'cpu', '--quiet']
+    n = {}
+    for name, extra in (('grn', ['--gene-graph', tmp_path / 'grn.csv']),
+                        ('both', ['--gene-graph', tmp_path / 'grn.csv', '--gene-embeddings', tmp_path / 'genes.npz'])):
+        assert main(['fit', *keys, *extra, '--out', tmp_path / name]) == 0
+        n[name] = Departures.load(tmp_path / name / 'model', device='cpu').graph_.n_edges
+    assert n['both'] > n['grn'] > 0
+    with pytest.raises(SystemExit) as e:
+        main(['fit', *keys, '--gene-graph', tmp_path / 'nope.csv', '--out', tmp_path / 'x'])
+    assert e.value.code == 2

@@ -130,3 +130,51 @@ def test_cli_predicts_a_new_drug(drug_screen, tmp_path):
         main(['predict', '--run', tmp_path / 'mean', '--smiles', f'caffeine={caffeine}', '--test',
               f'caffeine,{ct},{dose}', '--out', tmp_path / 'q.h5ad', '--quiet'])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures], ids=lambda c: c.__name__)
+def test_drug_embeddings_table(drug_screen, cls, tmp_path):
+    """Issue 16: any per-drug embedding table (the papers: Uni-Mol) stands in for the Morgan fingerprints in every
+    model: its rows (keyed by name or by SMILES) are the model's drug features; a drug it lacks is refused by name; a
+    new drug is added from the same table; the model file keeps the table's rows."""
+    import pandas as pd
+    sim, data, caffeine = drug_screen
+    drugs = [c for c in data.vocab if c not in ('control',) and c in data.smiles]
+    rng = np.random.default_rng(0)
+    vecs = pd.DataFrame(rng.normal(size=(len(drugs) + 1, 6)).astype(np.float32),
+                        index=[data.smiles[drugs[0]]] + drugs[1:] + ['caffeine'])  # the first drug by its SMILES
+    vecs.to_csv(tmp_path / 'emb.csv')
+    model = cls.from_preset('quick', seed=0, device='cpu', progress=False, drug_embeddings=str(tmp_path / 'emb.csv'),
+                            **TINY[cls]).fit(data)
+    table = model.table_ if hasattr(model, 'table_') else model.cond_.table
+    for i, d in enumerate(table.vocab):  # each drug's features are its row of the table
+        want = vecs.loc[data.smiles[d] if d == drugs[0] else d].to_numpy() if d in drugs else np.zeros(6)
+        assert np.allclose(table.features[i].numpy(), want), d
+    ct, dose = data.cell_types[0], float(data.obs.dose[~data.obs.control].iloc[0])
+    assert model.add_drugs({'caffeine': caffeine}) == ['caffeine']  # its row of the table, by name
+    pred = model.predict([f'caffeine,{ct},{dose}', f'{drugs[0]},{ct},{dose}'], n_cells=4, seed=0)
+    assert np.isfinite(np.asarray(pred.X)).all()
+    model.save(tmp_path / 'm')
+    again = cls.load(tmp_path / 'm', device='cpu').predict([f'caffeine,{ct},{dose}'], n_cells=4, seed=0)
+    assert np.array_equal(np.asarray(again.X), np.asarray(pred.X)[:4])
+    with pytest.raises(KeyError, match=r"no row in the embedding table .*'%s'" % drugs[1]):
+        cls.from_preset('quick', seed=0, device='cpu', progress=False, drug_embeddings=vecs.drop(index=drugs[1]),
+                        **TINY[cls]).fit(data)
+
+
+def test_cli_drug_embeddings(drug_screen, tmp_path):
+    "`--drug-embeddings FILE` (NPZ here) replaces the SMILES for the trained models; a missing file is refused."
+    sim, data, _ = drug_screen
+    path = tmp_path / 'drugs.h5ad'
+    sim.write_h5ad(path)
+    drugs = sorted(data.smiles)
+    np.savez(tmp_path / 'emb.npz', names=np.array(drugs), vectors=np.random.default_rng(1).normal(size=(len(drugs), 5)))
+    keys = ['--data', path, '--cell-type-key', 'cell_type', '--dose-key', 'dose', '--kind', 'drug', '--split',
+            'ood_drug', '--test-frac', '0.25', '--models', 'departures,mean', '--quiet']  # no --smiles-key
+    sets = [a for k, v in TINY[Departures].items() for a in ('--set', f'{k}={v}')]
+    assert main(['benchmark', *keys, *sets, '--drug-embeddings', tmp_path / 'emb.npz', '--out', tmp_path / 'b']) == 0
+    import pandas as pd
+    assert list(pd.unique(pd.read_csv(tmp_path / 'b' / 'results.csv').model)) == ['departures', 'mean']
+    with pytest.raises(SystemExit) as e:
+        main(['benchmark', *keys, *sets, '--drug-embeddings', tmp_path / 'nope.npz', '--out', tmp_path / 'c'])
+    assert e.value.code == 2
