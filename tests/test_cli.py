@@ -140,7 +140,8 @@ def test_help():
 
 def test_gene_graph_files(tmp_path):
     """Issue 16: the papers' graph ingredients from a user's files, on the command line: a GRN edge list
-    (--gene-graph) and gene vectors (--gene-embeddings, e.g. scGPT's) join co-expression in the trained model's graph."""
+    (--gene-graph) and gene vectors (--gene-embeddings, e.g. scGPT's) join co-expression in the trained model's
+    graph."""
     from perturbdiff.cli import main
     from perturbdiff.datasets import simulate
     from perturbdiff.models import Departures
