@@ -5,7 +5,8 @@
 #   OUT=/path/to/folder bench/gpu_run.sh                  # on a GPU machine (device=cuda)
 #   OUT=/tmp/dry DEVICE=cpu STEPS=3 SAMPLING=5 bench/gpu_run.sh   # the dry run on a CPU: tiny steps, same code path
 #
-# Environment: OUT (default results/gpu), DEVICE (cuda), STEPS (unset: the presets' steps), SAMPLING (unset: the presets'
+# Environment: OUT (default results/gpu), DEVICE (cuda), EXPERIMENTS (1: also Norman's table per preset, paper and
+# authors_code), STEPS (unset: the presets' steps), SAMPLING (unset: the presets'
 # sampling_steps of every trained model), LIMIT (seconds per model, 600),
 # DATA (../shared/data/perturbench_devel.h5ad), PY (python3).
 set -uo pipefail
@@ -35,6 +36,23 @@ for m in doloris unlasting departures; do
   done
 done
 "$PY" bench/ladder.py --data "$DATA" --models anchor,additive,linear,mean,control --device cpu --no-step0 --out "$OUT/baselines" > "$OUT/baselines.log" 2>&1
+# Issue 16 (EXPERIMENTS=1): Norman's pairs with the papers' presets and the authors' code's, every trained model and the
+# baselines in one table each, both E-distance conventions (edist: eq. 20; edist_authors: the authors' code's)
+if [ "${EXPERIMENTS:-0}" = 1 ]; then
+  allsets=()
+  for m in doloris unlasting departures; do
+    if [ -n "${STEPS:-}" ]; then allsets+=(--set "$m.steps=$STEPS"); fi
+    if [ -n "${STEPS:-}" ] && [ $m != departures ]; then allsets+=(--set "$m.mask_steps=$STEPS"); fi
+    if [ -n "${SAMPLING:-}" ]; then allsets+=(--set "$m.sampling_steps=$SAMPLING"); fi
+  done
+  for preset in paper authors_code; do
+    timeout $((3 * LIMIT)) "$PY" -c "import sys; from perturbdiff.cli import main; sys.exit(main())" benchmark \
+      --data "$DATA" --subset dataset=norman19 --cell-type-key cell_type --mode CRISPRa --split unseen_combo \
+      --test-frac 1 --models doloris,unlasting,departures,additive,mean,control --preset $preset --device "$DEVICE" \
+      --metrics edist,emd,rmse,pcc_act,edist_authors "${allsets[@]}" --out "$OUT/norman_$preset" --quiet \
+      > "$OUT/norman_$preset.log" 2>&1 || echo "norman $preset: failed or timed out" >> "$OUT/failures.txt"
+  done
+fi
 "$PY" - "$OUT" <<'PY'
 import sys, pandas as pd, pathlib
 out = pathlib.Path(sys.argv[1]); rows = []

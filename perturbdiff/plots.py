@@ -208,10 +208,13 @@ def _umap(blocks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
 # %% ../nbs/12_plots.ipynb #db9ceb78
 @figure_output
 def embedding(preds, truth: PerturbData, group: str | Sequence[str] | None = None, control: PerturbData | None = None,
-              method: str = 'pca', max_cells: int = 500, seed: int = 0, size: tuple = (3.6, 3.4)) -> Figure:
+              method: str = 'pca', max_cells: int = 500, seed: int = 0, size: tuple = (3.6, 3.4),
+              states: bool = False,  # embed the cells' activation states (x > 0, as 0/1; Departures fig. 5)
+             ) -> Figure:
     "PCA (or UMAP) of predicted vs true cells, one panel per model, in one shared embedding."
     if method not in ('pca', 'umap'): raise ValueError(f"method must be 'pca' or 'umap', got {method!r}.")
     cells = group_cells(preds, truth, group, control, max_cells, seed)
+    if states: cells = {k: (v > 0).astype(np.float32) for k, v in cells.items()}
     ref = [cells[k] for k in ('control cells', 'true') if k in cells]
     if method == 'pca':
         mu, V = pca_fit(np.vstack(ref)); xy = {k: (v - mu) @ V.T for k, v in cells.items()}
@@ -222,7 +225,7 @@ def embedding(preds, truth: PerturbData, group: str | Sequence[str] | None = Non
     for ax, m in zip(axes, models):
         for k, s in (('control cells', 4), ('true', 6), (m, 6)):
             if k in xy: ax.scatter(*xy[k].T, s=s, c=col[k], alpha=0.6, label=k, linewidths=0)
-        ax.set_title(m); ax.set_xlabel(f'{method.upper()} 1')
+        ax.set_title(m + (' (activation states)' if states else '')); ax.set_xlabel(f'{method.upper()} 1')
         ax.legend(fontsize=7, markerscale=2, loc='best')
     for ax in axes[::MAX_COLS]: ax.set_ylabel(f'{method.upper()} 2')
     fig.tight_layout()

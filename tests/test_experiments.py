@@ -115,7 +115,8 @@ def test_norman_same_table_as_cli(tmp_path, shared):
     shifts = pd.read_csv(tmp_path / 'nb' / 'shifts.csv')
     assert list(pd.unique(shifts.model)) == BASELINES and {'pcc_delta_de20', 'delta_ratio_de40'} <= set(shifts.columns)
     assert (shifts[shifts.model == 'additive'].delta_ratio_de20 > 0).all()
-    assert FIGURES <= {p.name for p in (tmp_path / 'nb').glob('*.png')} and images_shown(out_nb) == len(FIGURES)
+    figures = FIGURES | {'activation_states.png'}  # Departures fig. 5 (PCA in quick mode)
+    assert figures <= {p.name for p in (tmp_path / 'nb').glob('*.png')} and images_shown(out_nb) == len(figures)
     assert main(['benchmark', '--data', data, '--subset', 'dataset=norman19', '--cell-type-key', 'cell_type', '--mode',
                  'CRISPRa', '--split', 'unseen_combo', '--test-frac', '1', '--models', ','.join(BASELINES),
                  '--metrics', 'edist,emd,rmse,pcc_act,edist_authors',  # the notebook's: both E-distance conventions
@@ -188,7 +189,9 @@ def test_ablations(tmp_path, tiny_screen):
     summary = pd.read_csv(tmp_path / 'summary.csv', index_col=[0, 1])
     assert len(summary) == 9 and {'label', 'edist_de20_mean', 'emd_de40_std', 'n_groups'} <= set(summary.columns)
     pngs = {p.name for p in tmp_path.glob('*.png')}
-    assert pngs == {f'ablation_{m}_{k}.png' for m in ('unlasting', 'departures') for k in ('edist_de20', 'emd_de20')}
+    assert pngs == {f'ablation_{m}_{k}.png' for m in ('unlasting', 'departures') for k in ('edist_de20', 'emd_de20')
+                    } | {'diversity_unlasting.png'}  # Doloris fig. 2, per DDIB model
+    assert {'intra_pred_all', 'intra_true_all'} <= set(res.columns)
     assert images_shown(out_nb) == len(pngs)
 
 
