@@ -151,4 +151,4 @@ def test_loader_and_groups(gene_sim):
     assert sorted(seen) == list(range(s.train.n_cells))  # one epoch visits each cell once
     g = resolve_groups(s.test, s.train)
     assert (g.n_cells.to_numpy() == s.test.groups().loc[g.index, 'n_cells'].to_numpy()).all()
-    assert set(SPLITS) == {'unseen_perturbation', 'unseen_combo', 'unseen_context', 'ood_drug', 'custom'}
+    assert set(SPLITS) == {'unseen_perturbation', 'unseen_combo', 'unseen_context', 'ood_drug', 'drug_tasks', 'custom'}
