@@ -18,6 +18,7 @@ from torch import nn
 from fastcore.basics import patch
 
 from .contract import GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, preset_config
+from .contract import resolve_groups
 from .conditions import MODES
 from .data import PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
@@ -684,6 +685,27 @@ class Doloris(DDIBModel):
         c = self.config
         return DolorisMaskNet(graph, train.n_genes, len(cond.cell_types), c.mask_hidden, train.kind, c.grn_dim, c.heads,
                               node_features, cond.drug_dim, cond.n_labels, self.seed)
+
+# %% ../nbs/07_ddib.ipynb #1069c91d
+@patch
+def activation_probabilities(self: DDIBModel, groups, seed: int = 0) -> pd.DataFrame:
+    """The mask model's P(x > 0) per gene (columns) for each group (rows, group ids), averaged over the control pool
+    `predict` uses for the group's cell type (Doloris fig. 5)."""
+    self._check_fitted()
+    if self.mask_ is None:
+        raise ValueError(f"This {type(self).__name__} has no mask model (use_mask=False or anchor=True, as the quick "
+                         "presets): fit it with use_mask=True (the paper and plain presets) to see its probabilities.")
+    g = resolve_groups(groups, self.train_)
+    self.mask_.net.to(self.device_)
+    pools, rows = {}, []
+    for gid, row in g.iterrows():
+        if row.cell_type not in pools:  # as predict: the pool of the cell type, drawn from (seed, 7, cell type)
+            pools[row.cell_type] = self.train_.dense(self._control_pool(row.cell_type,
+                                                                        self.generators(seed, 7, row.cell_type)[0]),
+                                                     scaled=True)
+        p = self.mask_.probabilities(pools[row.cell_type], row.cell_type, row.condition, row.dose, row['mode'])
+        rows.append(p.mean(0))
+    return pd.DataFrame(np.array(rows), index=g.index, columns=self.train_.genes)
 
 # %% ../nbs/07_ddib.ipynb #7f715aba
 @torch.no_grad()

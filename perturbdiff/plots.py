@@ -24,8 +24,8 @@ from .metrics import activation_prob, as_cells, de_rankings, prediction_genes, p
 
 # %% auto #0
 __all__ = ['PALETTE', 'MAX_COLS', 'colors', 'as_data', 'figure_output', 'group_id', 'group_cells', 'violin_de', 'pca_fit',
-           'embedding', 'diversity_bars', 'activation_scatter', 'nfe_curve', 'snr_curve', 'metric_bars',
-           'ablation_bars']
+           'embedding', 'diversity_bars', 'activation_scatter', 'mask_probabilities', 'nfe_curve', 'snr_curve',
+           'metric_bars', 'ablation_bars']
 
 # %% ../nbs/12_plots.ipynb #e0e1d36c
 PALETTE = {'control cells': '#c8c8c8', 'true': '#222222', 'control': '#7f7f7f', 'mean': '#c49a00',
@@ -269,6 +269,38 @@ def activation_scatter(preds, truth: PerturbData, group: str | None = None, size
         ax.set_title(f'{m}  (r = {r:.2f})'); ax.set_xlabel('true activation probability')
         ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
     for ax in axes[::MAX_COLS]: ax.set_ylabel('predicted activation probability')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/12_plots.ipynb #d805c08c
+@figure_output
+def mask_probabilities(probs: Mapping[str, pd.DataFrame] | pd.DataFrame, truth: PerturbData, group: str | None = None,
+                       size: tuple = (3.4, 3.2)) -> Figure:
+    """Mask-model probabilities (`DDIBModel.activation_probabilities`: groups x genes, or {model: table}) against the
+    true on-fraction per gene of one group, and both distributions over the genes."""
+    truth = as_data(truth)
+    probs = {'model': probs} if isinstance(probs, pd.DataFrame) else dict(probs)
+    gid = group_id(truth, group)
+    t = activation_prob(truth.dense(np.flatnonzero(truth.obs.group.to_numpy() == gid)))
+    fig, axes = _panels(2 * len(probs), size)
+    col = colors(list(probs))
+    for k, (m, tab) in enumerate(probs.items()):
+        if gid not in tab.index: raise KeyError(f"{m}: no probabilities for group {gid!r}; pass it to "
+                                                "activation_probabilities.")
+        p = tab.loc[gid].reindex(truth.genes).to_numpy(np.float64)
+        ok = np.isfinite(p)
+        r = np.corrcoef(p[ok], t[ok])[0, 1] if p[ok].std() > 0 and t[ok].std() > 0 else np.nan
+        ax = axes[2 * k]
+        ax.scatter(t[ok], p[ok], s=6, c=col[m], alpha=0.6, linewidths=0)
+        ax.plot([0, 1], [0, 1], color='#222222', lw=0.8, ls='--')
+        ax.set_title(f'{m}: mask model (r = {r:.2f})'); ax.set_xlabel('true on-fraction')
+        ax.set_ylabel('P(x > 0), mask model'); ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
+        ax = axes[2 * k + 1]
+        bins = np.linspace(0, 1, 21)
+        ax.hist(t, bins, color='#888888', alpha=0.6, label='true on-fraction')
+        ax.hist(p[ok], bins, color=col[m], alpha=0.6, label='mask probability')
+        ax.set_xlabel('per gene'); ax.set_ylabel('genes'); ax.legend(fontsize=7)
+        ax.set_title(str(truth.groups().loc[gid, 'condition']))
     fig.tight_layout()
     return fig
 

@@ -90,6 +90,14 @@ def test_adamson_trained_models(tmp_path):
     assert np.isfinite(summary.filter(like='_mean').to_numpy()).all()
 
 
+
+def test_norman_paper_preset_mask_figure(tmp_path):
+    "quick=False on the simulator: Doloris with the paper preset has a mask model, whose probabilities are shown."
+    out_nb = execute('21_norman', tmp_path, data_path='synthetic', quick=False, models='doloris,additive', steps=3,
+                     sampling_steps=5, overrides=tiny_trained())
+    assert {'mask_probabilities.png', 'activation_states.png'} <= {p.name for p in tmp_path.glob('*.png')}
+    assert images_shown(out_nb) >= 7
+
 def test_sciplex3_paper_preset(tmp_path):
     "quick=False: the paper presets (full-chain training, vote masks, minibatch OT, sci-Plex3's step counts)."
     execute('22_sciplex3', tmp_path, data_path='synthetic-drug', quick=False, models='unlasting,doloris,departures',
