@@ -178,3 +178,23 @@ def test_experiment_pages_are_executed_with_a_results_page(tmp_path, chromium):
     assert 'href="results.html"' in page
     assert screenshot_docs.main([str(out), '--pages', '20_adamson.html', 'results.html', '--out',
                                  str(tmp_path / 'shots')]) == 0
+
+
+def test_paper_outputs_replace_the_quick_run(tmp_path):
+    """`site --experiments --paper DIR`: an experiment whose full-size output notebook is in DIR is shown from it (not
+    run again), with a banner naming it, and the Results page reads that run's tables from DIR/<stem>/."""
+    import papermill as pm
+    paper = tmp_path / 'gpu'
+    paper.mkdir()
+    pm.execute_notebook(str(ROOT / 'nbs' / '20_adamson.ipynb'), str(paper / '20_adamson.out.ipynb'),
+                        parameters=dict(data_path='synthetic', models='control,mean', device='cpu',
+                                        out_dir=str(paper / '20_adamson')), cwd=str(ROOT), kernel_name='python3',
+                        progress_bar=False)
+    out = tmp_path / 'site'
+    assert build_docs.main(['site', '--only', '20_adamson', '--experiments', '--paper', str(paper), '--out',
+                            str(out)]) == 0
+    text = visible(out / '20_adamson.html')
+    assert 'Outputs of the full-size run' in text and 'Executed' not in text
+    assert not (out / 'experiments').exists()  # nothing was run for the site
+    results = visible(out / 'results.html')
+    assert 'mean' in results and 'No experiment wrote a summary' not in results

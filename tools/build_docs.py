@@ -341,7 +341,7 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False, expe
     render gets a page that says so (with the error), and the other pages are still built. With `experiments`, the
     experiment notebooks (2x) are run with their quick parameters (`experiment_params`, `params` overriding) and shown
     executed, with a Results page; with `paper`, an experiment's `<paper>/<stem>.out.ipynb` (a full-size run's output
-    notebook) is shown instead when it exists."""
+    notebook) is shown instead when it exists, and the Results page reads its tables from `<paper>/<stem>/`."""
     import datetime
     from pygments.formatters import HtmlFormatter
     paths = sorted(NBS.glob('*.ipynb'))
@@ -363,6 +363,7 @@ def build_site(out: Path, only: list[str] | None = None, run: bool = False, expe
             full = paper / f'{p.stem}.out.ipynb' if paper else None
             if experiments and EXPERIMENT.match(p.stem) and full is not None and full.exists():
                 nb = with_banner(nbformat.read(full, as_version=4), f'**Outputs of the full-size run** `{full}`.')
+                if (paper / p.stem).is_dir(): runs[p.stem] = paper / p.stem  # its tables, for the Results page
             elif experiments and EXPERIMENT.match(p.stem):
                 prm = experiment_params(p.stem, out / 'experiments' / p.stem, params)
                 when = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
@@ -451,7 +452,8 @@ def main(argv=None) -> int:
                    help='run the experiment notebooks (2x) with their quick parameters and add a Results page')
     s.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='an experiment parameter for every experiment notebook (a Python literal, else a string)')
-    s.add_argument('--paper', type=Path, help="folder of a full-size run's output notebooks (<stem>.out.ipynb)")
+    s.add_argument('--paper', type=Path, help="folder of a full-size run: output notebooks <stem>.out.ipynb and their "
+                                             "tables in <stem>/ (the notebooks' out_dir)")
     r = sub.add_parser('readme', help='write README.md from nbs/index.ipynb')
     r.add_argument('--check', action='store_true', help='fail if README.md is not up to date')
     sub.add_parser('nbdev-prep', help="nbdev_docs' steps before quarto (into _proc), without its quarto installer; run "
