@@ -36,9 +36,9 @@ from .priors import coexpression, edge_list
 # %% auto #0
 __all__ = ['SYNTHETIC', 'DATA_KEYS', 'AT_LEAST_ONE', 'POSITIVE', 'FRACTIONS', 'PRIORS', 'USER_ERRORS', 'read_anndata',
            'subset_obs', 'load_data', 'data_notes', 'parse_test_group', 'read_test_file', 'make_split', 'model_names',
-           'parse_value', 'parse_overrides', 'check_option', 'model_overrides', 'make_model', 'prior_sources',
-           'paper_table', 'write_summary', 'BenchmarkResult', 'atomic_write', 'finished_models', 'benchmark',
-           'is_user_error', 'run_command']
+           'parse_value', 'parse_overrides', 'check_option', 'model_overrides', 'make_model', 'experiment_options',
+           'prior_sources', 'paper_table', 'write_summary', 'BenchmarkResult', 'atomic_write', 'finished_models',
+           'benchmark', 'is_user_error', 'run_command']
 
 # %% ../nbs/10_api.ipynb #39448e5f
 SYNTHETIC = {  # simulator datasets: simulate() arguments and the PerturbData keys of their columns
@@ -280,6 +280,27 @@ def make_model(name: str, preset: str = 'quick', seed: int = 0, device: str = 'a
     shared = {k: v for k, v in overrides.get('*', {}).items() if k in takes}  # the other models' options are theirs
     kw = model_overrides([name], {'*': shared, name: overrides.get(name, {})})[name]
     return cls.from_preset(preset, seed=seed, device=device, progress=progress, **kw)
+
+# %% ../nbs/10_api.ipynb #50244d3c
+def experiment_options(models: str | Sequence[str], preset: str, dataset: str | None = None,
+                       steps: int | None = None, sampling_steps: int | None = None, mask_steps: int | None = None,
+                       overrides: Mapping[str, Mapping] | None = None,  # {'*': {...}, name: {...}}: these win
+                       **options) -> dict:
+    """{'*': ..., name: ...} model options of an experiment run: the papers' options for `dataset` (paper preset), the
+    step counts and `options` (each to the models that take it; None: not set), then `overrides` (whose entries for
+    models not run are left unused, so one table serves any `models`)."""
+    from perturbdiff.papers import FAMILIES, paper_overrides  # the models' modules, imported when needed
+    overrides = dict(overrides or {})
+    out = {'*': dict(overrides.pop('*', {}))}
+    for name in model_names(models):
+        takes = model_class(name).options()
+        mine = paper_overrides(name, dataset) if preset == 'paper' and dataset and name in FAMILIES else {}
+        given = dict(steps=steps, sampling_steps=sampling_steps, mask_steps=mask_steps, **options)
+        mine.update({k: v for k, v in given.items() if v is not None and k in takes})
+        out[name] = {**mine, **overrides.pop(name, {})}
+    unknown = [k for k in overrides if k not in MODELS]  # a known model's options, when it is not run, wait unused
+    if unknown: raise ValueError(f"overrides for unknown models {unknown}; the models are {list(MODELS)}.")
+    return out
 
 # %% ../nbs/10_api.ipynb #2b4fa4bc
 PRIORS = ('auto', 'coexpression', 'simulator')
