@@ -198,3 +198,18 @@ def test_paper_outputs_replace_the_quick_run(tmp_path):
     assert not (out / 'experiments').exists()  # nothing was run for the site
     results = visible(out / 'results.html')
     assert 'mean' in results and 'No experiment wrote a summary' not in results
+
+
+def test_norman_experiment_page(tmp_path, chromium, shared):
+    """Issue 17's must-show: the Norman experiment page, executed on the development file (its Norman part; the
+    baselines here), has its table and figures, and renders in headless Chromium to a screenshot."""
+    out = tmp_path / 'site'
+    assert build_docs.main(['site', '--only', '21_norman', '--experiments', '--param',
+                            'models=control,mean,additive,linear', '--out', str(out)]) == 0
+    assert build_docs.build_site.failed == []
+    page = (out / '21_norman.html').read_text()
+    assert '<table' in page and page.count('data:image/png;base64') >= 5
+    text = visible(out / '21_norman.html')
+    assert 'perturbench_devel.h5ad' in text and 'edist_authors' in text  # the data used, both conventions
+    assert screenshot_docs.main([str(out), '--pages', '21_norman.html', '--out', str(tmp_path / 'shots')]) == 0
+    assert (tmp_path / 'shots' / '21_norman.png').stat().st_size > 10_000
