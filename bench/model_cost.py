@@ -17,7 +17,8 @@ on the training controls plus the simulator's true regulatory edges. The mask mo
 
     OMP_NUM_THREADS=2 python bench/model_cost.py --genes 5000 --steps 12 --out bench/results
 
-prints a table and writes `model_cost.csv` to `--out`. Set `--device cuda` on a GPU machine.
+prints a table and writes `model_cost.csv` to `--out`. Set `--device cuda` on a GPU machine. `--fused both` runs each
+model with AdamW's plain loop and with its fused kernel (`fused_adamw`, on in the paper presets), one after the other.
 """
 import argparse
 import json
@@ -62,13 +63,15 @@ def worker(a) -> dict:
     opts = dict(steps=warm + timed, progress=False, graph=prior)
     if a.worker != 'departures':
         opts.update(mask_steps=a.mask_steps, **({'n_control': a.n_control} if a.n_control else {}))
+    if a.fused in ('on', 'off'): opts['fused_adamw'] = a.fused == 'on'
     model = cls.from_preset('paper', seed=0, device=a.device, **opts)
     base = rss_mb()
     t0 = time.perf_counter(); model.fit(split.train, log_every=1); fit_s = time.perf_counter() - t0
     say(f'fitted in {fit_s:.1f} s; graph {model.graph_.n_nodes} nodes, {model.graph_.edge_index.shape[1]} edges')
     sec = np.diff(np.r_[0.0, model.history_.seconds.to_numpy()])[warm:]
-    row = dict(model=a.worker, device=a.device, graph_edges=int(model.graph_.edge_index.shape[1]),
-               genes=len(split.train.genes), train_cells=len(split.train.obs),
+    row = dict(model=a.worker, fused_adamw=model.config.fused_adamw, device=a.device,
+               graph_edges=int(model.graph_.edge_index.shape[1]), genes=len(split.train.genes),
+               train_cells=len(split.train.obs),
                batch_size=model.config.batch_size, timed_steps=len(sec), step_s=float(np.median(sec)),
                step_s_min=float(sec.min()), fit_s_total=fit_s,
                params_M=sum(p.numel() for p in model.net_.parameters()) / 1e6)
@@ -109,6 +112,8 @@ def main():
     p.add_argument('--device', default='cpu')
     p.add_argument('--no-predict', default='', help='models whose prediction is not timed (too slow at this size)')
     p.add_argument('--out', default=None)
+    p.add_argument('--fused', default='preset', choices=['preset', 'on', 'off', 'both'],
+                   help="AdamW's fused kernel (fused_adamw): the preset's (on), on, off, or both side by side")
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -116,13 +121,15 @@ def main():
     import pandas as pd
     rows = []
     for m in a.models.split(','):
-        args = [sys.executable, __file__, '--worker', m] + [f'--{k.replace("_", "-")}={v}' for k, v in vars(a).items()
-                                                            if k not in ('worker', 'models', 'out') and v is not None]
-        r = subprocess.run(args, stdout=subprocess.PIPE, text=True)  # stderr: the worker's progress, shown as it goes
-        line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
-        if r.returncode or not line: sys.exit(f'{m} failed (exit {r.returncode}); its messages are above')
-        rows.append(json.loads(line[0][7:])); print(rows[-1], flush=True)
-    tab = pd.DataFrame(rows).set_index('model')
+        for fused in (('off', 'on') if a.fused == 'both' else (a.fused,)):  # side by side, each in its own process
+            args = [sys.executable, __file__, '--worker', m] + [
+                f'--{k.replace("_", "-")}={v}' for k, v in {**vars(a), 'fused': fused}.items()
+                if k not in ('worker', 'models', 'out') and v is not None]
+            r = subprocess.run(args, stdout=subprocess.PIPE, text=True)  # stderr: the worker's progress, as it goes
+            line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
+            if r.returncode or not line: sys.exit(f'{m} failed (exit {r.returncode}); its messages are above')
+            rows.append(json.loads(line[0][7:])); print(rows[-1], flush=True)
+    tab = pd.DataFrame(rows).set_index(['model', 'fused_adamw'])
     pd.set_option('display.width', 200)
     print(tab.T.to_string())
     if a.out:

@@ -216,8 +216,10 @@ class BridgeConfig(TrainingOptions, GraphOptions, BridgeNetOptions, SamplingOpti
 
 # %% ../nbs/09_bridges.ipynb #22924c51
 BRIDGE_PRESETS = {
-    'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None, pairing='batch'),
-    'authors_code': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None, pairing='sinkhorn'),
+    'paper': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None, pairing='batch',
+                  fused_adamw=True),
+    'authors_code': dict(dim=64, time_dim=128, epochs=5, batch_size=64, lr=1e-3, grad_clip=None, pairing='sinkhorn',
+                         fused_adamw=True),
     'quick': dict(dim=16, time_dim=64, steps=300, batch_size=64, lr=1e-3, sampling_steps=25, gat_residual=True,
               shared_readout=True, direct_effect=True, anchor=True, use_discrete=False, control_pairs=0.25,
                   decode_residual=True),

@@ -179,8 +179,9 @@ class TrainedModel(PerturbationModel):
         "The trainer's configuration: the fields every model config has, then the model's own (`fields`)."
         c = self.config
         return TrainConfig(**{**dict(batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, ema=c.ema,
-                                     grad_clip=c.grad_clip, schedule=c.lr_schedule, device=self.device, seed=self.seed,
-                                     progress=self.progress, resume=resume), **fields})
+                                     grad_clip=c.grad_clip, schedule=c.lr_schedule, fused=c.fused_adamw,
+                                     device=self.device, seed=self.seed, progress=self.progress, resume=resume),
+                          **fields})
 
     def generators(self, seed: int, *parts) -> tuple[np.random.Generator, torch.Generator]:
         "A numpy generator keyed by (seed, *parts) and a torch generator on the model's device seeded from it."
@@ -253,6 +254,7 @@ class TrainingOptions:
     ema: float | None = None  # decay of a moving average of the weights used to predict; None: the raw weights
     grad_clip: float | None = 1.0  # max gradient norm; None: no clipping
     lr_schedule: str = 'linear'  # 'linear' (decay to 0, the authors' code), 'constant' or 'cosine'
+    fused_adamw: bool = False  # AdamW's fused kernel (perturbdiff.train.adamw): equal to rounding, faster when large
 
 @dataclass
 class GraphOptions:

@@ -250,7 +250,8 @@ def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=Fals
     c = self.config
     tc = TrainConfig(epochs=None if c.mask_steps else c.mask_epochs, steps=c.mask_steps, lr=c.mask_lr,
                      weight_decay=c.mask_weight_decay, batch_size=c.mask_batch_size,
-                     schedule='constant', device=device, seed=self.seed + 17, progress=progress, log_every=20,
+                     schedule='constant', fused=c.fused_adamw, device=device, seed=self.seed + 17, progress=progress,
+                     log_every=20,
                      out_dir=out_dir, ckpt_every=50 if out_dir else None, resume=resume)
     self.history_ = train_fit(self.net, self._loss, self._batches(), tc, desc='mask model').history
     if c.mask_strategy == 'coherent': self.bank_ = MaskBank.from_data(self.train)

@@ -269,9 +269,11 @@ TINY = dict(Unlasting=dict(steps=12, hidden=16, time_dim=8, decoder=(16,), grn_d
 
 
 @pytest.mark.parametrize('cls', [Unlasting, Doloris, Departures], ids=lambda c: c.__name__)
-def test_interrupted_then_resumed_equals_uninterrupted(screen, cls, tmp_path):
+@pytest.mark.parametrize('fused', [False, True], ids=['plain_adamw', 'fused_adamw'])
+def test_interrupted_then_resumed_equals_uninterrupted(screen, cls, fused, tmp_path):
+    "Exact resume, with AdamW's plain loop and with its fused kernel (the paper presets')."
     _, split, prior = screen
-    kw = dict(seed=0, device='cpu', progress=False, graph=prior, **TINY[cls.__name__])
+    kw = dict(seed=0, device='cpu', progress=False, graph=prior, fused_adamw=fused, **TINY[cls.__name__])
     whole = cls.from_preset('quick', **kw).fit(split.train)
     cls.from_preset('quick', **kw).fit(split.train, out_dir=str(tmp_path), stop_after=7)
     resumed = cls.from_preset('quick', **kw).fit(split.train, out_dir=str(tmp_path), resume=True)
