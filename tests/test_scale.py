@@ -144,3 +144,24 @@ def test_split_by_a_column_backed_equals_in_memory(tmp_path):
     import json
     info = json.loads((tmp_path / 'run' / 'run.json').read_text())
     assert sorted(info['test_groups']['group']) == sorted(mem.test_groups.index)
+
+
+def test_drug_tasks_split_backed_equals_in_memory(tmp_path):
+    """The papers' sci-Plex3 split (`drug_tasks`: OOD drugs everywhere plus unseen contexts, issue 16) on a backed
+    h5ad: the same cells in each part and the same task labels as in memory."""
+    from perturbdiff.backed import _plain_strings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        sim = simulate(kind='drug', seed=0, n_drugs=6, n_genes=30, n_cell_types=2, cells_per_group=6, n_control=30)
+    sim.obs, sim.var = _plain_strings(sim.obs), _plain_strings(sim.var)
+    sim.uns.pop('simulation', None)
+    path = tmp_path / 'drugs.h5ad'
+    sim.write_h5ad(path)
+    keys = dict(cell_type_key='cell_type', dose_key='dose', kind='drug')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        mem = PerturbData(sim, **keys).split('drug_tasks', test_frac=0.3, seed=0)
+        bk = BackedPerturbData(path, **keys).split('drug_tasks', test_frac=0.3, seed=0)
+    assert list(bk.train.obs.index) == list(mem.train.obs.index) and list(bk.test.obs.index) == list(mem.test.obs.index)
+    assert bk.test_groups.subgroup.equals(mem.test_groups.subgroup)
+    assert set(mem.test_groups.subgroup) == {'ood_drug', 'unseen_context'}
