@@ -132,16 +132,24 @@ def same_distribution(X, Y) -> bool:
 # %% ../nbs/02_metrics.ipynb #7bd43c31
 def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False) -> float:
     "E-distance between cell sets X and Y (Doloris eq. 20 by default; see EDIST_CONVENTIONS)."
+    return _energy(X, Y, squared, unbiased, sqrt)
+
+def _energy(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False, sums: dict | None = None) -> float:
+    """energy_distance, keeping the pair sums of the non-squared forms in `sums` (and taking them from it when there):
+    the conventions differ only in how they normalise the same sums, so one pass serves several of them."""
     X = as_cells(X, 'X', 2 if unbiased else 1); Y = as_cells(Y, 'Y', 2 if unbiased else 1); _same_genes(X, Y)
+    sums = {} if sums is None else sums
     if not unbiased and same_distribution(X, Y): return 0.0  # rule 1: equal distributions, exactly 0
     if squared:
         within = mean_distance(X, squared=True, unbiased=unbiased) + mean_distance(Y, squared=True, unbiased=unbiased)
         e = 2.0 * mean_distance(X, Y, squared=True) - within
     else:
-        A, B = _centred(X, Y)
-        n, m = len(A), len(B)
+        if not sums:
+            A, B = _centred(X, Y)
+            sums.update(xy=_pair_sum(A, B), xx=_pair_sum(A), yy=_pair_sum(B))
+        n, m = len(X), len(Y)
         wx, wy = (n * (n - 1), m * (m - 1)) if unbiased else (n * n, m * m)
-        e = 2.0 * _pair_sum(A, B) / (n * m) - _pair_sum(A) / wx - _pair_sum(B) / wy
+        e = 2.0 * sums['xy'] / (n * m) - sums['xx'] / wx - sums['yy'] / wy
     if not unbiased and not e > 0: e = 0.0  # rule 2: the biased forms are >= 0; rounding may leave -1e-15
     return float(np.sqrt(max(e, 0.0))) if sqrt else float(e)
 
@@ -443,13 +451,13 @@ def _shift_scores(dp: np.ndarray, dt: np.ndarray) -> tuple[float, float]:
 def _score(P: np.ndarray, T: np.ndarray, sets: dict, metrics: Sequence[str], edist: dict,
            ctrl_mean: np.ndarray | None = None) -> dict:
     "The metric columns of one group (`ctrl_mean`: the control mean, for 'delta')."
-    row = {}
+    row, pair_sums = {}, {name: {} for name in sets}  # per gene set: distance sums shared by the E-distance conventions
     for m in metrics:
         for name, idx in sets.items():
             p, t = (P, T) if idx is None else (P[:, idx], T[:, idx])
-            if m == 'edist': row[f'edist_{name}'] = energy_distance(p, t, **edist)
+            if m == 'edist': row[f'edist_{name}'] = _energy(p, t, **edist, sums=pair_sums[name])
             elif m == 'edist_authors':
-                row[f'edist_authors_{name}'] = (energy_distance(p, t, **EDIST_CONVENTIONS['authors_code'])
+                row[f'edist_authors_{name}'] = (_energy(p, t, **EDIST_CONVENTIONS['authors_code'], sums=pair_sums[name])
                                                 if min(len(p), len(t)) > 1 else np.nan)
             elif m == 'emd': row[f'emd_{name}'] = emd(p, t)
             elif m == 'rmse': row[f'rmse_{name}'] = rmse(p, t)
