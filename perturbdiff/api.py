@@ -292,11 +292,12 @@ def experiment_options(models: str | Sequence[str], preset: str, dataset: str | 
     from perturbdiff.papers import FAMILIES, paper_overrides  # the models' modules, imported when needed
     overrides = dict(overrides or {})
     out = {'*': dict(overrides.pop('*', {}))}
+    given = {k: v for k, v in dict(steps=steps, sampling_steps=sampling_steps, mask_steps=mask_steps, **options).items()
+             if v is not None}
     for name in model_names(models):
         takes = model_class(name).options()
         mine = paper_overrides(name, dataset) if preset == 'paper' and dataset and name in FAMILIES else {}
-        given = dict(steps=steps, sampling_steps=sampling_steps, mask_steps=mask_steps, **options)
-        mine.update({k: v for k, v in given.items() if v is not None and k in takes})
+        mine.update({k: v for k, v in given.items() if k in takes})
         out[name] = {**mine, **overrides.pop(name, {})}
     unknown = [k for k in overrides if k not in MODELS]  # a known model's options, when it is not run, wait unused
     if unknown: raise ValueError(f"overrides for unknown models {unknown}; the models are {list(MODELS)}.")

@@ -79,18 +79,22 @@ class MaskBank:
         search = np.sort(np.argsort(-var, kind='stable')[:k])
         return cls(masks, freq, pd.Series(ct), search)
 
-    def nearest(self, p_mean: np.ndarray, cell_type: str) -> str:
-        "The subset of `cell_type` whose activation frequency is closest (L2 on the search genes) to `p_mean`."
+    def candidates(self, cell_type: str) -> pd.Index:
+        "The subsets of `cell_type` (an error when the bank has none)."
         cands = self.cell_type.index[self.cell_type == cell_type]
         if not len(cands): raise ValueError(f"No training cells of cell type {cell_type!r} in the mask bank.")
+        return cands
+
+    def nearest(self, p_mean: np.ndarray, cell_type: str) -> str:
+        "The subset of `cell_type` whose activation frequency is closest (L2 on the search genes) to `p_mean`."
+        cands = self.candidates(cell_type)
         F = self.freq.loc[cands].to_numpy()[:, self.search_genes]
         d = ((F - np.asarray(p_mean)[self.search_genes]) ** 2).sum(1)
         return str(cands[int(np.argmin(d))])
 
     def nearest_each(self, probs: np.ndarray, cell_type: str) -> np.ndarray:
         "For each row of `probs` [cells, genes], the subset of `cell_type` closest to it (L2 over all genes)."
-        cands = self.cell_type.index[self.cell_type == cell_type]
-        if not len(cands): raise ValueError(f"No training cells of cell type {cell_type!r} in the mask bank.")
+        cands = self.candidates(cell_type)
         F, P = self.freq.loc[cands].to_numpy(np.float64), np.asarray(probs, dtype=np.float64)
         d = (P ** 2).sum(1)[:, None] - 2.0 * P @ F.T + (F ** 2).sum(1)[None]  # [cells, subsets] squared distances
         return np.asarray(cands, dtype=object)[np.argmin(d, 1)]
@@ -251,8 +255,7 @@ def fit(self: MaskModel, device='auto', progress=True, out_dir=None, resume=Fals
     tc = TrainConfig(epochs=None if c.mask_steps else c.mask_epochs, steps=c.mask_steps, lr=c.mask_lr,
                      weight_decay=c.mask_weight_decay, batch_size=c.mask_batch_size,
                      schedule='constant', fused=c.fused_adamw, device=device, seed=self.seed + 17, progress=progress,
-                     log_every=20,
-                     out_dir=out_dir, ckpt_every=50 if out_dir else None, resume=resume)
+                     log_every=20, out_dir=out_dir, ckpt_every=50 if out_dir else None, resume=resume)
     self.history_ = train_fit(self.net, self._loss, self._batches(), tc, desc='mask model').history
     if c.mask_strategy == 'coherent': self.bank_ = MaskBank.from_data(self.train)
     return self
