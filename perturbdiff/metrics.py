@@ -25,7 +25,7 @@ __all__ = ['BLOCK', 'EDIST_CONVENTIONS', 'METRICS', 'DEFAULT_METRICS', 'as_cells
            'energy_distance', 'edist_options', 'intra_distance', 'quantile_grid', 'cgroup_cpu_quota', 'available_cpus',
            'default_threads', 'emd_per_gene', 'emd', 'rmse', 'activation_prob', 'activation_pcc', 'welch_t',
            'rank_genes', 'de_rankings', 'gears_de_genes', 'top_de', 'prediction_genes', 'prediction_groups', 'evaluate',
-           'evaluate_models', 'metric_columns', 'summarize', 'sampling_floor', 'snr']
+           'evaluate_models', 'metric_columns', 'summarize', 'sampling_floor', 'snr', 'snr_hvg']
 
 # %% ../nbs/02_metrics.ipynb #f3b16468
 def as_cells(X, what: str = 'X', min_cells: int = 1) -> np.ndarray:
@@ -621,4 +621,56 @@ def snr(data: PerturbData, sizes: Sequence[int | None] = (20, 40, 100, None), ra
             S = order[:k] if k is not None else order
             rows.append(dict(cell_type=ct, k=len(S), n_groups=len(gids), between=between[S].mean(),
                              within=within[S].mean(), snr=between[S].mean() / within[S].mean()))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/02_metrics.ipynb #772be213
+def snr_hvg(data: PerturbData, sizes: Sequence[int | None] = (10, 20, 50, 100, 200, 500, 1000, None),
+            hvg: Sequence[str] | None = None, control: PerturbData | None = None, reference: int = 50) -> pd.DataFrame:
+    """Doloris fig. 8 SNR, as we read it: on the top-k highly variable genes, the mean over perturbed groups of
+    ||group mean - control mean|| / mean ||cell - group mean||, per cell type and k, and relative to k = `reference`."""
+    control = data if control is None else control
+    bad = [k for k in sizes if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1)]
+    if bad or not len(sizes):
+        raise ValueError(f"sizes must be gene counts k >= 1 (None: all genes), got {list(sizes)}; e.g. (20, 50, None).")
+    if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) or reference < 1:
+        raise ValueError(f"reference must be a gene count k >= 1 (the paper's is 50), got {reference!r}.")
+    if hvg is not None:
+        hvg = [str(g) for g in ([hvg] if isinstance(hvg, str) else hvg)]
+        unknown = [g for g in hvg if g not in set(data.genes)]
+        if unknown: raise KeyError(f"{len(unknown)} genes of hvg are not measured in this data: {unknown[:5]}; pass "
+                                   f"genes of data.genes, e.g. [g for g in hvg if g in set(data.genes)].")
+        if not hvg or len(set(hvg)) < len(hvg):
+            raise ValueError(f"hvg must be a non-empty list of distinct genes, most variable first; got {len(hvg)} "
+                             f"names, {len(hvg) - len(set(hvg))} repeated.")
+    obs, rows, few = data.obs[~data.obs.control], [], {}
+    for ct in sorted(obs.cell_type.astype(str).unique()):
+        pos = np.flatnonzero(~data.obs.control.to_numpy() & (data.obs.cell_type.astype(str) == ct).to_numpy())
+        grp = data.obs.group.to_numpy()[pos]
+        gids = [g for g, n in pd.Series(grp).value_counts(sort=False).items() if n >= 2]
+        if not gids: few[ct] = len(set(grp)); continue
+        crows = control.control_rows(ct)
+        if not len(crows):
+            raise ValueError(f"No control cells of cell type {ct!r} in the control data: the signal is the distance "
+                             f"of each group's mean from the control mean. Pass control= data that holds them "
+                             f"(e.g. the training split).")
+        X, C = data.dense(pos), control.dense(crows)[:, control.gene_index(data.genes)]
+        order = (data.gene_index(hvg) if hvg is not None
+                 else np.argsort(-_mean_var(np.vstack([X, C]))[1], kind='stable'))  # most variable first
+        mc, n = C.mean(0, dtype=np.float64)[order], len(order)
+        signal, noise = np.empty((len(gids), n)), np.empty((len(gids), n))
+        for i, g in enumerate(gids):  # cumulative sums over the ranked genes: every k at once
+            Xg = X[grp == g][:, order].astype(np.float64)
+            mg = Xg.mean(0)
+            signal[i] = np.sqrt(np.cumsum(np.square(mg - mc)))
+            noise[i] = np.sqrt(np.cumsum(np.square(Xg - mg), axis=1)).mean(0)
+        with np.errstate(divide='ignore', invalid='ignore'): ratio = (signal / noise).mean(0)
+        k_ref = min(reference, n)
+        for k in sorted({n if k is None else min(int(k), n) for k in sizes}):
+            rows.append(dict(cell_type=ct, k=k, n_groups=len(gids), signal=signal[:, k - 1].mean(),
+                             noise=noise[:, k - 1].mean(), snr=ratio[k - 1], k_ref=k_ref, snr_ref=ratio[k_ref - 1],
+                             relative=ratio[k - 1] / ratio[k_ref - 1]))
+    if not rows:
+        raise ValueError(f"No perturbed group has 2 or more cells (groups per cell type: "
+                         f"{few or 'no perturbed cells'}); the noise is the spread of a group's cells about its "
+                         f"mean. Pass data with several cells per group (predict n_cells >= 2).")
     return pd.DataFrame(rows)

@@ -108,7 +108,11 @@ GAPS = {
     ],
     'doloris': [
         ("Fig. 8, signal-to-noise", "top-k highly variable genes, vector norms, relative to k = 50",
-         "25_heterogeneity: DE-ranked genes, between- over within-condition variance, relative to all genes"),
+         "metrics.snr_hvg, in 25_heterogeneity (snr_hvg.csv, snr_hvg_relative.png) for the true cells and each model: "
+         "genes by variance, per group ||group mean - control mean|| / mean ||cell - group mean|| on the top k, "
+         "averaged over groups, / its value at k = 50; the exact definition is our reading of this description "
+         "(the paper's text is not at hand). Beside it, metrics.snr (DE genes, between- over within-condition "
+         "variance, relative to all genes)"),
         ("Δ-score column (Norman)", "in the paper's Norman table", "not computed (its definition is not at hand here)"),
         ("named example conditions of the violin plots", "the paper's chosen perturbations",
          "the test group with the largest E-distance, or `show_group`"),

@@ -323,20 +323,37 @@ def nfe_curve(table: pd.DataFrame, y: str = 'edist_all', x: str = 'nfe', hue: st
     return fig
 
 # %% ../nbs/12_plots.ipynb #fd61f027
+def _snr_at(t: pd.DataFrame, k: int, label: str) -> float:
+    "The SNR of one line at k genes: its row at k, else the `snr_ref` of a `metrics.snr_hvg` table computed for k."
+    at = t.snr[t.k == k]
+    if len(at): return float(at.iloc[0])
+    if 'snr_ref' in t and ((t.k_ref == k).all() or (t.k.max() < k and (t.k_ref == t.k.max()).all())):
+        return float(t.snr_ref.iloc[0])  # the table's reference: k itself, or all genes when there are fewer than k
+    raise ValueError(f"No SNR at k = {k} for {label or 'the table'} (k: {sorted(t.k)}): compute the table with {k} "
+                     f"among its sizes (metrics.snr_hvg computes its reference k anyway), or pick relative_to among "
+                     f"those k.")
+
 @figure_output
 def snr_curve(tables: pd.DataFrame | Mapping[str, pd.DataFrame], relative: bool = True,
-              size: tuple = (5, 3.6)) -> Figure:
-    "SNR of the top-k genes against k (`metrics.snr` tables; {dataset: table} for several), relative to all genes."
+              size: tuple = (5, 3.6), relative_to: int | None = None) -> Figure:
+    """SNR of the top-k genes against k (`metrics.snr` or `metrics.snr_hvg` tables; {dataset: table} for several),
+    relative to all genes, or to k = `relative_to` genes (Doloris fig. 8: 50)."""
+    if relative_to is not None and not relative:
+        raise ValueError("relative=False draws the SNR itself; drop relative_to, or keep relative=True.")
     tables = {'': tables} if isinstance(tables, pd.DataFrame) else dict(tables)
     fig, axes = _figure(1, 1, size); ax = axes[0, 0]
     lines = [(f'{n} {ct}'.strip(), t[t.cell_type == ct].sort_values('k'))
              for n, t in tables.items() for ct in pd.unique(t.cell_type)]
     col = colors([l for l, _ in lines])
     for label, t in lines:
-        y = t.snr / t.snr.iloc[-1] if relative else t.snr
+        ref = t.snr.iloc[-1] if relative_to is None else _snr_at(t, relative_to, label)
+        y = t.snr / ref if relative else t.snr
         ax.plot(t.k, y, marker='o', color=col[label], label=label)
-    ax.set_xscale('log'); ax.set_xlabel('number of top DE genes (k)')
-    ax.set_ylabel('SNR / SNR(all genes)' if relative else 'SNR'); ax.legend(fontsize=8)
+    hvg = all('noise' in t for t in tables.values())  # metrics.snr_hvg tables
+    ax.set_xscale('log')
+    ax.set_xlabel('number of top highly variable genes (k)' if hvg else 'number of top DE genes (k)')
+    ax.set_ylabel(('SNR / SNR(all genes)' if relative_to is None else f'SNR / SNR(k = {relative_to})') if relative
+                  else 'SNR'); ax.legend(fontsize=8)
     if relative: ax.axhline(1, color='#222222', lw=0.8, ls='--')
     fig.tight_layout()
     return fig

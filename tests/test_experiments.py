@@ -275,12 +275,15 @@ def test_heterogeneity(tmp_path, tiny_screen):
     assert 0.8 < div.loc['additive', 'ratio_all'] < 1.25  # shifted control cells keep the controls' spread
     snr_tab = pd.read_csv(tmp_path / 'snr.csv')
     assert list(pd.unique(snr_tab.source)) == ['true', 'doloris', 'additive'] and set(snr_tab.k) == {5, 10, 20, 40, 60}
+    hvg = pd.read_csv(tmp_path / 'snr_hvg.csv')  # the Doloris fig. 8 reading: k = 50 added, relative to it
+    assert list(pd.unique(hvg.source)) == ['true', 'doloris', 'additive'] and set(hvg.k) == {5, 10, 20, 40, 50, 60}
+    assert (hvg.k_ref == 50).all() and np.allclose(hvg[hvg.k == 50].relative, 1.0)
     bim = pd.read_csv(tmp_path / 'bimodality_summary.csv', index_col=[0, 1])
     assert set(bim.index) == {(s, b) for s in ('control cells', 'doloris', 'additive') for b in (True, False)}
     assert (bim.loc[(slice(None), True), 'pairs'] == 4 * 20).all()  # 4 test pairs x 20 bimodal genes
     pngs = {p.name for p in tmp_path.glob('*.png')}
-    assert pngs == {'diversity.png', 'diversity_de20.png', 'snr.png', 'snr_relative.png', 'bimodal_fraction.png',
-                    'bimodal_violins.png', 'activation.png'}
+    assert pngs == {'diversity.png', 'diversity_de20.png', 'snr.png', 'snr_relative.png', 'snr_hvg_relative.png',
+                    'bimodal_fraction.png', 'bimodal_violins.png', 'activation.png'}
     assert images_shown(out_nb) == len(pngs)
 
 
@@ -290,5 +293,6 @@ def test_heterogeneity_real_data(tmp_path, shared):
                      models='control,additive')
     assert not (tmp_path / 'bimodality.csv').exists()
     assert list(pd.unique(pd.read_csv(tmp_path / 'snr.csv').source)) == ['true', 'control', 'additive']
-    assert {'diversity.png', 'snr.png', 'activation.png'} <= {p.name for p in tmp_path.glob('*.png')}
-    assert images_shown(out_nb) == 5
+    pngs = {p.name for p in tmp_path.glob('*.png')}
+    assert {'diversity.png', 'snr.png', 'snr_hvg_relative.png', 'activation.png'} <= pngs
+    assert images_shown(out_nb) == 6

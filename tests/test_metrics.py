@@ -386,6 +386,28 @@ def test_snr():
     with pytest.raises(ValueError, match="ranking must be"): M.snr(data, ranking='variance')
 
 
+def test_snr_hvg():
+    "Doloris fig. 8 reading: brute force over k on random cells (sparse input too), the reference, the errors."
+    rng = np.random.default_rng(4)
+    X = sparse_cells(rng, 40, 12).astype(np.float32)
+    cond = ['control'] * 10 + ['A'] * 12 + ['B'] * 17 + ['C']  # C: one cell, counted in the variance, not a group
+    obs = pd.DataFrame({'condition': cond}, index=[f'c{i}' for i in range(40)])
+    var = pd.DataFrame(index=[f'g{j}' for j in range(12)])
+    data = PerturbData(ad.AnnData(sp.csr_matrix(X), obs=obs, var=var), kind='label', space='log1p')
+    tab = M.snr_hvg(data, sizes=range(1, 13))
+    order = np.argsort(-X.astype(np.float64).var(0), kind='stable')
+    ctrl = X[:10].astype(np.float64).mean(0)
+    for k in range(1, 13):
+        S, ratios = order[:k], []
+        for lo, hi in ((10, 22), (22, 39)):
+            G = X[lo:hi].astype(np.float64)[:, S]
+            ratios.append(np.linalg.norm(G.mean(0) - ctrl[S]) / np.linalg.norm(G - G.mean(0), axis=1).mean())
+        assert abs(tab.snr.iloc[k - 1] - np.mean(ratios)) < 1e-10 * np.mean(ratios)
+    assert (tab.k_ref == 12).all() and tab.relative.iloc[-1] == 1.0 and (tab.n_groups == 2).all()
+    with pytest.raises(KeyError, match='not measured'): M.snr_hvg(data, hvg=['g1', 'x'])
+    with pytest.raises(ValueError, match='k >= 1'): M.snr_hvg(data, sizes=(-1,))
+
+
 def test_norman_baselines_table(shared):
     from perturbdiff.baselines import AdditiveBaseline, ControlBaseline, LinearBaseline, MeanBaseline
     pb = ad.read_h5ad(shared / 'perturbench_devel.h5ad')
