@@ -5,7 +5,8 @@ For each of Unlasting, Doloris and Departures, in its own process (so that peak 
 - training: seconds per optimiser step of the main network (median over the timed steps, after warm-up
   steps), and for Departures the seconds per epoch (one pass over the perturbed training cells,
   = batches per epoch x step time, OT pairing of the epoch included);
-- peak resident memory (RSS) of the process, and its growth over the data already loaded;
+- peak resident memory (RSS) of the process, and its growth over the data already loaded; on CUDA also the peak GPU
+  memory torch allocated (`gpu_peak_mb`);
 - prediction: predicted cells per second; for the DDIB models with and without latent reuse
   (`reuse_latents`: invert the control cells once per cell type and decode them under every
   condition, Doloris appendix A.4, versus inverting again for every condition).
@@ -18,9 +19,13 @@ on the training controls plus the simulator's true regulatory edges. The mask mo
     OMP_NUM_THREADS=2 python bench/model_cost.py --genes 5000 --steps 12 --out bench/results
 
 prints a table and writes `model_cost.csv` to `--out`. Set `--device cuda` on a GPU machine. `--fused both` runs each
-model with AdamW's plain loop and with its fused kernel (`fused_adamw`, on in the paper presets), one after the other.
+model with AdamW's plain loop and with its fused kernel (`fused_adamw`, on in the paper presets), one after the other;
+`--amp both` without and with bf16 autocast (the `amp` option, off in every preset); `--thp both` with torch's CPU
+allocator on small pages and on transparent huge pages (THP_MEM_ALLOC_ENABLE=0/1; `import perturbdiff` sets 1). The
+variants run side by side, each in its own process, in the order given.
 """
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -41,6 +46,11 @@ def rss_mb() -> float:
 def peak_mb() -> float:
     "Peak resident set size of this process so far (MB)."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpu_peak(torch, device: str) -> dict:
+    "Peak GPU memory allocated by torch (MB) on a CUDA device; nothing on a CPU."
+    return {'gpu_peak_mb': torch.cuda.max_memory_allocated() / 2**20} if device.startswith('cuda') else {}
 
 
 def worker(a) -> dict:
@@ -64,12 +74,17 @@ def worker(a) -> dict:
     if a.worker != 'departures':
         opts.update(mask_steps=a.mask_steps, **({'n_control': a.n_control} if a.n_control else {}))
     if a.fused in ('on', 'off'): opts['fused_adamw'] = a.fused == 'on'
+    if a.amp in ('on', 'off'): opts['amp'] = a.amp == 'on'
     model = cls.from_preset('paper', seed=0, device=a.device, **opts)
     base = rss_mb()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter(); model.fit(split.train, log_every=1); fit_s = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
     say(f'fitted in {fit_s:.1f} s; graph {model.graph_.n_nodes} nodes, {model.graph_.edge_index.shape[1]} edges')
     sec = np.diff(np.r_[0.0, model.history_.seconds.to_numpy()])[warm:]
-    row = dict(model=a.worker, fused_adamw=model.config.fused_adamw, device=a.device,
+    row = dict(model=a.worker, fused_adamw=model.config.fused_adamw, amp=model.config.amp,
+               thp=os.environ.get('THP_MEM_ALLOC_ENABLE', ''), device=a.device,
+               minor_faults_per_step_in_fit=faults / (warm + timed),
                graph_edges=int(model.graph_.edge_index.shape[1]), genes=len(split.train.genes),
                train_cells=len(split.train.obs),
                batch_size=model.config.batch_size, timed_steps=len(sec), step_s=float(np.median(sec)),
@@ -81,7 +96,7 @@ def worker(a) -> dict:
     n_pred = a.conditions * a.pred_cells
     if a.worker in a.no_predict.split(','):
         row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base,
-                   torch_threads=torch.get_num_threads())
+                   **gpu_peak(torch, a.device), torch_threads=torch.get_num_threads())
         return row
     variants = [('reuse', True), ('no_reuse', False)] if a.worker != 'departures' else [('', None)]
     model.predict(split.test, n_cells=4, seed=0)  # warm-up
@@ -92,7 +107,7 @@ def worker(a) -> dict:
         say(f'predicted {pred.n_obs} cells ({tag or "-"}) in {s:.1f} s')
         assert pred.n_obs == n_pred, (pred.n_obs, n_pred)
         row[f'predict_cells_per_s{"_" + tag if tag else ""}'] = n_pred / s
-    row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base,
+    row.update(rss_base_mb=base, peak_rss_mb=peak_mb(), peak_growth_mb=peak_mb() - base, **gpu_peak(torch, a.device),
                torch_threads=torch.get_num_threads())
     return row
 
@@ -112,6 +127,10 @@ def main():
     p.add_argument('--device', default='cpu')
     p.add_argument('--no-predict', default='', help='models whose prediction is not timed (too slow at this size)')
     p.add_argument('--out', default=None)
+    p.add_argument('--amp', default='preset', choices=['preset', 'on', 'off', 'both'],
+                   help='bf16 autocast in training and prediction (the amp option)')
+    p.add_argument('--thp', default='on', choices=['on', 'off', 'both'],
+                   help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE)")
     p.add_argument('--fused', default='preset', choices=['preset', 'on', 'off', 'both'],
                    help="AdamW's fused kernel (fused_adamw): the preset's (on), on, off, or both side by side")
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
@@ -121,15 +140,18 @@ def main():
     import pandas as pd
     rows = []
     for m in a.models.split(','):
-        for fused in (('off', 'on') if a.fused == 'both' else (a.fused,)):  # side by side, each in its own process
+        both = lambda v: ('off', 'on') if v == 'both' else (v,)
+        for fused, amp, thp in itertools.product(both(a.fused), both(a.amp), both(a.thp)):  # side by side, each in its
+                                                                                             # own process
             args = [sys.executable, __file__, '--worker', m] + [
-                f'--{k.replace("_", "-")}={v}' for k, v in {**vars(a), 'fused': fused}.items()
-                if k not in ('worker', 'models', 'out') and v is not None]
-            r = subprocess.run(args, stdout=subprocess.PIPE, text=True)  # stderr: the worker's progress, as it goes
+                f'--{k.replace("_", "-")}={v}' for k, v in {**vars(a), 'fused': fused, 'amp': amp}.items()
+                if k not in ('worker', 'models', 'out', 'thp') and v is not None]
+            env = {**os.environ, 'THP_MEM_ALLOC_ENABLE': '1' if thp == 'on' else '0'}
+            r = subprocess.run(args, stdout=subprocess.PIPE, text=True, env=env)  # stderr: the worker's progress
             line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
             if r.returncode or not line: sys.exit(f'{m} failed (exit {r.returncode}); its messages are above')
             rows.append(json.loads(line[0][7:])); print(rows[-1], flush=True)
-    tab = pd.DataFrame(rows).set_index(['model', 'fused_adamw'])
+    tab = pd.DataFrame(rows).set_index(['model', 'fused_adamw', 'amp', 'thp'])
     pd.set_option('display.width', 200)
     print(tab.T.to_string())
     if a.out:

@@ -23,7 +23,7 @@ from .diffusion import masked_mse, timestep_embedding
 from .gat import DirectEffect, GRNBlock, PerturbationTable, cell_modes
 from .anchor import ShiftAnchor
 from .priors import GeneGraph, build_graph, model_drug_features
-from .train import BatchSequence, distributed_map, fit as train_fit, resolve_device, tick
+from .train import BatchSequence, autocast, distributed_map, fit as train_fit, resolve_device, tick
 
 # %% auto #0
 __all__ = ['BRIDGE_PRESETS', 'ot_plan', 'sample_pairs', 'pair_group', 'bridge_sample', 'euler_maruyama', 'discrete_bridge_sample',
@@ -381,6 +381,7 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
     anchor)."""
     cfg, net = self.config, self.net_
     n, dev = len(x_ctrl), x_ctrl.device
+    end, logits = (lambda *a: net.end(*a).float()), (lambda *a: net.logits(*a).float())  # float32 steps under amp
     pert = self.table_.batch(torch.full((n,), cond_idx), torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
                              torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown'))).to(dev)
     ct = torch.full((n,), ct_idx, device=dev)
@@ -390,15 +391,15 @@ def _sample_cells(self: Departures, x_ctrl: torch.Tensor, ct_idx: int, cond_idx:
         s = int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device))
         g1, g0 = (torch.Generator(device=dev).manual_seed(s) for _ in range(2))
         none = self.table_.batch(torch.full((n,), -1)).to(dev)
-        z1 = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, g1)
-        z0 = euler_maruyama(lambda z, t: net.end(z, t, ct, none, x_ctrl), x_ctrl, steps, sig, g0)
+        z1 = euler_maruyama(lambda z, t: end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, g1)
+        z0 = euler_maruyama(lambda z, t: end(z, t, ct, none, x_ctrl), x_ctrl, steps, sig, g0)
         z = x_ctrl + z1 - z0
-    else: z = euler_maruyama(lambda z, t: net.end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
+    else: z = euler_maruyama(lambda z, t: end(z, t, ct, pert, x_ctrl), x_ctrl, steps, sig, gen)
     if getattr(self, 'anchor_', None) is not None and cond_idx >= 0:  # back from the anchor's frame
         a = self.anchor_.shift(self.table_.vocab[cond_idx], self.cell_types_[ct_idx], dose)
         z = z + torch.as_tensor(a / self.train_.x_max if cfg.scaled else a, dtype=z.dtype, device=z.device)
     if not cfg.use_discrete: return z.clamp(min=0)
-    d = ctmc_sample(lambda d, t: net.logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)
+    d = ctmc_sample(lambda d, t: logits(d, t, ct, pert), (x_ctrl > 0).to(x_ctrl.dtype), steps, gen)
     return (z * d).clamp(min=0)
 
 # %% ../nbs/09_bridges.ipynb #e532132e
@@ -418,7 +419,8 @@ def predict(self: Departures, groups, n_cells: int | None = None, seed: int = 0,
         x = self.in_batches(len(pick), cells).cpu().numpy()
         return self.train_.unscale(x) if self.config.scaled else x.astype(np.float32)
 
-    return self.predict_grouped(groups, n_cells, seed, self.train_.control_rows, sample)
+    with autocast(self.device_, self.config.amp):  # amp: bf16 products, each weight cast once for the whole call
+        return self.predict_grouped(groups, n_cells, seed, self.train_.control_rows, sample)
 
 # %% ../nbs/09_bridges.ipynb #e12e1a4f
 @patch

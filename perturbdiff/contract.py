@@ -179,7 +179,7 @@ class TrainedModel(PerturbationModel):
         "The trainer's configuration: the fields every model config has, then the model's own (`fields`)."
         c = self.config
         return TrainConfig(**{**dict(batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, ema=c.ema,
-                                     grad_clip=c.grad_clip, schedule=c.lr_schedule, fused=c.fused_adamw,
+                                     grad_clip=c.grad_clip, schedule=c.lr_schedule, fused=c.fused_adamw, amp=c.amp,
                                      device=self.device, seed=self.seed, progress=self.progress, resume=resume),
                           **fields})
 
@@ -255,6 +255,7 @@ class TrainingOptions:
     grad_clip: float | None = 1.0  # max gradient norm; None: no clipping
     lr_schedule: str = 'linear'  # 'linear' (decay to 0, the authors' code), 'constant' or 'cosine'
     fused_adamw: bool = False  # AdamW's fused kernel (perturbdiff.train.adamw): equal to rounding, faster when large
+    amp: bool = False  # bf16 autocast (perturbdiff.train.autocast) in training and sampling; float32 weights
 
 @dataclass
 class GraphOptions:

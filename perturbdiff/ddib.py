@@ -27,7 +27,7 @@ from .gat import (DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation,
                              pseudobulk_pca)
 from .anchor import ShiftAnchor
 from .mask import DolorisMaskNet, MaskModel, MaskNet, MaskOptions, UnlastingMaskNet
-from .train import BatchSequence, fit as train_fit, resolve_device
+from .train import BatchSequence, autocast, fit as train_fit, resolve_device
 from .priors import GeneGraph, build_graph, model_drug_features
 
 # %% auto #0
@@ -509,7 +509,7 @@ def _denoiser(self: DDIBModel, cond: dict):
     "model(x_t, t) -> x̂0 for fixed conditioning (what the DDIM solvers take)."
     net = self.net_
     def f(x, t):
-        return net(x, t, cond)
+        return net(x, t, cond).float()  # the DDIM steps in float32, also when predict runs under bf16 autocast (amp)
     return f
 
 @patch
@@ -621,12 +621,15 @@ def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, 
         xt = self.in_batches(len(pick), decode).cpu().numpy().astype(np.float64)
         if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
             xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
-        masks = self.mask_.masks(self, pool[pick], row.cell_type, row,
-                                 seed) if (self.mask_ is not None and cfg.use_mask) else None
+        with autocast(self.device_, False):  # the mask model in float32, with amp too
+            masks = self.mask_.masks(self, pool[pick], row.cell_type, row,
+                                     seed) if (self.mask_ is not None and cfg.use_mask) else None
         if return_raw: raw.append(xt)
         return self.train_.unscale(np.clip(xt * masks if masks is not None else xt, 0, None))
 
-    out = self.predict_grouped(groups, n_cells, seed, prepare, sample, key=(11,))
+    with autocast(self.device_, cfg.amp):  # amp: bf16 products, each weight cast once for the whole call (autocast's
+                                           # cache), not at every DDIM step
+        out = self.predict_grouped(groups, n_cells, seed, prepare, sample, key=(11,))
     if return_raw: out.layers['unmasked_scaled'] = np.vstack(raw).astype(np.float32)
     return out
 

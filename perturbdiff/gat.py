@@ -266,16 +266,17 @@ def forward(self: BatchedGATv2, x: torch.Tensor, graph: torch.Tensor | EdgePlan,
         raise ValueError("The EdgePlan's self-loop policy differs from the layer's; build it with layer.plan(...).")
     H, C = self.heads, self.out_dim
     xt = x.transpose(0, 1)  # [N, B, D]
-    x_l = self.lin_l(xt).view(N, B, H, C)
-    x_r = x_l if self.lin_r is self.lin_l else self.lin_r(xt).view(N, B, H, C)
+    dt = self.att.dtype  # under bf16 autocast the projections are bf16 products; attention stays in the weights' dtype
+    x_l = self.lin_l(xt).view(N, B, H, C).to(dt)
+    x_r = x_l if self.lin_r is self.lin_l else self.lin_r(xt).view(N, B, H, C).to(dt)
     edge_term = None
     if self.lin_edge is not None:
         if plan.edge_attr is None:
             raise ValueError(f"This layer has edge_dim={self.edge_dim}; pass edge_attr (or a plan with it).")
-        edge_term = self.lin_edge(plan.edge_attr.to(x.dtype)).view(-1, H, C)
+        edge_term = self.lin_edge(plan.edge_attr.to(x.dtype)).view(-1, H, C).to(dt)
     keep = None
     if self.training and self.dropout > 0:
-        keep = torch.empty(plan.n_edges, B, H, dtype=x.dtype,
+        keep = torch.empty(plan.n_edges, B, H, dtype=dt,
                            device=x.device).bernoulli_(1 - self.dropout) / (1 - self.dropout)
     if impl == 'reference':
         out, alpha = gatv2_reference(x_l, x_r, self.att.view(H, C), plan, edge_term, self.negative_slope)
@@ -692,7 +693,8 @@ class DirectEffect(nn.Module):
         if self.time is not None:
             if t_emb is None: raise ValueError("This DirectEffect was built with time_dim; pass t_emb.")
             h = h + self.time(t_emb[b])
-        return out.index_put((b, g), self.out(F.silu(h)).squeeze(-1), accumulate=True)
+        return out.index_put((b, g), self.out(F.silu(h)).squeeze(-1).to(out.dtype), accumulate=True)  # float32 under
+                                                                                                # autocast too
 
 # %% ../nbs/05_gat.ipynb #33136a5e
 def pseudobulk_pca(data: PerturbData, graph: GeneGraph, n_components: int = 32) -> torch.Tensor:

@@ -32,9 +32,10 @@ from .metrics import available_cpus
 
 # %% auto #0
 __all__ = ['LOG_INTERVAL', 'TRAIN_PRESETS', 'resolve_device', 'seed_everything', 'set_threads', 'progress_bar', 'tick',
-           'step_bar', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay', 'ema_initial_share', 'adamw', 'EMA',
-           'save_checkpoint', 'load_checkpoint', 'DistContext', 'distributed_context', 'rank_seed', 'distributed_map',
-           'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader', 'TrainResult', 'TrainingDiverged', 'fit']
+           'step_bar', 'TrainConfig', 'train_config', 'lr_factor', 'ema_decay', 'ema_initial_share', 'adamw',
+           'bf16_native', 'autocast', 'EMA', 'save_checkpoint', 'load_checkpoint', 'DistContext', 'distributed_context',
+           'rank_seed', 'distributed_map', 'BatchSequence', 'CellDataset', 'condition_weights', 'cell_loader',
+           'TrainResult', 'TrainingDiverged', 'fit']
 
 # %% ../nbs/02a_train.ipynb #02ab6d42
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
@@ -103,7 +104,8 @@ class TrainConfig:
     warmup: int = 0  # linear warm-up steps
     ema: float | None = None  # EMA decay of the weights (e.g. 0.9999), reached after a warm-up; None: no EMA
     grad_clip: float | None = None  # max global gradient norm
-    amp: bool = False  # bf16 autocast (CUDA only)
+    amp: bool = False  # bf16 autocast of the forward pass, float32 weights (CUDA; on a CPU it pays only with bf16
+                       # instructions, AVX512-BF16 or AMX: elsewhere it runs, slower, with a warning)
     fused: bool = False  # AdamW's fused kernel (CUDA; CPU from torch 2.4): equal to rounding, several times faster on
                          # large models; where torch lacks it, the plain loop (with a warning)
     device: str = 'auto'
@@ -169,6 +171,20 @@ def adamw(params, lr: float, weight_decay: float, fused: bool = False) -> torch.
         except (RuntimeError, ValueError) as e:
             warnings.warn(f"AdamW's fused kernel is not available here ({e}); using the plain loop.")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+# %% ../nbs/02a_train.ipynb #e09ad124
+def bf16_native(device) -> bool:
+    "Whether `device` computes bf16 products natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."
+    dev = torch.device(device)
+    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')  # torch.cpu's probes (torch >= 2.1)
+    return dev.type == 'cpu' and any(getattr(torch.cpu, f, lambda: False)() for f in checks)
+
+def autocast(device, enabled: bool = True):
+    "bf16 autocast on `device` (CUDA or CPU) when `enabled`, else a context that changes nothing."
+    dev = torch.device(device)
+    return torch.autocast(dev.type if dev.type in ('cuda', 'cpu') else 'cpu', dtype=torch.bfloat16,
+                          enabled=enabled and dev.type in ('cuda', 'cpu'))
 
 # %% ../nbs/02a_train.ipynb #90b836c2
 class EMA:
@@ -435,10 +451,10 @@ def _checked_loss(loss: torch.Tensor, step: int, cfg: TrainConfig, ctx: DistCont
     return value
 
 # %% ../nbs/02a_train.ipynb #59f95c60
-def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool):
+def _step_loss(loss_fn, net, batch, gen, cfg: TrainConfig, use_amp: bool, device='cuda'):
     "loss_fn under autocast, with the DDP unused-parameter error explained."
     try:
-        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_amp): return loss_fn(net, batch, gen)
+        with autocast(device, use_amp): return loss_fn(net, batch, gen)
     except RuntimeError as e:
         if 'finished reduction in the prior iteration' in str(e) and not cfg.find_unused_parameters:
             raise RuntimeError("Under DDP some parameters of the module received no gradient in a step (e.g. a branch "
@@ -567,8 +583,11 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
                          f"least {step} steps, or start again with resume=False or another out_dir.")
     if total == 0:
         warnings.warn(f"{desc}: steps=0 (or epochs=0): nothing is trained; the module is returned as initialised.")
-    use_amp = cfg.amp and device.type == 'cuda'
-    if cfg.amp and not use_amp: warnings.warn("amp=True is ignored on CPU (bf16 autocast is used on CUDA only).")
+    use_amp = cfg.amp and device.type in ('cuda', 'cpu')
+    if cfg.amp and not use_amp: warnings.warn(f"amp=True is ignored on {device} (bf16 autocast on CUDA and CPU only).")
+    elif use_amp and not bf16_native(device):
+        warnings.warn(f"amp=True on {device}: bf16 products are emulated on this device, slower than float32; set "
+                      "amp=False here.")
     log_path = Path(cfg.out_dir) / 'log.csv' if cfg.out_dir and ctx.is_main else None
     if log_path is not None:  # the checkpoint's rows: drops those an interrupted run logged after its checkpoint
         log_path.parent.mkdir(parents=True, exist_ok=True); _write_csv(log_path, history)
@@ -580,7 +599,7 @@ def fit(module: nn.Module, loss_fn: Callable, make_batches: Callable[..., Iterab
         first, pos = None, skip
         for i, b in _prefetched(_batches_from(batches, skip), cfg.prefetch):
             for g in opt.param_groups: g['lr'] = cfg.lr * lr_factor(step, total, cfg.schedule, cfg.warmup)
-            loss, logs = _step_loss(loss_fn, net, _to(b, device), gen, cfg, use_amp)
+            loss, logs = _step_loss(loss_fn, net, _to(b, device), gen, cfg, use_amp, device)
             loss_value = _checked_loss(loss, step + 1, cfg, ctx, device, ckpt, saved_at)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -144,13 +144,21 @@ def test_mask_coherent_options(split):
     assert keep > drop, (keep, drop)
 
 
-def test_amp_is_ignored_on_cpu_with_a_warning():
-    net = torch.nn.Linear(2, 1)
-    loss = lambda net, b, g: (net(b['x']).pow(2).mean(), {})
+def test_amp_runs_the_forward_pass_under_bf16_autocast_on_cpu(monkeypatch):
+    """amp=True autocasts the forward pass to bf16 on a CPU too; where the CPU has no bf16 instructions it warns that
+    this is slower than float32."""
+    import perturbdiff.train as T
+    net, seen = torch.nn.Linear(2, 1), []
+    def loss(net, b, g):
+        y = net(b['x']); seen.append(y.dtype)
+        return y.float().pow(2).mean(), {}
     batches = lambda epoch, rank=0, world_size=1: [dict(x=torch.ones(4, 2))]
-    with pytest.warns(UserWarning, match='amp=True is ignored on CPU'):
+    monkeypatch.setattr(T, 'bf16_native', lambda device: False)
+    with pytest.warns(UserWarning, match='emulated on this device'):
         fit(net, loss, batches, TrainConfig(steps=1, device='cpu', amp=True, progress=False))
-
+    fit(net, loss, batches, TrainConfig(steps=1, device='cpu', amp=False, progress=False))
+    assert seen == [torch.bfloat16, torch.float32], seen
+    assert net.weight.dtype == torch.float32  # the weights stay float32
 
 
 def test_departures_predict_batch_changes_only_the_noise_draws(split):
