@@ -636,9 +636,7 @@ def snr_hvg(data: PerturbData, sizes: Sequence[int | None] = (10, 20, 50, 100, 2
         raise ValueError(f"reference must be a gene count k >= 1 (the paper's is 50), got {reference!r}.")
     if hvg is not None:
         hvg = [str(g) for g in ([hvg] if isinstance(hvg, str) else hvg)]
-        unknown = [g for g in hvg if g not in set(data.genes)]
-        if unknown: raise KeyError(f"{len(unknown)} genes of hvg are not measured in this data: {unknown[:5]}; pass "
-                                   f"genes of data.genes, e.g. [g for g in hvg if g in set(data.genes)].")
+        hvg_pos = data.gene_index(hvg)  # unknown genes raise there, with suggestions
         if not hvg or len(set(hvg)) < len(hvg):
             raise ValueError(f"hvg must be a non-empty list of distinct genes, most variable first; got {len(hvg)} "
                              f"names, {len(hvg) - len(set(hvg))} repeated.")
@@ -654,8 +652,8 @@ def snr_hvg(data: PerturbData, sizes: Sequence[int | None] = (10, 20, 50, 100, 2
                              f"of each group's mean from the control mean. Pass control= data that holds them "
                              f"(e.g. the training split).")
         X, C = data.dense(pos), control.dense(crows)[:, control.gene_index(data.genes)]
-        order = (data.gene_index(hvg) if hvg is not None
-                 else np.argsort(-_mean_var(np.vstack([X, C]))[1], kind='stable'))  # most variable first
+        # most variable first: the given list, else by variance over the cell type's cells
+        order = hvg_pos if hvg is not None else np.argsort(-_mean_var(np.vstack([X, C]))[1], kind='stable')
         mc, n = C.mean(0, dtype=np.float64)[order], len(order)
         signal, noise = np.empty((len(gids), n)), np.empty((len(gids), n))
         for i, g in enumerate(gids):  # cumulative sums over the ranked genes: every k at once
