@@ -5,7 +5,8 @@
 #   OUT=/path/to/folder bench/gpu_run.sh                  # on a GPU machine (device=cuda)
 #   OUT=/tmp/dry DEVICE=cpu STEPS=3 SAMPLING=5 bench/gpu_run.sh   # the dry run on a CPU: tiny steps, same code path
 #
-# Environment: OUT (default results/gpu), DEVICE (cuda), COST (1, the default: issue 18's model_cost at COST_GENES,
+# Environment: OUT (default results/gpu), DEVICE (cuda), METRICS (1, the default: bench/metrics_bench.py --quick;
+# 0: skip), COST (1, the default: issue 18's model_cost at COST_GENES,
 # default "500 5000" genes, float32 and bf16 autocast side by side; 0: skip), EXPERIMENTS (1: also Norman's table per preset, paper and
 # authors_code), STEPS (unset: the presets' steps), SAMPLING (unset: the presets'
 # sampling_steps of every trained model), LIMIT (seconds per model, 600),
@@ -21,6 +22,9 @@ import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(
 PY
 if [ "$DEVICE" = cuda ]; then
   timeout "$LIMIT" "$PY" -m pytest -q -m cuda tests 2>&1 | tail -20 > "$OUT/cuda_tests.txt" || echo "CUDA tests failed or timed out" >> "$OUT/cuda_tests.txt"
+fi
+if [ "${METRICS:-1}" = 1 ]; then  # issue 18: EMD and E-distance against scipy, numpy and torch paths (cuda when there)
+  timeout "$LIMIT" "$PY" bench/metrics_bench.py --quick > "$OUT/metrics_bench.txt" 2>&1 || echo "metrics_bench: failed or timed out" >> "$OUT/failures.txt"
 fi
 if [ "${COST:-1}" = 1 ]; then  # issue 18: ms per step, peak memory, predicted cells/s; fp32 and bf16 side by side
   for genes in ${COST_GENES:-500 5000}; do

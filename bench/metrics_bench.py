@@ -81,6 +81,11 @@ def main():
         rel = abs(our - ref) / abs(ref)
         rows.append((f'E-distance {n}x{m}x{G}', t_our, t_ref, rel, rel))
         rows.append((f'E-distance {n}x{m}x{G}, 1 BLAS thread', t_one, t_ref, rel, rel))
+        for dev in ['cpu'] + (['cuda'] if torch.cuda.is_available() else []):  # the torch path (issue 18)
+            energy_distance(A, B, device=dev)  # warm-up (CUDA context, kernels)
+            t_dev, ours = best(lambda: energy_distance(A, B, device=dev), 2 if n > 300 else 5)
+            rel = abs(ours - ref) / abs(ref)
+            rows.append((f'E-distance {n}x{m}x{G}, torch on {dev}', t_dev, t_ref, rel, rel))
     print(f"\n{'case':<42}{'ours (s)':>10}{'scipy ref (s)':>15}{'ratio':>9}"
           f"{'rel diff (mean)':>17}{'max rel diff/gene':>19}")
     for name, t_our, t_ref, rel_mean, rel in rows:

@@ -51,39 +51,62 @@ def _same_genes(X, Y) -> None:
 BLOCK = 1 << 22  # entries per distance block (x 8 bytes): bounds memory for thousands of cells
 
 def _dist_block(a, na, b, nb, tol: float = 1e-2) -> float:
-    "Sum of Euclidean distances between all rows of a and b (float64, centred)."
+    "Sum of Euclidean distances between all rows of a and b (float64, centred; numpy arrays or torch tensors)."
     d2 = a @ b.T
     d2 *= -2.0; d2 += na[:, None]; d2 += nb[None, :]
-    i, j = np.nonzero(d2 < tol * (na[:, None] + nb[None, :]))  # cancellation-prone pairs: recompute
+    i, j = _nonzero(d2 < tol * (na[:, None] + nb[None, :]))  # cancellation-prone pairs: recompute
     step = max(1, BLOCK // max(1, a.shape[1]))
     for s in range(0, len(i), step):
         ii, jj = i[s:s + step], j[s:s + step]
-        d2[ii, jj] = np.square(a[ii] - b[jj]).sum(1)
-    np.maximum(d2, 0.0, out=d2)
-    return float(np.sqrt(d2, out=d2).sum())
+        d2[ii, jj] = ((a[ii] - b[jj]) ** 2).sum(1)
+    return float(_sqrt0_(d2).sum())
+
+def _nonzero(mask):
+    "Indices of the True entries of a 2-D mask, one array per axis (numpy or torch)."
+    return np.nonzero(mask) if isinstance(mask, np.ndarray) else mask.nonzero(as_tuple=True)
+
+def _sqrt0_(d2):
+    "sqrt(max(d2, 0)), in place (numpy or torch)."
+    if isinstance(d2, np.ndarray): np.maximum(d2, 0.0, out=d2); return np.sqrt(d2, out=d2)
+    return d2.clamp_(min=0.0).sqrt_()
+
+def _torch_device(device: str):
+    "torch and the torch.device `device` names, refused with the way out when it names CUDA and none is there."
+    import torch
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but torch sees no CUDA device; use device=None (numpy) or 'cpu'.")
+    return torch, dev
+
+def _float64_on(device: str | None, *arrays) -> tuple:
+    "The arrays as float64 torch tensors on `device` (None stays None); the arrays as they are when device is None."
+    if device is None: return arrays
+    torch, dev = _torch_device(device)
+    return tuple(None if a is None else torch.as_tensor(a, device=dev).double() for a in arrays)
 
 # %% ../nbs/02_metrics.ipynb #a6d4fe5d
-def _pair_sum(A: np.ndarray, B: np.ndarray | None = None) -> float:
-    "Sum of distances over all ordered pairs (A_i, B_j); within A (i != j) when B is None."
+def _pair_sum(A, B=None) -> float:
+    "Sum of distances over all ordered pairs (A_i, B_j); within A (i != j) when B is None (numpy or torch, float64)."
     same = B is None
     B = A if same else B
-    nb_all = np.einsum('ij,ij->i', B, B)
+    nb_all = _sq_norms(B)
     step = max(1, BLOCK // max(1, B.shape[0]))
     total = 0.0
     for i0 in range(0, A.shape[0], step):
-        a = A[i0:i0 + step]; na = np.einsum('ij,ij->i', a, a)
+        a = A[i0:i0 + step]; na = _sq_norms(a)
         if not same: total += _dist_block(a, na, B, nb_all); continue
         for j0 in range(i0, B.shape[0], step):  # upper blocks only, off-diagonal ones twice
             total += (1.0 if j0 == i0 else 2.0) * _dist_block(a, na, B[j0:j0 + step], nb_all[j0:j0 + step])
     return total
 
-def _centred(X: np.ndarray, Y: np.ndarray | None = None):
-    "float64 copies of X (and Y) minus their pooled mean."
-    c = (
-        X.mean(0, dtype=np.float64)
-        if Y is None
-        else (X.sum(0, dtype=np.float64) + Y.sum(0, dtype=np.float64)) / (len(X) + len(Y))
-    )
+def _sq_norms(A):
+    "Squared norm of each row (numpy or torch)."
+    return np.einsum('ij,ij->i', A, A) if isinstance(A, np.ndarray) else (A * A).sum(1)
+
+def _centred(X, Y=None):
+    "float64 copies of X (and Y) minus their pooled mean (numpy arrays; or torch tensors, already float64)."
+    kw = dict(dtype=np.float64) if isinstance(X, np.ndarray) else {}
+    c = X.mean(0, **kw) if Y is None else (X.sum(0, **kw) + Y.sum(0, **kw)) / (len(X) + len(Y))
     return (X - c, None) if Y is None else (X - c, Y - c)
 
 # %% ../nbs/02_metrics.ipynb #da6641ae
@@ -92,7 +115,9 @@ def _sq_stats(X):
     mu = X.mean(0, dtype=np.float64)
     return mu, float(np.square(X - mu).sum() / len(X))
 
-def mean_distance(X, Y=None, squared: bool = False, unbiased: bool = True) -> float:
+def mean_distance(X, Y=None, squared: bool = False, unbiased: bool = True,
+                  device: str | None = None,  # None: numpy on the CPU; 'cuda' (or 'cpu'): the pair sums in torch there
+                 ) -> float:
     "Mean Euclidean (or squared) distance between the cells of X and Y, or within X if Y is None."
     X = as_cells(X, 'X', 2 if (Y is None and unbiased) else 1)
     if Y is not None:
@@ -100,12 +125,12 @@ def mean_distance(X, Y=None, squared: bool = False, unbiased: bool = True) -> fl
         if squared:
             (mx, vx), (my, vy) = _sq_stats(X), _sq_stats(Y)
             return float(np.square(mx - my).sum() + vx + vy)
-        A, B = _centred(X, Y)
+        A, B = _centred(*_float64_on(device, X, Y))
         return _pair_sum(A, B) / (len(X) * len(Y))
     n = len(X)
     pairs = n * (n - 1) if unbiased else n * n
     if squared: return 2.0 * _sq_stats(X)[1] * n / (n - 1 if unbiased else n)
-    return _pair_sum(_centred(X)[0]) / pairs
+    return _pair_sum(_centred(*_float64_on(device, X))[0]) / pairs
 
 # %% ../nbs/02_metrics.ipynb #bdc9d3d1
 EDIST_CONVENTIONS = {
@@ -132,11 +157,14 @@ def same_distribution(X, Y) -> bool:
     return ux == uy and np.array_equal(cx * len(Y), cy * len(X))
 
 # %% ../nbs/02_metrics.ipynb #7bd43c31
-def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False) -> float:
+def energy_distance(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False,
+                    device: str | None = None,  # None: numpy on the CPU; 'cuda' (or 'cpu'): pair sums in torch there
+                   ) -> float:
     "E-distance between cell sets X and Y (Doloris eq. 20 by default; see EDIST_CONVENTIONS)."
-    return _energy(X, Y, squared, unbiased, sqrt)
+    return _energy(X, Y, squared, unbiased, sqrt, device=device)
 
-def _energy(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False, sums: dict | None = None) -> float:
+def _energy(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = False, sums: dict | None = None,
+            device: str | None = None) -> float:
     """energy_distance, keeping the pair sums of the non-squared forms in `sums` (and taking them from it when there):
     the conventions differ only in how they normalise the same sums, so one pass serves several of them."""
     X = as_cells(X, 'X', 2 if unbiased else 1); Y = as_cells(Y, 'Y', 2 if unbiased else 1); _same_genes(X, Y)
@@ -147,7 +175,7 @@ def _energy(X, Y, squared: bool = False, unbiased: bool = False, sqrt: bool = Fa
         e = 2.0 * mean_distance(X, Y, squared=True) - within
     else:
         if not sums:
-            A, B = _centred(X, Y)
+            A, B = _centred(*_float64_on(device, X, Y))
             sums.update(xy=_pair_sum(A, B), xx=_pair_sum(A), yy=_pair_sum(B))
         n, m = len(X), len(Y)
         wx, wy = (n * (n - 1), m * (m - 1)) if unbiased else (n * n, m * m)
@@ -167,9 +195,9 @@ def edist_options(convention: str | Mapping = 'paper') -> dict:
     return dict(EDIST_CONVENTIONS[convention])
 
 # %% ../nbs/02_metrics.ipynb #4d1efabe
-def intra_distance(X, squared: bool = False) -> float:
-    "Mean Euclidean distance between distinct cells of X (diversity, Doloris fig. 2)."
-    return mean_distance(X, squared=squared, unbiased=True)
+def intra_distance(X, squared: bool = False, device: str | None = None) -> float:
+    "Mean Euclidean distance between distinct cells of X (diversity, Doloris fig. 2); `device` as mean_distance."
+    return mean_distance(X, squared=squared, unbiased=True, device=device)
 
 # %% ../nbs/02_metrics.ipynb #78ccffdb
 def quantile_grid(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,10 +289,7 @@ def emd_per_gene(X, Y, chunk: int | None = None, threads: int | None = None,
 # %% ../nbs/02_metrics.ipynb #2ac1ed14
 def _emd_torch(X: np.ndarray, Y: np.ndarray, device: str, chunk: int | None = None) -> np.ndarray:
     "emd_per_gene with torch on `device`: sorted columns, the quantile grid's weighted |differences| in float64."
-    import torch
-    dev = torch.device(device)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch sees no CUDA device; use device=None (numpy) or 'cpu'.")
+    torch, dev = _torch_device(device)
     n, m, G = len(X), len(Y), X.shape[1]
     a, b, w = (torch.as_tensor(v, device=dev) for v in quantile_grid(n, m))
     chunk = chunk or max(1, (1 << 26) // (8 * (n + m)))  # genes per chunk: about 64 MB of float64 differences

@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 import scipy.stats
 from scipy.spatial.distance import cdist, pdist
+import torch
 
 from perturbdiff import metrics as M
 from perturbdiff.contract import prediction_anndata, resolve_groups
@@ -480,3 +481,18 @@ def test_evaluate_truth_in_any_order_scores_exactly_zero(sim_task):
     tab = M.summarize(res)
     assert tab.loc['truth', ('edist_all', 'mean')] == 0.0 and tab.loc['truth', ('edist_all', 'std')] == 0.0
     assert M.summarize(res, as_text=True).loc['truth', 'edist_de20'] == '0.000 ± 0.000'
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_exact_metrics_on_cuda_match_numpy():
+    "EMD and the E-distance conventions with device='cuda' agree with the numpy path to rounding (issue 18)."
+    rng = np.random.default_rng(21)
+    X, Y = sparse_cells(rng, 120, 300).astype(np.float32), sparse_cells(rng, 90, 300).astype(np.float32)
+    X = np.vstack([X, X[:5]])  # duplicated cells: exactly 0 apart on the device too
+    assert np.max(np.abs(M.emd_per_gene(X, Y, device='cuda') - M.emd_per_gene(X, Y))) < 1e-12
+    for opts in M.EDIST_CONVENTIONS.values():
+        a, b = M.energy_distance(X, Y, **opts, device='cuda'), M.energy_distance(X, Y, **opts)
+        assert rel(a, b) < 1e-12, (opts, a, b)
+    assert rel(M.intra_distance(X, device='cuda'), M.intra_distance(X)) < 1e-12
+    assert M.energy_distance(X, X[::-1], device='cuda') == 0.0
