@@ -503,22 +503,22 @@ def _shift_scores(dp: np.ndarray, dt: np.ndarray) -> tuple[float, float]:
 
 # %% ../nbs/02_metrics.ipynb #c2aa1548
 def _score(P: np.ndarray, T: np.ndarray, sets: dict, metrics: Sequence[str], edist: dict,
-           ctrl_mean: np.ndarray | None = None) -> dict:
-    "The metric columns of one group (`ctrl_mean`: the control mean, for 'delta')."
+           ctrl_mean: np.ndarray | None = None, device: str | None = None) -> dict:
+    "The metric columns of one group (`ctrl_mean`: the control mean, for 'delta'; `device`: see `evaluate`)."
     row, pair_sums = {}, {name: {} for name in sets}  # per gene set: distance sums shared by the E-distance conventions
     for m in metrics:
         for name, idx in sets.items():
             p, t = (P, T) if idx is None else (P[:, idx], T[:, idx])
-            if m == 'edist': row[f'edist_{name}'] = _energy(p, t, **edist, sums=pair_sums[name])
+            if m == 'edist': row[f'edist_{name}'] = _energy(p, t, **edist, sums=pair_sums[name], device=device)
             elif m == 'edist_authors':
-                row[f'edist_authors_{name}'] = (_energy(p, t, **EDIST_CONVENTIONS['authors_code'], sums=pair_sums[name])
-                                                if min(len(p), len(t)) > 1 else np.nan)
-            elif m == 'emd': row[f'emd_{name}'] = emd(p, t)
+                row[f'edist_authors_{name}'] = (_energy(p, t, **EDIST_CONVENTIONS['authors_code'], sums=pair_sums[name],
+                                                        device=device) if min(len(p), len(t)) > 1 else np.nan)
+            elif m == 'emd': row[f'emd_{name}'] = emd(p, t, device=device)
             elif m == 'rmse': row[f'rmse_{name}'] = rmse(p, t)
             elif m == 'pcc_act': row[f'pcc_act_{name}'] = activation_pcc(p, t)
             elif m == 'intra':
-                row[f'intra_pred_{name}'] = intra_distance(p) if len(p) > 1 else np.nan
-                row[f'intra_true_{name}'] = intra_distance(t) if len(t) > 1 else np.nan
+                row[f'intra_pred_{name}'] = intra_distance(p, device=device) if len(p) > 1 else np.nan
+                row[f'intra_true_{name}'] = intra_distance(t, device=device) if len(t) > 1 else np.nan
             elif m == 'delta':
                 c = ctrl_mean if idx is None else ctrl_mean[idx]
                 row[f'pcc_delta_{name}'], row[f'delta_ratio_{name}'] = _shift_scores(p.mean(0) - c, t.mean(0) - c)
@@ -563,6 +563,7 @@ def evaluate(pred: ad.AnnData, truth: PerturbData, control: PerturbData | None =
              groups: Sequence[str] | None = None,  # score only these group ids
              min_cells: int = 1,  # drop groups with fewer true cells
              check_space: bool = True,  # refuse predictions that cannot be log1p expression (negative, counts)
+             device: str | None = None,  # EMD, E-distance and intra-distance in torch on this device; None: numpy
             ) -> pd.DataFrame:
     "Score predicted cells against the true cells of each test group: one row per group."
     bad = [m for m in metrics if m not in METRICS]
@@ -590,7 +591,7 @@ def evaluate(pred: ad.AnnData, truth: PerturbData, control: PerturbData | None =
         row = dict(group=gid, condition=g.condition, cell_type=g.cell_type, dose=g.dose)
         if sub: row['subgroup'] = sub.get(gid, 'none')
         rows.append({**row, 'n_true': len(T), 'n_pred': len(P),
-                     **_score(P, T, sets, metrics, opts, cmean.get(g.cell_type))})
+                     **_score(P, T, sets, metrics, opts, cmean.get(g.cell_type), device)})
     return pd.DataFrame(rows)
 
 # %% ../nbs/02_metrics.ipynb #25712568
