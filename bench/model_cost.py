@@ -21,8 +21,9 @@ on the training controls plus the simulator's true regulatory edges. The mask mo
 prints a table and writes `model_cost.csv` to `--out`. Set `--device cuda` on a GPU machine. `--fused both` runs each
 model with AdamW's plain loop and with its fused kernel (`fused_adamw`, on in the paper presets), one after the other;
 `--amp both` without and with bf16 autocast (the `amp` option, off in every preset); `--thp both` with torch's CPU
-allocator on small pages and on transparent huge pages (THP_MEM_ALLOC_ENABLE=0/1; `import perturbdiff` sets 1). The
-variants run side by side, each in its own process, in the order given.
+allocator on small pages and on transparent huge pages (THP_MEM_ALLOC_ENABLE=0/1; `import perturbdiff` sets 1);
+`--gat-kernel both` with the GAT's torch kernel and its compiled (numba) kernel, the default on CPU
+(PERTURBDIFF_GAT_KERNEL). The variants run side by side, each in its own process, in the order given.
 """
 import argparse
 import itertools
@@ -46,6 +47,12 @@ def rss_mb() -> float:
 def peak_mb() -> float:
     "Peak resident set size of this process so far (MB)."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gat_cpu_kernel() -> str:
+    "The GAT's CPU kernel in this process (perturbdiff.gat.GAT_CPU_KERNEL, from PERTURBDIFF_GAT_KERNEL)."
+    from perturbdiff.gat import GAT_CPU_KERNEL, numba
+    return GAT_CPU_KERNEL if numba is not None else 'torch'
 
 
 def gpu_peak(torch, device: str) -> dict:
@@ -83,7 +90,7 @@ def worker(a) -> dict:
     say(f'fitted in {fit_s:.1f} s; graph {model.graph_.n_nodes} nodes, {model.graph_.edge_index.shape[1]} edges')
     sec = np.diff(np.r_[0.0, model.history_.seconds.to_numpy()])[warm:]
     row = dict(model=a.worker, fused_adamw=model.config.fused_adamw, amp=model.config.amp,
-               thp=os.environ.get('THP_MEM_ALLOC_ENABLE', ''), device=a.device,
+               thp=os.environ.get('THP_MEM_ALLOC_ENABLE', ''), gat_kernel=gat_cpu_kernel(), device=a.device,
                minor_faults_per_step_in_fit=faults / (warm + timed),
                graph_edges=int(model.graph_.edge_index.shape[1]), genes=len(split.train.genes),
                train_cells=len(split.train.obs),
@@ -133,6 +140,8 @@ def main():
                    help="torch's CPU allocator on transparent huge pages (THP_MEM_ALLOC_ENABLE)")
     p.add_argument('--fused', default='preset', choices=['preset', 'on', 'off', 'both'],
                    help="AdamW's fused kernel (fused_adamw): the preset's (on), on, off, or both side by side")
+    p.add_argument('--gat-kernel', default='numba', choices=['numba', 'torch', 'both'],
+                   help="the GAT's CPU kernel (PERTURBDIFF_GAT_KERNEL): compiled by numba (the default) or torch's")
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -141,17 +150,18 @@ def main():
     rows = []
     for m in a.models.split(','):
         both = lambda v: ('off', 'on') if v == 'both' else (v,)
-        for fused, amp, thp in itertools.product(both(a.fused), both(a.amp), both(a.thp)):  # side by side, each in its
-                                                                                             # own process
+        kernels = ('torch', 'numba') if a.gat_kernel == 'both' else (a.gat_kernel,)
+        for fused, amp, thp, kernel in itertools.product(both(a.fused), both(a.amp), both(a.thp), kernels):  # side by
+                                                                                                  # side, own processes
             args = [sys.executable, __file__, '--worker', m] + [
                 f'--{k.replace("_", "-")}={v}' for k, v in {**vars(a), 'fused': fused, 'amp': amp}.items()
-                if k not in ('worker', 'models', 'out', 'thp') and v is not None]
-            env = {**os.environ, 'THP_MEM_ALLOC_ENABLE': '1' if thp == 'on' else '0'}
+                if k not in ('worker', 'models', 'out', 'thp', 'gat_kernel') and v is not None]
+            env = {**os.environ, 'THP_MEM_ALLOC_ENABLE': '1' if thp == 'on' else '0', 'PERTURBDIFF_GAT_KERNEL': kernel}
             r = subprocess.run(args, stdout=subprocess.PIPE, text=True, env=env)  # stderr: the worker's progress
             line = [l for l in r.stdout.splitlines() if l.startswith('RESULT ')]
             if r.returncode or not line: sys.exit(f'{m} failed (exit {r.returncode}); its messages are above')
             rows.append(json.loads(line[0][7:])); print(rows[-1], flush=True)
-    tab = pd.DataFrame(rows).set_index(['model', 'fused_adamw', 'amp', 'thp'])
+    tab = pd.DataFrame(rows).set_index(['model', 'fused_adamw', 'amp', 'thp', 'gat_kernel'])
     pd.set_option('display.width', 200)
     print(tab.T.to_string())
     if a.out:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
@@ -23,14 +24,19 @@ from torch_geometric.utils import scatter as _pyg_scatter
 from torch_geometric.utils import softmax as _pyg_softmax
 from fastcore.basics import patch
 
+try:  # the compiled CPU kernel (numba comes with scanpy); without it the torch kernel runs
+    import numba
+    from numba import prange
+except ImportError: numba, prange = None, range
+
 from .conditions import MODES
 from .data import PerturbData, seeded_rng
 from .contract import TrainedModel
 from .priors import GeneGraph, combination_features, drug_embedding, drug_features
 
 # %% auto #0
-__all__ = ['EdgePlan', 'plan_edges', 'gatv2_reference', 'gatv2_fused', 'BatchedGATv2', 'symbol_normal', 'GeneEmbedding',
-           'PerGeneReadout', 'PerturbationBatch', 'cell_modes', 'PerturbationTable', 'TargetIdentity',
+__all__ = ['GAT_CPU_KERNEL', 'EdgePlan', 'plan_edges', 'gatv2_reference', 'gatv2_fused', 'BatchedGATv2', 'symbol_normal',
+           'GeneEmbedding', 'PerGeneReadout', 'PerturbationBatch', 'cell_modes', 'PerturbationTable', 'TargetIdentity',
            'GenePerturbation', 'ConditionFusion', 'DrugPerturbation', 'LabelPerturbation', 'PerturbationEncoder',
            'GRNBlock', 'DirectEffect', 'pseudobulk_pca', 'DolorisPerturbationEmbedding', 'mlp', 'VectorPerturbation']
 
@@ -47,6 +53,7 @@ class EdgePlan:
     edge_attr: torch.Tensor | None = None  # [E, F] sorted edge attributes
     self_loops_added: bool = False
     _chunks: dict = field(default_factory=dict, repr=False)
+    _by_source: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_edges(self) -> int: return int(self.src.numel())
@@ -64,6 +71,15 @@ class EdgePlan:
             p = ptr.tolist()
             self._chunks[cap] = [(a, b, p[a], p[b]) for a, b in zip(n0[:-1], n0[1:]) if p[b] > p[a]]
         return self._chunks[cap]
+
+    def by_source(self) -> tuple[np.ndarray, np.ndarray]:
+        "Positions of the sorted edges ordered by source node, and CSR pointers over sources (CPU int64, cached)."
+        if not self._by_source:
+            src = self.src.cpu().numpy()
+            ptr = np.zeros(self.num_nodes + 1, dtype=np.int64)
+            ptr[1:] = np.cumsum(np.bincount(src, minlength=self.num_nodes))
+            self._by_source.update(order=np.argsort(src, kind='stable').astype(np.int64), ptr=ptr)
+        return self._by_source['order'], self._by_source['ptr']
 
     def to(self, device) -> 'EdgePlan':
         ea = None if self.edge_attr is None else self.edge_attr.to(device)
@@ -187,14 +203,165 @@ def _gatv2_fused_backward(dout, xl, xr, att, alpha, plan: EdgePlan, edge_term, s
     for a, b in parts[1:]: dxl += a; datt += b
     return dxl, dxr, datt, dedge
 
+# %% ../nbs/05_gat.ipynb #890c0c14
+GAT_CPU_KERNEL = os.environ.get('PERTURBDIFF_GAT_KERNEL', 'numba')  # the fused kernel on CPU: 'numba' or 'torch'
+_FASTMATH = {'reassoc', 'contract', 'nsz', 'arcp'}  # reorder sums (vectorised); no assumption about NaN or inf
+
+def _cpu_kernel(x: torch.Tensor, kernel: str | None) -> str:
+    "The kernel to run for features x: 'numba' on CPU in float32/float64 when numba is there and chosen, else 'torch'."
+    asked, kernel = kernel is not None, kernel or GAT_CPU_KERNEL
+    if kernel not in ('numba', 'torch'):
+        raise ValueError(f"kernel must be 'numba' or 'torch', got {kernel!r}" + ("" if asked else
+                         " (from the environment variable PERTURBDIFF_GAT_KERNEL)") + ".")
+    if kernel == 'torch' or x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.float64): return 'torch'
+    if numba is None:
+        if not asked: return 'torch'  # the default, without numba: the torch kernel
+        raise ImportError("kernel='numba' needs numba (pip install numba); or pass kernel='torch'.")
+    return 'numba'
+
+def _nb_forward(xl, xr, att, src, ptr, slope, keep, has_keep, edge, has_edge, out, alpha):
+    N, B, H, C = xl.shape
+    for i in prange(N):
+        out[i] = 0  # each node's row is written by its own thread (out is allocated uninitialised)
+        e0, e1 = ptr[i], ptr[i + 1]
+        if e1 == e0: continue
+        for e in range(e0, e1):  # scores e_ij = a^T LeakyReLU(W_l x_j + W_r x_i [+ edge term])
+            j = src[e]
+            for b in range(B):
+                for h in range(H):
+                    sc = xl[0, 0, 0, 0] * 0
+                    for c in range(C):
+                        v = xl[j, b, h, c] + xr[i, b, h, c]
+                        if has_edge: v += edge[e, h, c]
+                        if v < 0: v = v * slope
+                        sc += att[h, c] * v
+                    alpha[e, b, h] = sc
+        for b in range(B):  # softmax over the node's incoming edges, its maximum subtracted
+            for h in range(H):
+                m = alpha[e0, b, h]
+                for e in range(e0 + 1, e1): m = max(m, alpha[e, b, h])
+                den = alpha[e0, b, h] * 0
+                for e in range(e0, e1):
+                    w = np.exp(alpha[e, b, h] - m); alpha[e, b, h] = w; den += w
+                for e in range(e0, e1): alpha[e, b, h] /= den
+        for e in range(e0, e1):  # messages: sum_j alpha_ij (x dropout's keep) W_l x_j
+            j = src[e]
+            for b in range(B):
+                for h in range(H):
+                    a = alpha[e, b, h]
+                    if has_keep: a = a * keep[e, b, h]
+                    for c in range(C): out[i, b, h, c] += a * xl[j, b, h, c]
+
+def _nb_backward_targets(dout, xl, xr, att, alpha, src, ptr, slope, keep, has_keep, edge, has_edge, de, dxr, datt_n,
+                         dedge):
+    N, B, H, C = xl.shape
+    for i in prange(N):
+        dxr[i] = 0; datt_n[i] = 0
+        e0, e1 = ptr[i], ptr[i + 1]
+        if e1 == e0: continue
+        if has_edge: dedge[e0:e1] = 0
+        for e in range(e0, e1):  # dL/d alpha (through dropout's keep), times alpha
+            j = src[e]
+            for b in range(B):
+                for h in range(H):
+                    acc = xl[0, 0, 0, 0] * 0
+                    for c in range(C): acc += dout[i, b, h, c] * xl[j, b, h, c]
+                    if has_keep: acc = acc * keep[e, b, h]
+                    de[e, b, h] = alpha[e, b, h] * acc
+        for b in range(B):  # softmax backward: delta_e = alpha_e (g_e - sum_e' alpha_e' g_e')
+            for h in range(H):
+                s = de[e0, b, h] * 0
+                for e in range(e0, e1): s += de[e, b, h]
+                for e in range(e0, e1): de[e, b, h] -= alpha[e, b, h] * s
+        for e in range(e0, e1):  # through a^T LeakyReLU(s): gradients of a, W_r x_i and the edge term
+            j = src[e]
+            for b in range(B):
+                for h in range(H):
+                    d = de[e, b, h]
+                    for c in range(C):
+                        s = xl[j, b, h, c] + xr[i, b, h, c]
+                        if has_edge: s += edge[e, h, c]
+                        g = d * att[h, c]
+                        if s > 0: datt_n[i, h, c] += d * s
+                        else:
+                            datt_n[i, h, c] += d * s * slope
+                            g = g * slope
+                        dxr[i, b, h, c] += g
+                        if has_edge: dedge[e, h, c] += g
+
+def _nb_backward_sources(dout, xl, xr, att, alpha, dst, order, sptr, slope, keep, has_keep, edge, has_edge, de, dxl):
+    N, B, H, C = xl.shape
+    for j in prange(N):
+        dxl[j] = 0
+        for k in range(sptr[j], sptr[j + 1]):  # the edges leaving j: the score term and the message term
+            e = order[k]; i = dst[e]
+            for b in range(B):
+                for h in range(H):
+                    d, a = de[e, b, h], alpha[e, b, h]
+                    if has_keep: a = a * keep[e, b, h]
+                    for c in range(C):
+                        s = xl[j, b, h, c] + xr[i, b, h, c]
+                        if has_edge: s += edge[e, h, c]
+                        g = d * att[h, c]
+                        if not s > 0: g = g * slope
+                        dxl[j, b, h, c] += g + a * dout[i, b, h, c]
+
+_NB = {}
+
+def _nb_kernels() -> tuple:
+    "The three kernels, compiled by numba on first use and cached on disk."
+    if not _NB:
+        jit = numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
+        _NB.update(fwd=jit(_nb_forward), bwd_t=jit(_nb_backward_targets), bwd_s=jit(_nb_backward_sources))
+    return _NB['fwd'], _NB['bwd_t'], _NB['bwd_s']
+
+class _nb_threads:
+    "Run numba's parallel loops on `n` threads (at most NUMBA_NUM_THREADS) inside the block."
+    def __init__(self, n: int): self.n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    def __enter__(self): self.old = numba.get_num_threads(); numba.set_num_threads(self.n)
+    def __exit__(self, *exc): numba.set_num_threads(self.old)
+
+def _np(t: torch.Tensor | None, like: torch.Tensor) -> tuple[np.ndarray, bool]:
+    "A tensor as a contiguous numpy array and True; None as a 1x1x1 placeholder of like's dtype and False."
+    if t is None: return np.zeros((1, 1, 1), dtype=like.detach().numpy().dtype), False
+    return t.detach().to(like.dtype).contiguous().numpy(), True
+
+def _gatv2_numba_forward(xl, xr, att, plan: EdgePlan, edge_term, slope: float, keep, workers: int = 1):
+    "Forward of the compiled kernel: aggregated messages [N, B, H, C] and attention [E, B, H]."
+    N, B, H, C = xl.shape
+    out, alpha = xl.new_empty(N, B, H, C), xl.new_empty(plan.n_edges, B, H)  # every entry written by the kernel
+    (kp, has_keep), (ed, has_edge) = _np(keep, xl), _np(edge_term, xl)
+    fwd, _, _ = _nb_kernels()
+    with _nb_threads(workers):
+        fwd(xl.detach().numpy(), xr.detach().numpy(), att.detach().numpy(), plan.src.numpy(), plan.ptr.numpy(),
+            xl.detach().numpy().dtype.type(slope), kp, has_keep, ed, has_edge, out.numpy(), alpha.numpy())
+    return out, alpha
+
+def _gatv2_numba_backward(dout, xl, xr, att, alpha, plan: EdgePlan, edge_term, slope: float, keep, workers: int = 1):
+    "Gradients (xl, xr, att, edge_term) of the compiled kernel."
+    N, B, H, C = xl.shape
+    x = [t.detach().contiguous().numpy() for t in (dout, xl, xr, att, alpha)]
+    (kp, has_keep), (ed, has_edge) = _np(keep, xl), _np(edge_term, xl)
+    dxl, dxr, de = torch.empty_like(xl), torch.empty_like(xr), xl.new_empty(plan.n_edges, B, H)  # written in full
+    datt_n = np.empty((N, H, C), dtype=x[1].dtype)  # by the kernels, row by row
+    dedge = None if edge_term is None else torch.empty_like(edge_term)
+    sl, order, sptr = x[1].dtype.type(slope), *plan.by_source()
+    _, bwd_t, bwd_s = _nb_kernels()
+    with _nb_threads(workers):
+        bwd_t(*x, plan.src.numpy(), plan.ptr.numpy(), sl, kp, has_keep, ed, has_edge, de.numpy(), dxr.numpy(), datt_n,
+              ed if dedge is None else dedge.numpy())
+        bwd_s(*x, plan.dst.numpy(), order, sptr, sl, kp, has_keep, ed, has_edge, de.numpy(), dxl.numpy())
+    return dxl, dxr, torch.from_numpy(datt_n.sum(0)), dedge
+
 # %% ../nbs/05_gat.ipynb #78b5ce27
 class _FusedGATv2(torch.autograd.Function):
-    "Autograd wrapper of the fused GATv2 kernel."
+    "Autograd wrapper of the fused GATv2 kernel (`kernel`: 'numba', the compiled CPU kernel, or 'torch')."
     @staticmethod
-    def forward(ctx, xl, xr, att, edge_term, plan, slope, cap, keep, workers):
-        out, alpha = _gatv2_fused_forward(xl, xr, att, plan, edge_term, slope, cap, keep, workers)
+    def forward(ctx, xl, xr, att, edge_term, plan, slope, cap, keep, workers, kernel):
+        if kernel == 'numba': out, alpha = _gatv2_numba_forward(xl, xr, att, plan, edge_term, slope, keep, workers)
+        else: out, alpha = _gatv2_fused_forward(xl, xr, att, plan, edge_term, slope, cap, keep, workers)
         ctx.save_for_backward(xl, xr, att, alpha, edge_term, keep)
-        ctx.plan, ctx.slope, ctx.cap, ctx.workers = plan, slope, cap, workers
+        ctx.plan, ctx.slope, ctx.cap, ctx.workers, ctx.kernel = plan, slope, cap, workers, kernel
         ctx.mark_non_differentiable(alpha)
         return out, alpha
 
@@ -202,20 +369,25 @@ class _FusedGATv2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, _):
         xl, xr, att, alpha, edge_term, keep = ctx.saved_tensors
-        grads = _gatv2_fused_backward(dout, xl, xr, att, alpha, ctx.plan, edge_term, ctx.slope, ctx.cap, keep,
-                                      ctx.workers)
-        return (*grads, None, None, None, None, None)
+        if ctx.kernel == 'numba':
+            grads = _gatv2_numba_backward(dout, xl, xr, att, alpha, ctx.plan, edge_term, ctx.slope, keep, ctx.workers)
+        else:
+            grads = _gatv2_fused_backward(dout, xl, xr, att, alpha, ctx.plan, edge_term, ctx.slope, ctx.cap, keep,
+                                          ctx.workers)
+        return (*grads, None, None, None, None, None, None)
 
 # %% ../nbs/05_gat.ipynb #833ebad5
 def gatv2_fused(x_l, x_r, att, plan: EdgePlan, edge_term=None, negative_slope: float = 0.2,
-                chunk_elements: int | None = None, keep: torch.Tensor | None = None, num_threads: int | None = None):
+                chunk_elements: int | None = None, keep: torch.Tensor | None = None, num_threads: int | None = None,
+                kernel: str | None = None,  # 'numba' or 'torch' on CPU (None: GAT_CPU_KERNEL); CUDA always runs torch
+               ):
     "GATv2 messages on [N, B, H, C] features, streamed over edge chunks: (aggregated, alpha)."
     N, B, H, C = x_l.shape
     budget = chunk_elements or (1 << 25 if x_l.is_cuda else 1 << 20)
     cap = max(1, budget // (B * H * C))
     workers = num_threads or torch.get_num_threads()
-    return _FusedGATv2.apply(x_l.contiguous(), x_r.contiguous(), att.reshape(H, C), edge_term, plan,
-                             negative_slope, cap, keep, workers)
+    return _FusedGATv2.apply(x_l.contiguous(), x_r.contiguous(), att.reshape(H, C).contiguous(), edge_term, plan,
+                             negative_slope, cap, keep, workers, _cpu_kernel(x_l, kernel))
 
 # %% ../nbs/05_gat.ipynb #09578609
 class BatchedGATv2(nn.Module):

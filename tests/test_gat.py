@@ -63,32 +63,47 @@ def _random_case(dtype=torch.double, N=9, B=3, H=2, C=3, E=30, seed=0):
     return plan, t(N, B, H, C), t(N, B, H, C), t(H, C), t(plan.n_edges, H, C)
 
 
-def test_fused_equals_reference_and_gradcheck():
+@pytest.mark.parametrize('kernel', ['numba', 'torch'])
+def test_fused_equals_reference_and_gradcheck(kernel):
     plan, xl, xr, att, et = _random_case()
     o1, a1 = gatv2_reference(xl, xr, att, plan, et)
-    o2, a2 = gatv2_fused(xl, xr, att, plan, et, chunk_elements=25)
+    o2, a2 = gatv2_fused(xl, xr, att, plan, et, chunk_elements=25, kernel=kernel)
     assert torch.allclose(o1, o2) and torch.allclose(a1, a2)
     keep = (torch.rand(plan.n_edges, 3, 2) > 0.25).double() / 0.75
-    assert torch.autograd.gradcheck(lambda *a: gatv2_fused(*a[:3], plan, a[3], chunk_elements=25, keep=keep)[0],
-                                    (xl, xr, att, et))
-    assert torch.autograd.gradcheck(lambda *a: gatv2_fused(*a, plan, None, negative_slope=0.1)[0], (xl, xr, att))
+    assert torch.autograd.gradcheck(
+        lambda *a: gatv2_fused(*a[:3], plan, a[3], chunk_elements=25, keep=keep, kernel=kernel)[0], (xl, xr, att, et))
+    assert torch.autograd.gradcheck(lambda *a: gatv2_fused(*a, plan, None, negative_slope=0.1, kernel=kernel)[0],
+                                    (xl, xr, att))
+
+
+def test_numba_kernel_equals_torch_kernel_in_float32():
+    "The compiled CPU kernel against the torch kernel: values and all four gradients, with edge terms and dropout."
+    plan, xl, xr, att, et = _random_case(torch.float32, N=80, E=900)
+    keep = (torch.rand(plan.n_edges, 3, 2) > 0.25).float() / 0.75
+    res = {}
+    for k in ('numba', 'torch'):
+        o, a = gatv2_fused(xl, xr, att, plan, et, keep=keep, kernel=k)
+        res[k] = (o, a, *torch.autograd.grad((o * o).sum(), (xl, xr, att, et)))
+    for x, y in zip(res['numba'], res['torch']):
+        assert ((x - y).abs().max() / y.abs().max()).item() < 1e-5
 
 
 @pytest.mark.parametrize('chunk', [1, 7, 64, 1 << 20])
 def test_chunk_size_does_not_change_results(chunk):
     plan, xl, xr, att, _ = _random_case(torch.float32, N=40, E=300)
-    ref, _ = gatv2_fused(xl, xr, att, plan, chunk_elements=1 << 30)
-    out, _ = gatv2_fused(xl, xr, att, plan, chunk_elements=chunk)
+    ref, _ = gatv2_fused(xl, xr, att, plan, chunk_elements=1 << 30, kernel='torch')  # chunks: the torch kernel's
+    out, _ = gatv2_fused(xl, xr, att, plan, chunk_elements=chunk, kernel='torch')
     assert torch.allclose(ref, out, atol=1e-6)
 
 
+@pytest.mark.parametrize('kernel', ['numba', 'torch'])
 @pytest.mark.parametrize('workers', [2, 5])
-def test_worker_threads_give_the_same_results(workers):
+def test_worker_threads_give_the_same_results(workers, kernel):
     plan, xl, xr, att, et = _random_case(torch.float32, N=60, E=600)
     before = torch.get_num_threads()
     outs, grads = [], []
     for w in (1, workers):
-        o, a = gatv2_fused(xl, xr, att, plan, et, chunk_elements=64, num_threads=w)
+        o, a = gatv2_fused(xl, xr, att, plan, et, chunk_elements=64, num_threads=w, kernel=kernel)
         outs.append((o, a)); grads.append(torch.autograd.grad(o.square().sum(), (xl, xr, att, et)))
         assert torch.get_num_threads() == before  # restored
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])  # forward: bit for bit
