@@ -309,10 +309,12 @@ def _nb_backward_sources(dout, xl, xr, att, alpha, dst, order, sptr, slope, keep
 _NB = {}
 
 def _nb_kernels() -> tuple:
-    "The three kernels, compiled by numba on first use and cached on disk."
+    "The three kernels, compiled by numba on first use and cached on disk (in memory only where no folder is writable)."
     if not _NB:
-        jit = numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)
-        _NB.update(fwd=jit(_nb_forward), bwd_t=jit(_nb_backward_targets), bwd_s=jit(_nb_backward_sources))
+        fns = dict(fwd=_nb_forward, bwd_t=_nb_backward_targets, bwd_s=_nb_backward_sources)
+        try: _NB.update({k: numba.njit(parallel=True, fastmath=_FASTMATH, cache=True)(f) for k, f in fns.items()})
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available" (read-only install and home)
+            _NB.update({k: numba.njit(parallel=True, fastmath=_FASTMATH)(f) for k, f in fns.items()})
     return _NB['fwd'], _NB['bwd_t'], _NB['bwd_s']
 
 class _nb_threads:

@@ -2,6 +2,7 @@
 import warnings
 
 import numpy as np
+import numba
 import pytest
 import torch
 from torch import nn
@@ -294,3 +295,16 @@ def test_fused_on_cuda_matches_cpu():
     gpu, _ = gatv2_fused(xl.detach().to(dev), xr.detach().to(dev), att.detach().to(dev), plan.to(dev),
                          et.detach().to(dev))
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)
+
+
+def test_numba_kernels_without_a_writable_cache_folder(monkeypatch):
+    "Where numba finds no folder to cache in (read-only install and home), the kernels are built without a disk cache."
+    import numba.core.caching as caching
+    from perturbdiff import gat
+    if not hasattr(getattr(caching, 'CacheImpl', None), '_locator_classes'):
+        pytest.skip("this numba version keeps its cache locators elsewhere (the test patches numba's internals)")
+    monkeypatch.setattr(caching.CacheImpl, '_locator_classes', [])
+    monkeypatch.setattr(gat, '_NB', {})
+    with pytest.raises(RuntimeError, match='no locator'):  # what numba does with cache=True there
+        numba.njit(cache=True)(lambda x: x)
+    assert all(isinstance(k._cache, caching.NullCache) for k in gat._nb_kernels())
