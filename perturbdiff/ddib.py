@@ -197,10 +197,16 @@ class _Trunk(nn.Module):
     def forward(self, x_t, t, cond, extra=None):
         temb = timestep_embedding(t, self.time_dim)
         h = self.mid(self.x(x_t) + self.t(temb))
-        if self.ct is not None: h = h + self.ct(self.onehot(cond['cell_type']))
-        h = h + self.ctrl(cond['ctrl']) * cond['is_target'][:, None].float()
+        const = cond.get('trunk_constants') or self.constant_terms(cond)  # the sampler computes them once per chain
+        if self.ct is not None: h = h + const['ct']
+        h = h + const['ctrl']
         if extra is not None: h = h + extra
         return self.out(h), temb
+    def constant_terms(self, cond) -> dict:
+        "The terms that stay the same along a DDIM chain: the cell type's, and the control input's (0 on source rows)."
+        out = {'ctrl': self.ctrl(cond['ctrl']) * cond['is_target'][:, None].float()}
+        if self.ct is not None: out['ct'] = self.ct(self.onehot(cond['cell_type']))
+        return out
 
 # %% ../nbs/07_ddib.ipynb #88d4b7d2
 class UnlastingNet(nn.Module):
@@ -506,8 +512,11 @@ def entry_index(sched: Schedule, t0: int) -> int:
 # %% ../nbs/07_ddib.ipynb #a6051ee8
 @patch
 def _denoiser(self: DDIBModel, cond: dict):
-    "model(x_t, t) -> x̂0 for fixed conditioning (what the DDIM solvers take)."
+    """model(x_t, t) -> x̂0 for fixed conditioning (what the DDIM solvers take). The trunk's terms that do not depend on
+    x_t or t (cell type, control input) are computed here, once per chain, instead of at each of its steps."""
     net = self.net_
+    trunk = getattr(getattr(net, 'net', net), 'trunk', None)  # under Preconditioned, or bare
+    if trunk is not None: cond = {**cond, 'trunk_constants': trunk.constant_terms(cond)}
     def f(x, t):
         return net(x, t, cond).float()  # the DDIM steps in float32, also when predict runs under bf16 autocast (amp)
     return f
