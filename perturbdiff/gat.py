@@ -323,27 +323,28 @@ class _nb_threads:
     def __enter__(self): self.old = numba.get_num_threads(); numba.set_num_threads(self.n)
     def __exit__(self, *exc): numba.set_num_threads(self.old)
 
-def _np(t: torch.Tensor | None, like: torch.Tensor) -> tuple[np.ndarray, bool]:
-    "A tensor as a contiguous numpy array and True; None as a 1x1x1 placeholder of like's dtype and False."
-    if t is None: return np.zeros((1, 1, 1), dtype=like.detach().numpy().dtype), False
-    return t.detach().to(like.dtype).contiguous().numpy(), True
+def _np(t: torch.Tensor | None, like: np.ndarray) -> tuple[np.ndarray, bool]:
+    "A tensor as a contiguous numpy array of like's dtype and True; None as a 1x1x1 placeholder and False."
+    if t is None: return np.zeros((1, 1, 1), dtype=like.dtype), False
+    return t.detach().contiguous().numpy().astype(like.dtype, copy=False), True
 
 def _gatv2_numba_forward(xl, xr, att, plan: EdgePlan, edge_term, slope: float, keep, workers: int = 1):
     "Forward of the compiled kernel: aggregated messages [N, B, H, C] and attention [E, B, H]."
     N, B, H, C = xl.shape
     out, alpha = xl.new_empty(N, B, H, C), xl.new_empty(plan.n_edges, B, H)  # every entry written by the kernel
-    (kp, has_keep), (ed, has_edge) = _np(keep, xl), _np(edge_term, xl)
+    x = [t.detach().contiguous().numpy() for t in (xl, xr, att)]
+    (kp, has_keep), (ed, has_edge) = _np(keep, x[0]), _np(edge_term, x[0])
     fwd, _, _ = _nb_kernels()
     with _nb_threads(workers):
-        fwd(xl.detach().numpy(), xr.detach().numpy(), att.detach().numpy(), plan.src.numpy(), plan.ptr.numpy(),
-            xl.detach().numpy().dtype.type(slope), kp, has_keep, ed, has_edge, out.numpy(), alpha.numpy())
+        fwd(*x, plan.src.numpy(), plan.ptr.numpy(), x[0].dtype.type(slope), kp, has_keep, ed, has_edge, out.numpy(),
+            alpha.numpy())
     return out, alpha
 
 def _gatv2_numba_backward(dout, xl, xr, att, alpha, plan: EdgePlan, edge_term, slope: float, keep, workers: int = 1):
     "Gradients (xl, xr, att, edge_term) of the compiled kernel."
     N, B, H, C = xl.shape
     x = [t.detach().contiguous().numpy() for t in (dout, xl, xr, att, alpha)]
-    (kp, has_keep), (ed, has_edge) = _np(keep, xl), _np(edge_term, xl)
+    (kp, has_keep), (ed, has_edge) = _np(keep, x[1]), _np(edge_term, x[1])
     dxl, dxr, de = torch.empty_like(xl), torch.empty_like(xr), xl.new_empty(plan.n_edges, B, H)  # written in full
     datt_n = np.empty((N, H, C), dtype=x[1].dtype)  # by the kernels, row by row
     dedge = None if edge_term is None else torch.empty_like(edge_term)
