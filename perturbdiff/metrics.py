@@ -71,10 +71,12 @@ def _sqrt0_(d2):
     return d2.clamp_(min=0.0).sqrt_()
 
 def _torch_device(device: str):
-    "torch and the device `device` names (`train.resolve_device`: 'auto' resolved, CUDA refused where there is none)."
+    "torch and the torch.device `device` names, refused with the way out when it names CUDA and none is there."
     import torch
-    from perturbdiff.train import resolve_device  # here, not at the top: train imports this module
-    return torch, resolve_device(device)
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but torch sees no CUDA device; use device=None (numpy) or 'cpu'.")
+    return torch, dev
 
 def _float64_on(device: str | None, *arrays) -> tuple:
     "The arrays as float64 torch tensors on `device` (None stays None); the arrays as they are when device is None."
