@@ -22,8 +22,10 @@ prints a table and writes `model_cost.csv` to `--out`. Set `--device cuda` on a 
 model with AdamW's plain loop and with its fused kernel (`fused_adamw`, on in the paper presets), one after the other;
 `--amp both` without and with bf16 autocast (the `amp` option, off in every preset); `--thp both` with torch's CPU
 allocator on small pages and on transparent huge pages (THP_MEM_ALLOC_ENABLE=0/1; `import perturbdiff` sets 1);
-`--gat-kernel both` with the GAT's torch kernel and its compiled (numba) kernel, the default on CPU
-(PERTURBDIFF_GAT_KERNEL). The variants run side by side, each in its own process, in the order given.
+`--predict-batch N` sets the cells per forward pass at prediction (a DDIB model decodes groups together up to that
+many cells: `--predict-batch` = `--pred-cells` decodes each group alone). `--gat-kernel both` with the GAT's torch
+kernel and its compiled (numba) kernel, the default on CPU (PERTURBDIFF_GAT_KERNEL). The variants run side by side,
+each in its own process, in the order given.
 """
 import argparse
 import itertools
@@ -82,6 +84,7 @@ def worker(a) -> dict:
         opts.update(mask_steps=a.mask_steps, **({'n_control': a.n_control} if a.n_control else {}))
     if a.fused in ('on', 'off'): opts['fused_adamw'] = a.fused == 'on'
     if a.amp in ('on', 'off'): opts['amp'] = a.amp == 'on'
+    if a.predict_batch: opts['predict_batch'] = a.predict_batch
     model = cls.from_preset('paper', seed=0, device=a.device, **opts)
     base = rss_mb()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -94,7 +97,8 @@ def worker(a) -> dict:
                minor_faults_per_step_in_fit=faults / (warm + timed),
                graph_edges=int(model.graph_.edge_index.shape[1]), genes=len(split.train.genes),
                train_cells=len(split.train.obs),
-               batch_size=model.config.batch_size, timed_steps=len(sec), step_s=float(np.median(sec)),
+               batch_size=model.config.batch_size, predict_batch=model.config.predict_batch, timed_steps=len(sec),
+               step_s=float(np.median(sec)),
                step_s_min=float(sec.min()), fit_s_total=fit_s,
                params_M=sum(p.numel() for p in model.net_.parameters()) / 1e6)
     if a.worker == 'departures':
@@ -131,6 +135,9 @@ def main():
     p.add_argument('--controls', type=int, default=500)
     p.add_argument('--n-control', type=int, default=None,
                    help='DDIB models: control cells inverted per cell type with latent reuse (preset: 100)')
+    p.add_argument('--predict-batch', type=int, default=None,
+                   help="cells per forward pass at prediction (the preset's: 1,024 DDIB, 512 Departures); the DDIB "
+                        "models decode the groups of a cell type together up to this many cells")
     p.add_argument('--device', default='cpu')
     p.add_argument('--no-predict', default='', help='models whose prediction is not timed (too slow at this size)')
     p.add_argument('--out', default=None)

@@ -25,8 +25,8 @@ from .train import TrainConfig, progress_bar, resolve_device, step_bar
 
 # %% auto #0
 __all__ = ['RENAMED_OPTIONS', 'MODELS', 'BASELINES', 'resolve_groups', 'prediction_var', 'prediction_anndata', 'renamed_hint',
-           'check_known', 'PerturbationModel', 'TrainedModel', 'model_class', 'TrainingOptions', 'GraphOptions',
-           'SamplingOptions', 'preset_config']
+           'check_known', 'PerturbationModel', 'TrainedModel', 'pack_groups', 'model_class', 'TrainingOptions',
+           'GraphOptions', 'SamplingOptions', 'preset_config']
 
 # %% ../nbs/02b_contract.ipynb #b5ac24cc
 def resolve_groups(groups, train: PerturbData, n_cells: int | None = None, default_n: int = 100) -> pd.DataFrame:
@@ -190,21 +190,40 @@ class TrainedModel(PerturbationModel):
 
 
 # %% ../nbs/02b_contract.ipynb #ffa8b86a
-@patch
-def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, prepare: Callable, sample: Callable,
-                    key: tuple = ()) -> ad.AnnData:
-    """The trained models' predict loop: `prepare(cell_type)` once per cell type, `sample(state, row, rng, gen)` per
+def pack_groups(groups: pd.DataFrame, cells: int) -> list[list[int]]:
+    """Positions of the groups in packs: groups of one cell type, in the order asked for, that hold at most `cells`
+    cells together (a larger group alone; `cells` = 0: one group per pack). Packs come in the order of their first
     group."""
+    packs, open_ = [], {}  # cell type -> (its last pack, the cells in it)
+    for i, (ct, k) in enumerate(zip(groups.cell_type, groups.n_cells)):
+        pack, n = open_.get(ct, (None, 0))
+        if cells and pack is not None and n + k <= cells: pack.append(i); open_[ct] = (pack, n + k)
+        else: packs.append([i]); open_[ct] = (packs[-1], k)
+    return packs
+
+@patch
+def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, prepare: Callable,
+                    sample: Callable | None = None, key: tuple = (), sample_many: Callable | None = None) -> ad.AnnData:
+    """The trained models' predict loop: `prepare(cell_type)` once per cell type, then `sample(state, row, rng, gen)`
+    per group, or `sample_many(state, [(row, rng, gen), ...])` (one array per group) per pack of groups (`pack_groups`,
+    `predict_batch` cells)."""
     self._check_fitted()
+    if (sample is None) == (sample_many is None): raise TypeError("predict_grouped takes sample or sample_many.")
     g = resolve_groups(groups, self.train_, n_cells)
-    states, X, ids = {}, [], []
-    bar = progress_bar(g.iterrows(), total=len(g), desc=f'{self.family} predict', unit='group',
-                       disable=not getattr(self, 'progress', False))
-    for gid, row in bar:  # in the order asked for
-        if row.cell_type not in states: states[row.cell_type] = prepare(row.cell_type)
-        with step_bar(f'  {gid.rstrip("|")}', disable=not getattr(self, 'progress', False)):  # its sampler steps
-            x = sample(states[row.cell_type], row, *self.generators(seed, *key, str(gid)))
-        X.append(x); ids += [gid] * len(x)
+    show, states, X = getattr(self, 'progress', False), {}, [None] * len(g)
+    bar = progress_bar(total=len(g), desc=f'{self.family} predict', unit='group', disable=not show)
+    for pack in pack_groups(g, self.config.predict_batch if sample_many is not None else 0):  # in the order asked for
+        rows = [g.iloc[i] for i in pack]  # each row's name is its group id
+        ct = rows[0].cell_type
+        if ct not in states: states[ct] = prepare(ct)
+        jobs = [(row, *self.generators(seed, *key, str(row.name))) for row in rows]  # one stream per group
+        label = rows[0].name.rstrip('|') + (f' and {len(rows) - 1} more groups' if len(rows) > 1 else '')
+        with step_bar(f'  {label}', disable=not show):  # its sampler steps
+            xs = sample_many(states[ct], jobs) if sample_many is not None else [sample(states[ct], *jobs[0])]
+        for i, x in zip(pack, xs, strict=True): X[i] = x
+        bar.update(len(pack))
+    bar.close()
+    ids = [gid for gid, x in zip(g.index, X) for _ in range(len(x))]
     return prediction_anndata(np.vstack(X), ids, g, self.train_, self.family)
 
 # %% ../nbs/02b_contract.ipynb #af093624

@@ -20,7 +20,7 @@ from fastcore.basics import patch
 from .contract import GraphOptions, SamplingOptions, TrainedModel, TrainingOptions, preset_config
 from .contract import resolve_groups
 from .conditions import MODES
-from .data import PerturbData, check_choices
+from .data import GROUP_COL, PerturbData, check_choices
 from .diffusion import (Schedule, ddim_invert, ddim_sample, masked_mse, q_sample, sample_index,
                                    timestep_embedding)
 from .gat import (DirectEffect, GRNBlock, PerturbationTable, VectorPerturbation, cell_modes, mlp,
@@ -545,15 +545,19 @@ def _invert(self: DDIBModel, x_ctrl: torch.Tensor, ct_idx: int, gen, sched: Sche
 # %% ../nbs/07_ddib.ipynb #baa374b3
 @patch
 @torch.no_grad()
-def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx: int, dose: float, mode: str,
-            sched: Schedule | None = None) -> torch.Tensor:
-    "Target-model decoding of latents under one condition, with the real control cells as control input."
+def _decode(self: DDIBModel, latents, x_ctrl, ct_idx: int, cond_idx, dose, mode, sched: Schedule | None = None
+            ) -> torch.Tensor:
+    """Target-model decoding of latents under a condition (or one per cell: `cond_idx`, `dose` and `mode` as
+    sequences), with the real control cells as control input."""
     sched = sched or self.sched_
     n, dev = len(latents), latents.device
-    cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.full((n,), cond_idx),
-                           torch.full((n,), 0.0 if np.isnan(dose) else float(dose)),
-                           torch.full((n,), MODES.index(mode) if mode in MODES else MODES.index('unknown')),
-                           torch.ones(n, dtype=torch.bool, device=dev), x_ctrl)
+    per_cell = lambda v: np.broadcast_to(np.asarray(v, dtype=object), (n,))
+    dose = np.array([np.nan if d is None else float(d) for d in per_cell(dose)])
+    mode = [MODES.index(m) if m in MODES else MODES.index('unknown') for m in per_cell(mode)]
+    cond = self.cond_.cond(torch.full((n,), ct_idx, device=dev), torch.as_tensor(per_cell(cond_idx).astype(np.int64)),
+                           torch.as_tensor(np.nan_to_num(dose, nan=0.0), dtype=torch.float32),
+                           torch.as_tensor(mode, dtype=torch.int64), torch.ones(n, dtype=torch.bool, device=dev),
+                           x_ctrl)
     return ddim_sample(self._denoiser(cond), latents, sched, clip=self.config.clip,
                        start=entry_index(sched, self.config.ode_start), stop=self._stop_index(sched))
 
@@ -601,7 +605,7 @@ def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, 
     self._check_fitted()
     sched = self.sampling_schedule(sampling_steps)
     self.net_.to(self.device_).eval()
-    cts, raw, cfg = list(self.cond_.cell_types), [], self.config
+    cts, raw, cfg = list(self.cond_.cell_types), {}, self.config  # raw: group id -> unmasked cells
 
     def prepare(ct):  # per cell type: the control pool, its (filled) values, latents and reconstruction
         rng, gen = self.generators(seed, 7, ct)
@@ -613,33 +617,48 @@ def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, 
         rec = self._reconstruct(lat, cts.index(ct), sched) if (cfg.decode_residual and lat is not None) else None
         return pool, x_pool, x_in, lat, rec
 
-    def sample(state, row, rng, gen):  # per group: controls drawn from the pool, inverted, decoded, masked
+    def sample_many(state, jobs):  # per pack of groups: controls drawn per group, decoded together, masked per group
         pool, x_pool, x_in, lat, rec = state
-        k, c = cts.index(row.cell_type), self._condition_index(row.condition)
-        pick = np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[
+        k = cts.index(jobs[0][0].cell_type)
+        picks = [np.concatenate([rng.permutation(len(pool)) for _ in range(math.ceil(row.n_cells / len(pool)))])[
             : row.n_cells
-        ]
+        ] for row, rng, _ in jobs]
+        pick, n = np.concatenate(picks), [len(p) for p in picks]
+        cond, dose, mode = (np.repeat(np.array(v, dtype=object), n) for v in zip(
+            *[(self._condition_index(row.condition), row.dose, row['mode']) for row, _, _ in jobs]))
+        def latents(j):
+            if lat is not None: return lat[j]
+            if cfg.use_latent or len(jobs) == 1: return self._invert(x_in[j], k, jobs[0][2], sched)
+            assert len(j) == len(pick)  # a pack of several groups holds at most predict_batch cells: one slice
+            # noise latents (use_latent=False): each group's drawn from its own generator, as when predicted alone
+            return torch.cat([self._invert(x_in[j][a:b], k, gen, sched) for (_, _, gen), a, b in
+                              zip(jobs, np.cumsum([0] + n[:-1]), np.cumsum(n))])
         def decode(rows):
             j = torch.as_tensor(pick[rows], device=self.device_)
-            l = lat[j] if lat is not None else self._invert(x_in[j], k, gen, sched)
-            d = self._decode(l, x_pool[j], k, c, row.dose, row['mode'], sched)
+            l = latents(j)
+            d = self._decode(l, x_pool[j], k, cond[rows], dose[rows], mode[rows], sched)
             if not cfg.decode_residual: return d
             r = rec[j] if rec is not None else self._reconstruct(l, k, sched)
             return x_in[j] + d - r  # the condition's change to this cell; the source model's reconstruction error
                                     # cancels
-        xt = self.in_batches(len(pick), decode).cpu().numpy().astype(np.float64)
-        if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
-            xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
-        with autocast(self.device_, False):  # the mask model in float32, with amp too
-            masks = self.mask_.masks(self, pool[pick], row.cell_type, row,
-                                     seed) if (self.mask_ is not None and cfg.use_mask) else None
-        if return_raw: raw.append(xt)
-        return self.train_.unscale(np.clip(xt * masks if masks is not None else xt, 0, None))
+        out = []
+        xs = np.split(self.in_batches(len(pick), decode).cpu().numpy().astype(np.float64), np.cumsum(n)[:-1])
+        for (row, _, _), p, xt in zip(jobs, picks, xs):
+            if getattr(self, 'anchor_', None) is not None:  # back from the anchor's frame
+                xt = xt + self.anchor_.shift(row.condition, row.cell_type, row.dose)[None] / self.train_.x_max
+            with autocast(self.device_, False):  # the mask model in float32, with amp too
+                masks = self.mask_.masks(self, pool[p], row.cell_type, row,
+                                         seed) if (self.mask_ is not None and cfg.use_mask) else None
+            if return_raw: raw[row.name] = xt
+            out.append(self.train_.unscale(np.clip(xt * masks if masks is not None else xt, 0, None)))
+        return out
 
     with autocast(self.device_, cfg.amp):  # amp: bf16 products, each weight cast once for the whole call (autocast's
                                            # cache), not at every DDIM step
-        out = self.predict_grouped(groups, n_cells, seed, prepare, sample, key=(11,))
-    if return_raw: out.layers['unmasked_scaled'] = np.vstack(raw).astype(np.float32)
+        out = self.predict_grouped(groups, n_cells, seed, prepare, key=(11,), sample_many=sample_many)
+    if return_raw:  # in the order of the groups asked for (packs are per cell type)
+        out.layers['unmasked_scaled'] = np.vstack([raw[g] for g in dict.fromkeys(out.obs[GROUP_COL])]
+                                                  ).astype(np.float32)
     return out
 
 # %% ../nbs/07_ddib.ipynb #f5e4f863

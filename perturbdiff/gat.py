@@ -518,9 +518,12 @@ class PerturbationBatch:
     drug: torch.Tensor | None = None  # [B, F] float
     dose: torch.Tensor | None = None  # [B] float, log10(1 + dose)
     label: torch.Tensor | None = None  # [B] long, -1 for control
+    def tensors(self) -> list[torch.Tensor | None]: return [self.targets, self.mode, self.drug, self.dose, self.label]
     def to(self, device) -> 'PerturbationBatch':
-        return PerturbationBatch(self.kind, *(None if t is None else t.to(device) for t in
-                                              (self.targets, self.mode, self.drug, self.dose, self.label)))
+        return PerturbationBatch(self.kind, *(None if t is None else t.to(device) for t in self.tensors()))
+    def rows(self, s) -> 'PerturbationBatch':
+        "The perturbations of the cells `s` (a slice or index tensor) of the batch."
+        return PerturbationBatch(self.kind, *(None if t is None else t[s] for t in self.tensors()))
     @property
     def perturbed(self) -> torch.Tensor:
         "[B] bool: which cells are perturbed."
@@ -780,9 +783,12 @@ class GRNBlock(nn.Module):
                  chunk_elements: int | None = None, num_threads: int | None = None,
                  residual: bool = False,  # h <- h + GAT layer(h) (False: the paper's h <- GAT layer(h))
                  shared_readout: bool = False,  # add a readout vector shared by all genes to the per-gene W_i
-                 trained_targets: torch.Tensor | None = None):  # ours: bool [N], targets given a TargetIdentity vector
+                 trained_targets: torch.Tensor | None = None,  # ours: bool [N], targets given a TargetIdentity vector
+                 cpu_batch_elements: int | None = 1 << 21):  # CPU inference in sub-batches of about this many
+                                                             # [cell, node, head, channel] elements (None: whole batch)
         super().__init__()
         self.graph, self.dim, self.n_measured, self.residual = graph, dim, graph.n_measured, residual
+        self.heads, self.cpu_batch_elements = heads, cpu_batch_elements
         self.embedding = GeneEmbedding(graph.genes, dim, seed)
         self.x_encoder = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.unmeasured = nn.Parameter(torch.zeros(dim))
@@ -836,8 +842,29 @@ def node_features(self: GRNBlock, x_t: torch.Tensor, t_emb: torch.Tensor | None 
 
 # %% ../nbs/05_gat.ipynb #1cb526e2
 @patch
+def sub_batch(self: GRNBlock, x_t: torch.Tensor, *per_cell) -> int:
+    """Cells per sub-batch of `forward`: all of them, unless the block runs inference on the CPU (eval mode, no
+    gradients) and every per-cell input has a row per cell; then about `cpu_batch_elements` / (nodes x heads x dim)."""
+    B = len(x_t)
+    if (not self.cpu_batch_elements or x_t.device.type != 'cpu' or self.training or torch.is_grad_enabled()
+            or any(v is not None and (v.dim() == 0 or len(v) != B) for v in per_cell)): return B
+    return max(1, self.cpu_batch_elements // (self.graph.n_nodes * max(self.heads, 1) * self.dim))
+
+@patch
 def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:  # noqa: F811
-    "Per-gene output [B, G] (eq. 12) for noisy input x_t [B, G]."
+    "Per-gene output [B, G] (eq. 12) for noisy input x_t [B, G] (CPU inference in cache-sized sub-batches, see below)."
+    per_cell = [t_emb, cell_type_emb] + ([] if perturbation is None else perturbation.tensors())
+    n = self.sub_batch(x_t, *per_cell) if x_t.dim() == 2 else None
+    if n is None or n >= len(x_t):  # (forward_batch names a wrong shape)
+        return self.forward_batch(x_t, t_emb, cell_type_emb, perturbation)
+    rows = lambda v, s: None if v is None else v[s]
+    return torch.cat([self.forward_batch(x_t[s], rows(t_emb, s), rows(cell_type_emb, s),
+                                         None if perturbation is None else perturbation.rows(s))
+                      for s in (slice(i, i + n) for i in range(0, len(x_t), n))])
+
+@patch
+def forward_batch(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:
+    "`forward` on the whole batch at once."
     h, plan = self.node_features(x_t, t_emb, cell_type_emb, perturbation), self.plan()
     for gat, norm in zip(self.gat, self.norm):
         g = self.drop(F.relu(norm(gat(h, plan))))  # eq. 11, then LayerNorm -> ReLU -> dropout
