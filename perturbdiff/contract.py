@@ -203,16 +203,18 @@ def pack_groups(groups: pd.DataFrame, cells: int) -> list[list[int]]:
 
 @patch
 def predict_grouped(self: TrainedModel, groups, n_cells: int | None, seed: int, prepare: Callable,
-                    sample: Callable | None = None, key: tuple = (), sample_many: Callable | None = None) -> ad.AnnData:
+                    sample: Callable | None = None, key: tuple = (), sample_many: Callable | None = None,
+                    pack: bool = True) -> ad.AnnData:
     """The trained models' predict loop: `prepare(cell_type)` once per cell type, then `sample(state, row, rng, gen)`
     per group, or `sample_many(state, [(row, rng, gen), ...])` (one array per group) per pack of groups (`pack_groups`,
-    `predict_batch` cells)."""
+    `predict_batch` cells; `pack=False`: one group per pack)."""
     self._check_fitted()
     if (sample is None) == (sample_many is None): raise TypeError("predict_grouped takes sample or sample_many.")
     g = resolve_groups(groups, self.train_, n_cells)
     show, states, X = getattr(self, 'progress', False), {}, [None] * len(g)
     bar = progress_bar(total=len(g), desc=f'{self.family} predict', unit='group', disable=not show)
-    for pack in pack_groups(g, self.config.predict_batch if sample_many is not None else 0):  # in the order asked for
+    cells = self.config.predict_batch if sample_many is not None and pack else 0
+    for pack in pack_groups(g, cells):  # in the order asked for
         rows = [g.iloc[i] for i in pack]  # each row's name is its group id
         ct = rows[0].cell_type
         if ct not in states: states[ct] = prepare(ct)

@@ -56,6 +56,8 @@ class DiffusionOptions:
     anchor: bool = False  # ours, not the papers': train and decode in the ShiftAnchor's frame (05a_anchor; see below)
     n_control: int = 100  # control cells inverted per cell type (authors: 100)
     reuse_latents: bool = True  # invert once per cell type and reuse across conditions (Doloris A.4)
+    pack_groups: bool = True  # decode the groups of a cell type together, up to predict_batch cells; False: each group
+                              # alone, its cells bit-identical whatever other groups are asked for
 
 # %% ../nbs/07_ddib.ipynb #cfecc877
 @dataclass
@@ -655,7 +657,8 @@ def predict(self: DDIBModel, groups, n_cells: int | None = None, seed: int = 0, 
 
     with autocast(self.device_, cfg.amp):  # amp: bf16 products, each weight cast once for the whole call (autocast's
                                            # cache), not at every DDIM step
-        out = self.predict_grouped(groups, n_cells, seed, prepare, key=(11,), sample_many=sample_many)
+        out = self.predict_grouped(groups, n_cells, seed, prepare, key=(11,), sample_many=sample_many,
+                                   pack=cfg.pack_groups)
     if return_raw:  # in the order of the groups asked for (packs are per cell type)
         out.layers['unmasked_scaled'] = np.vstack([raw[g] for g in dict.fromkeys(out.obs[GROUP_COL])]
                                                   ).astype(np.float32)
