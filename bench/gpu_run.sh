@@ -7,7 +7,8 @@
 #
 # Environment: OUT (default results/gpu), DEVICE (cuda), METRICS (1, the default: bench/metrics_bench.py --quick;
 # 0: skip), COST (1, the default: issue 18's model_cost at COST_GENES,
-# default "500 5000" genes, float32 and bf16 autocast side by side; 0: skip), EXPERIMENTS (1: also Norman's table per preset, paper and
+# default "500 5000" genes, float32 and bf16 autocast side by side, then DDIB prediction with and without packed groups;
+# 0: skip), EXPERIMENTS (1: also Norman's table per preset, paper and
 # authors_code), STEPS (unset: the presets' steps), SAMPLING (unset: the presets'
 # sampling_steps of every trained model), LIMIT (seconds per model, 600),
 # DATA (../shared/data/perturbench_devel.h5ad), PY (python3).
@@ -30,6 +31,13 @@ if [ "${COST:-1}" = 1 ]; then  # issue 18: ms per step, peak memory, predicted c
   for genes in ${COST_GENES:-500 5000}; do
     timeout "$LIMIT" "$PY" bench/model_cost.py --device "$DEVICE" --genes $genes --steps ${STEPS:-20} --amp both \
       --out "$OUT/cost_$genes" > "$OUT/cost_$genes.log" 2>&1 || echo "model_cost $genes: failed or timed out" >> "$OUT/failures.txt"
+  done
+  # DDIB prediction with the groups of a cell type decoded together (predict_batch 1,024, the default) against each
+  # group of 20 cells alone (predict_batch 20), 8 groups, 500 genes
+  for pb in 1024 20; do
+    timeout "$LIMIT" "$PY" bench/model_cost.py --device "$DEVICE" --models doloris,unlasting --genes 500 --steps 2 \
+      --conditions 8 --pred-cells 20 --predict-batch $pb --out "$OUT/pack_$pb" > "$OUT/pack_$pb.log" 2>&1 \
+      || echo "model_cost predict_batch $pb: failed or timed out" >> "$OUT/failures.txt"
   done
 fi
 for m in doloris unlasting departures; do
