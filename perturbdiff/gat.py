@@ -775,6 +775,7 @@ class PerturbationEncoder(nn.Module):
 class GRNBlock(nn.Module):
     """Unlasting's GRN branch: per-gene features (eqs. 7-10) -> GATv2 over the gene graph (eq. 11) -> per-gene readout
     (eq. 12)."""
+    cpu_batch_elements: int | None = 1 << 21  # the class's default also serves blocks of model files written before it
     def __init__(self, graph: GeneGraph, dim: int = 64, heads: int = 2, kind: str = 'gene',
                  time_dim: int | None = None,  # size of the time embedding given to forward (None: no time input)
                  cell_type_dim: int | None = None,  # size of the cell-type embedding (None: none)
@@ -788,7 +789,7 @@ class GRNBlock(nn.Module):
                                                              # [cell, node, head, channel] elements (None: whole batch)
         super().__init__()
         self.graph, self.dim, self.n_measured, self.residual = graph, dim, graph.n_measured, residual
-        self.heads, self.cpu_batch_elements = heads, cpu_batch_elements
+        self.cpu_batch_elements = cpu_batch_elements
         self.embedding = GeneEmbedding(graph.genes, dim, seed)
         self.x_encoder = nn.Sequential(nn.Linear(1, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.unmeasured = nn.Parameter(torch.zeros(dim))
@@ -848,7 +849,8 @@ def sub_batch(self: GRNBlock, x_t: torch.Tensor, *per_cell) -> int:
     B = len(x_t)
     if (not self.cpu_batch_elements or x_t.device.type != 'cpu' or self.training or torch.is_grad_enabled()
             or any(v is not None and (v.dim() == 0 or len(v) != B) for v in per_cell)): return B
-    return max(1, self.cpu_batch_elements // (self.graph.n_nodes * max(self.heads, 1) * self.dim))
+    heads = self.gat[0].heads if len(self.gat) else 1
+    return max(1, self.cpu_batch_elements // (self.graph.n_nodes * heads * self.dim))
 
 @patch
 def forward(self: GRNBlock, x_t, t_emb=None, cell_type_emb=None, perturbation=None) -> torch.Tensor:  # noqa: F811

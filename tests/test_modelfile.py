@@ -110,3 +110,29 @@ def test_folder_of_a_ddib_model_is_at_most_1_5_times_its_weights(tmp_path):
         print(f"{cls.__name__}: weights {len(buf.getvalue()) / 1e6:.2f} MB, folder / weights {ratio[False]:.2f} "
               f"without the controls, {ratio[True]:.2f} with them")
         assert ratio[False] <= ratio[True] <= 1.5
+
+
+@pytest.mark.parametrize('cls', [Unlasting, Departures], ids=lambda c: c.__name__)
+def test_a_model_file_without_the_newer_prediction_options_loads(screen, cls, tmp_path):
+    """Model files written before `GRNBlock.cpu_batch_elements` and the DDIB option `pack_groups` (75e4046 and older)
+    hold no value for them: such a file loads, takes the defaults and predicts the same cells. Checked once by hand with
+    a file written at 75e4046; here the two keys are taken out of a new file's state."""
+    split = screen[0]
+    model = cls.from_preset('quick', seed=0, device='cpu', progress=False, **TINY[cls]).fit(split.train)
+    groups = [f'{c},{t}' for c, t in split.test_groups[['condition', 'cell_type']].itertuples(index=False)]
+    want = np.asarray(model.predict(groups, n_cells=5, seed=3).X)
+    model.save(tmp_path / 'm')
+    manifest = json.loads((tmp_path / 'm' / 'model.json').read_text())
+    path = tmp_path / 'm' / manifest['files']['state']
+    found, keys = [], ('cpu_batch_elements', 'pack_groups')
+    def strip(v):  # an instance's attributes are [name, value] pairs in the state tree
+        if isinstance(v, dict):
+            for x in v.values(): strip(x)
+        elif isinstance(v, list):
+            found.extend(x[0] for x in v if isinstance(x, list) and len(x) == 2 and x[0] in keys)
+            v[:] = [x for x in v if not (isinstance(x, list) and len(x) == 2 and x[0] in keys)]
+            for x in v: strip(x)
+    state = json.loads(path.read_text()); strip(state); path.write_text(json.dumps(state))
+    assert 'cpu_batch_elements' in found and ('pack_groups' in found) == (cls is Unlasting)
+    got = np.asarray(cls.load(tmp_path / 'm', device='cpu').predict(groups, n_cells=5, seed=3).X)
+    assert np.array_equal(got, want)
