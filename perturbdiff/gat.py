@@ -772,10 +772,12 @@ class PerturbationEncoder(nn.Module):
         return self.encoder(h, node_emb, batch)
 
 # %% ../nbs/05_gat.ipynb #4f304b95
+_CPU_BATCH_ELEMENTS = 1 << 21  # GRNBlock's default sub-batch size for CPU inference (see below)
+
 class GRNBlock(nn.Module):
     """Unlasting's GRN branch: per-gene features (eqs. 7-10) -> GATv2 over the gene graph (eq. 11) -> per-gene readout
     (eq. 12)."""
-    cpu_batch_elements: int | None = 1 << 21  # the class's default also serves blocks of model files written before it
+    cpu_batch_elements: int | None = _CPU_BATCH_ELEMENTS  # also for blocks of model files written before the option
     def __init__(self, graph: GeneGraph, dim: int = 64, heads: int = 2, kind: str = 'gene',
                  time_dim: int | None = None,  # size of the time embedding given to forward (None: no time input)
                  cell_type_dim: int | None = None,  # size of the cell-type embedding (None: none)
@@ -785,8 +787,9 @@ class GRNBlock(nn.Module):
                  residual: bool = False,  # h <- h + GAT layer(h) (False: the paper's h <- GAT layer(h))
                  shared_readout: bool = False,  # add a readout vector shared by all genes to the per-gene W_i
                  trained_targets: torch.Tensor | None = None,  # ours: bool [N], targets given a TargetIdentity vector
-                 cpu_batch_elements: int | None = 1 << 21):  # CPU inference in sub-batches of about this many
-                                                             # [cell, node, head, channel] elements (None: whole batch)
+                 cpu_batch_elements: int | None = _CPU_BATCH_ELEMENTS):  # CPU inference in sub-batches of about this
+                                                                         # many [cell, node, head, channel] elements
+                                                                         # (None: the whole batch)
         super().__init__()
         self.graph, self.dim, self.n_measured, self.residual = graph, dim, graph.n_measured, residual
         self.cpu_batch_elements = cpu_batch_elements
