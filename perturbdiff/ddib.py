@@ -198,12 +198,21 @@ class _Trunk(nn.Module):
         return F.one_hot(cell_type, self.n_ct).float() if self.ct is not None else None
     def forward(self, x_t, t, cond, extra=None):
         temb = timestep_embedding(t, self.time_dim)
-        h = self.mid(self.x(x_t) + self.t(temb))
+        h = self.mid(self.x(x_t) + self.time_term(t, temb))
         const = cond.get('trunk_constants') or self.constant_terms(cond)  # the sampler computes them once per chain
         if self.ct is not None: h = h + const['ct']
         h = h + const['ctrl']
         if extra is not None: h = h + extra
         return self.out(h), temb
+    def time_term(self, t, temb):
+        """MLP(τ) [B, hidden]. Without gradients (sampling: the cells of a DDIM step share their timestep) it runs once
+        per distinct timestep, on the rows of `temb`, and is broadcast back; with gradients (training), row by row."""
+        if torch.is_grad_enabled() or len(t) < 2: return self.t(temb)
+        u, inv = torch.unique(t, return_inverse=True)
+        if len(u) == len(t): return self.t(temb)
+        first = torch.full((len(u),), len(t), dtype=torch.long, device=t.device).scatter_reduce_(
+            0, inv, torch.arange(len(t), device=t.device), 'amin')  # the first row of each timestep
+        return self.t(temb[first])[inv]
     def constant_terms(self, cond) -> dict:
         "The terms that stay the same along a DDIM chain: the cell type's, and the control input's (0 on source rows)."
         out = {'ctrl': self.ctrl(cond['ctrl']) * cond['is_target'][:, None].float()}

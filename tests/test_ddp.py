@@ -43,7 +43,9 @@ TORCHRUN = shutil.which('torchrun', path=str(Path(sys.executable).parent)) or sh
 def _env():
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
                                                             'MASTER_PORT')}
-    env.update(OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + env.get('PYTHONPATH', ''))
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + env.get('PYTHONPATH', ''),
+               PYTHONFAULTHANDLER='1')  # a rank killed by a signal (a rare SIGABRT was seen once in CI) prints
+                                        # every thread's Python stack into the failure message
     return env
 
 
