@@ -26,6 +26,20 @@ from perturbdiff.models import Unlasting
 from perturbdiff.priors import coexpression, edge_list
 
 
+def paper_unlasting(genes: int, conditions: int, n_control: int, amp: bool = False):
+    """Unlasting's `paper` preset fitted for one step (and one mask step) on the simulator: `genes` genes, single-gene
+    knockdowns, one cell type, `conditions` of 10 groups held out. Returns (model, split)."""
+    torch.manual_seed(0)
+    sim = simulate(seed=0, n_genes=genes, n_regulators=10, n_single=conditions + 8, n_combo=0, cells_per_group=50,
+                   n_control=500, n_cell_types=1)
+    split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split(
+        'unseen_perturbation', test_frac=conditions / (conditions + 8), seed=0)
+    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
+    model = Unlasting.from_preset('paper', seed=0, device='cpu', steps=1, mask_steps=1, n_control=n_control,
+                                  graph=prior, progress=False, amp=amp).fit(split.train)
+    return model, split
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--genes', type=int, default=5000)
@@ -35,14 +49,7 @@ def main():
     p.add_argument('--amp', default='on', choices=['on', 'off'])
     a = p.parse_args()
     warnings.filterwarnings('ignore')
-    torch.manual_seed(0)
-    sim = simulate(seed=0, n_genes=a.genes, n_regulators=10, n_single=a.conditions + 8, n_combo=0, cells_per_group=50,
-                   n_control=500, n_cell_types=1)
-    split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split(
-        'unseen_perturbation', test_frac=a.conditions / (a.conditions + 8), seed=0)
-    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
-    model = Unlasting.from_preset('paper', seed=0, device='cpu', steps=1, mask_steps=1, n_control=a.n_control,
-                                  graph=prior, progress=False, amp=a.amp == 'on').fit(split.train)
+    model, split = paper_unlasting(a.genes, a.conditions, a.n_control, a.amp == 'on')
     net = model.net_
     inner = getattr(net, 'net', net)  # under Preconditioned, or bare
     seconds, cells = {}, []

@@ -24,10 +24,7 @@ import perturbdiff  # noqa: F401  (before torch: huge pages, as the package sets
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from perturbdiff.data import PerturbData
-from perturbdiff.datasets import simulate
-from perturbdiff.models import Unlasting
-from perturbdiff.priors import coexpression, edge_list
+from denoiser_profile import paper_unlasting  # bench/ is on the path when this script runs
 
 
 def gemm_rate(b: int, G: int, dtype: torch.dtype) -> float:
@@ -54,14 +51,7 @@ def main():
     for dt in (torch.float32, torch.bfloat16):
         rates[dt] = {b: gemm_rate(b, a.genes, dt) for b in (20, 100, 200, 1000)}
         print(f'  {str(dt)[6:]}: ' + ', '.join(f'b={b}: {r:.0f}' for b, r in rates[dt].items()))
-    torch.manual_seed(0)
-    sim = simulate(seed=0, n_genes=a.genes, n_regulators=10, n_single=a.conditions + 8, n_combo=0, cells_per_group=50,
-                   n_control=500, n_cell_types=1)
-    split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split(
-        'unseen_perturbation', test_frac=a.conditions / (a.conditions + 8), seed=0)
-    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
-    model = Unlasting.from_preset('paper', seed=0, device='cpu', steps=1, mask_steps=1, n_control=a.n_control,
-                                  graph=prior, progress=False).fit(split.train)
+    model, split = paper_unlasting(a.genes, a.conditions, a.n_control)
     cells = []
     model.net_.register_forward_pre_hook(lambda m, args: cells.append(len(args[0])))
     with FlopCounterMode(display=False) as fc:
