@@ -205,9 +205,10 @@ class _Trunk(nn.Module):
         if extra is not None: h = h + extra
         return self.out(h), temb
     def time_term(self, t, temb):
-        """MLP(τ) [B, hidden]. Without gradients (sampling: the cells of a DDIM step share their timestep) it runs once
-        per distinct timestep, on the rows of `temb`, and is broadcast back; with gradients (training), row by row."""
-        if torch.is_grad_enabled() or len(t) < 2: return self.t(temb)
+        """MLP(τ) [B, hidden]. On the CPU without gradients (sampling: the cells of a DDIM step share their timestep) it
+        runs once per distinct timestep, on the rows of `temb`, and is broadcast back; with gradients (training), and
+        on a GPU (where finding the distinct timesteps would wait for the device), row by row."""
+        if torch.is_grad_enabled() or len(t) < 2 or t.device.type != 'cpu': return self.t(temb)
         u, inv = torch.unique(t, return_inverse=True)
         if len(u) == len(t): return self.t(temb)
         first = torch.full((len(u),), len(t), dtype=torch.long, device=t.device).scatter_reduce_(
