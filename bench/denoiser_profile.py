@@ -26,15 +26,22 @@ from perturbdiff.models import Unlasting
 from perturbdiff.priors import coexpression, edge_list
 
 
-def paper_unlasting(genes: int, conditions: int, n_control: int, amp: bool = False):
-    """Unlasting's `paper` preset fitted for one step (and one mask step) on the simulator: `genes` genes, single-gene
-    knockdowns, one cell type, `conditions` of 10 groups held out. Returns (model, split)."""
+def simulated_split(genes: int, conditions: int) -> tuple:
+    """The simulator at `genes` genes (single-gene knockdowns, one cell type, 500 controls, 50 cells per group) split
+    with `conditions` of 10 groups held out, and the gene-graph prior (co-expression plus the simulator's true edges).
+    Returns (split, prior)."""
     torch.manual_seed(0)
     sim = simulate(seed=0, n_genes=genes, n_regulators=10, n_single=conditions + 8, n_combo=0, cells_per_group=50,
                    n_control=500, n_cell_types=1)
     split = PerturbData(sim, cell_type_key='cell_type', mode_key='perturbation_type').split(
         'unseen_perturbation', test_frac=conditions / (conditions + 8), seed=0)
-    prior = [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
+    return split, [coexpression(0.3), edge_list(sim.uns['simulation']['edges'], weight_col='weight')]
+
+
+def paper_unlasting(genes: int, conditions: int, n_control: int, amp: bool = False):
+    """Unlasting's `paper` preset fitted for one step (and one mask step) on `simulated_split`'s data. Returns (model,
+    split)."""
+    split, prior = simulated_split(genes, conditions)
     model = Unlasting.from_preset('paper', seed=0, device='cpu', steps=1, mask_steps=1, n_control=n_control,
                                   graph=prior, progress=False, amp=amp).fit(split.train)
     return model, split
