@@ -211,9 +211,7 @@ class _Trunk(nn.Module):
         if torch.is_grad_enabled() or len(t) < 2 or t.device.type != 'cpu': return self.t(temb)
         u, inv = torch.unique(t, return_inverse=True)
         if len(u) == len(t): return self.t(temb)
-        first = torch.full((len(u),), len(t), dtype=torch.long, device=t.device).scatter_reduce_(
-            0, inv, torch.arange(len(t), device=t.device), 'amin')  # the first row of each timestep
-        return self.t(temb[first])[inv]
+        return self.t(timestep_embedding(u, self.time_dim))[inv]  # elementwise: the rows of temb, bit for bit
     def constant_terms(self, cond) -> dict:
         "The terms that stay the same along a DDIM chain: the cell type's, and the control input's (0 on source rows)."
         out = {'ctrl': self.ctrl(cond['ctrl']) * cond['is_target'][:, None].float()}
