@@ -60,10 +60,10 @@ def kernel_ms_per_cell(block) -> tuple[float, int]:
     "The compiled attention kernel on `block`'s graph at its CPU sub-batch: (ms per cell-layer, cells per call)."
     from perturbdiff.gat import gatv2_fused
     gat, plan = block.gat[0], block.plan()
-    b = max(1, block.cpu_batch_elements // (block.graph.n_nodes * gat.heads * block.dim))
     g = torch.Generator().manual_seed(0)
-    xl, xr = (torch.randn(block.graph.n_nodes, b, gat.heads, gat.out_dim, generator=g) for _ in range(2))
     with torch.no_grad():
+        b = block.eval().sub_batch(torch.empty(0, block.n_measured)) or 1  # cells per sub-batch at CPU inference
+        xl, xr = (torch.randn(block.graph.n_nodes, b, gat.heads, gat.out_dim, generator=g) for _ in range(2))
         s = median_time(lambda: gatv2_fused(xl, xr, gat.att, plan))
     return 1e3 * s / b, b
 
@@ -85,8 +85,9 @@ def main():
         G = a.genes
         label, shapes = f'[b, {G}] x [{G}, {G}]', {b: (b, G, G) for b in (20, 100, 200, 1000)}
     else:
-        n = blocks[0].graph.n_nodes
-        label, shapes = f'[b x {n}, 64] x [64, 128]', {b: (b * n, 64, 128) for b in (1, 3, 10, 32)}
+        n, lin = blocks[0].graph.n_nodes, blocks[0].gat[0].lin_l  # the projections: [cells x nodes, dim] x [dim, H C]
+        k, o = lin.in_features, lin.out_features
+        label, shapes = f'[b x {n}, {k}] x [{k}, {o}]', {b: (b * n, k, o) for b in (1, 3, 10, 32)}
     rates = {}
     print(f'{torch.get_num_threads()} threads; GEMM {label}, GFLOP/s')
     for dt in (torch.float32, torch.bfloat16):
